@@ -1,1 +1,1 @@
-"""artifact"""
+"""Artifact packaging: runtime C, generated executor and weights -> .so/.h/.manifest."""

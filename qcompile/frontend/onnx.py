@@ -117,27 +117,36 @@ def check_dangling(graph: onnx.GraphProto) -> None:
             raise InvalidModelError(f"graph output '{out.name}' is never produced")
 
 
-def check_coverage(graph: onnx.GraphProto, opsets: dict[str, int]) -> None:
-    """Raise ONE error listing every unsupported op type with its node names."""
+def find_unsupported(graph: onnx.GraphProto) -> dict[str, list[str]]:
+    """Op id -> names of the nodes using it, for every op the IR cannot represent or run."""
     known = supported_ops()
     missing: dict[str, list[str]] = defaultdict(list)
     for i, n in enumerate(graph.node):
-        domain = "" if n.domain in _ONNX_DOMAINS else n.domain
-        op_id = n.op_type if not domain else f"{domain}.{n.op_type}"
+        op_id = op_id_of(n)
         if op_id not in known:
             missing[op_id].append(n.name or f"#{i}")
         elif any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
             missing[op_id + " (with subgraphs)"].append(n.name or f"#{i}")
+    return dict(sorted(missing.items()))
+
+
+def op_id_of(n: onnx.NodeProto) -> str:
+    return n.op_type if n.domain in _ONNX_DOMAINS else f"{n.domain}.{n.op_type}"
+
+
+def check_coverage(graph: onnx.GraphProto, opsets: dict[str, int]) -> None:
+    """Raise ONE error listing every unsupported op type with its node names."""
+    missing = find_unsupported(graph)
     if not missing:
         return
     opset = opsets.get("", opsets.get("ai.onnx"))
     lines = []
-    for op_id, names in sorted(missing.items()):
+    for op_id, names in missing.items():
         shown = ", ".join(names[:5]) + (f", ... ({len(names)} nodes)" if len(names) > 5 else "")
         lines.append(f"  {op_id}: {shown}")
     raise UnsupportedOpsError(
         f"{len(missing)} op type(s) in this model (opset {opset}) are not supported:\n" + "\n".join(lines),
-        dict(missing), opset=opset, hint="`qcompile inspect MODEL` lists coverage; please report the ops you need")
+        missing, opset=opset, hint="`qcompile inspect MODEL` lists coverage; please report the ops you need")
 
 
 def check_model(model: onnx.ModelProto) -> None:
@@ -161,7 +170,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 
 # -- conversion ---------------------------------------------------------------------------------
 
-def _shape_of(type_proto: onnx.TypeProto):
+def shape_of(type_proto: onnx.TypeProto):
     tensor = type_proto.tensor_type
     if not tensor.HasField("shape"):
         return None
@@ -222,7 +231,7 @@ def convert(model: onnx.ModelProto, name: str, opsets: dict[str, int]) -> Graph:
         dt = _dtype_of(inp.type, f"graph input '{inp.name}'")
         if dt is None:
             raise InvalidModelError(f"graph input '{inp.name}' has no element type")
-        g.add_input(inp.name, dt, _shape_of(inp.type))
+        g.add_input(inp.name, dt, shape_of(inp.type))
 
     known_types = {vi.name: vi for vi in list(onnx_graph.value_info) + list(onnx_graph.output)}
     for i, n in enumerate(onnx_graph.node):
@@ -234,7 +243,7 @@ def convert(model: onnx.ModelProto, name: str, opsets: dict[str, int]) -> Graph:
             if out and out not in g.values:
                 vi = known_types.get(out)
                 dt = _dtype_of(vi.type, f"value '{out}'") if vi is not None else None
-                g.add_value(out, dt, _shape_of(vi.type) if vi is not None else None)
+                g.add_value(out, dt, shape_of(vi.type) if vi is not None else None)
         if n.op_type == "Constant" and not domain:
             _fold_constant(g, node)
             continue

@@ -30,15 +30,18 @@ def format_type(value: Value) -> str:
 
 def _format_array(arr: np.ndarray) -> str:
     if arr.size <= _INLINE_LIMIT and arr.dtype.kind != "O":
-        flat = ", ".join(_format_scalar(x) for x in arr.reshape(-1).tolist())
+        flat = ", ".join(_format_scalar(x) for x in arr.reshape(-1))
         return f"[{flat}]" if arr.ndim else flat
     digest = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()[:12]
     return f"<{arr.size} elems sha256:{digest}>"
 
 
 def _format_scalar(x) -> str:
-    if isinstance(x, float):
-        return repr(float(np.float32(x))) if np.isfinite(x) else str(x)
+    """Shortest text that round-trips in the value's own type (float32 prints as float32)."""
+    if isinstance(x, (np.floating, float)):
+        return str(x)
+    if isinstance(x, np.generic):
+        return str(x.item()) if x.dtype.kind in "iub" else str(x)
     return repr(x)
 
 
@@ -48,7 +51,7 @@ def format_attr(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(format_attr(v) for v in value) + "]"
     if isinstance(value, float):
-        return _format_scalar(value)
+        return str(np.float32(value))
     return repr(value)
 
 

@@ -1,1 +1,8 @@
-"""passes"""
+"""Graph passes. Importing this package registers every pass; none of them imports TVM."""
+
+from . import eliminate_dead, fold_constants, infer_shapes  # noqa: F401  (register)
+from .manager import PipelineReport, run_pipeline
+from .pipeline import PIPELINES, Phase
+from .registry import PASSES, get_pass, register_pass
+
+__all__ = ["PASSES", "PIPELINES", "Phase", "PipelineReport", "get_pass", "register_pass", "run_pipeline"]

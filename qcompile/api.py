@@ -1,0 +1,135 @@
+"""The Python API; the CLI only parses arguments and calls these functions."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from .errors import QCompileError
+from .frontend import onnx as onnx_frontend
+from .ir import dtypes
+from .ir.graph import Graph
+from .ir.printer import format_shape
+from .passes import PipelineReport, run_pipeline
+
+
+def load(path: str | os.PathLike, dim_bounds: dict[str, int] | None = None) -> Graph:
+    """ONNX file -> IR graph (checked, shapes inferred, coverage verified)."""
+    return onnx_frontend.load(path, dim_bounds)
+
+
+def optimize(graph: Graph, pipeline: str = "default", dump_ir: str | os.PathLike | None = None,
+             verify_each: bool | None = None) -> tuple[Graph, PipelineReport]:
+    """Run a named pass pipeline over a graph."""
+    return run_pipeline(graph, pipeline, dump_ir=dump_ir, verify_each=verify_each)
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dtype}{format_shape(self.shape)}"
+
+
+@dataclass
+class Inspection:
+    path: str
+    file_bytes: int
+    ir_version: int
+    producer: str
+    opsets: dict[str, int]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    op_histogram: dict[str, int]
+    param_count: int
+    param_bytes: int
+    params_by_dtype: dict[str, int]
+    unsupported: dict[str, list[str]]
+    graph: Graph | None = None
+    ir_error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        opsets = ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in sorted(self.opsets.items()))
+        lines = [f"model    {self.path} ({_human_bytes(self.file_bytes)})",
+                 f"format   ONNX IR v{self.ir_version}, opset {opsets}" +
+                 (f", producer {self.producer}" if self.producer else "")]
+        width = max((len(t.name) for t in self.inputs + self.outputs), default=0)
+        for label, items in (("inputs", self.inputs), ("outputs", self.outputs)):
+            for i, t in enumerate(items):
+                head = label if i == 0 else ""
+                lines.append(f"{head:<8} {t.name:<{width}}  {t.dtype}{format_shape(t.shape)}")
+        by_dtype = ", ".join(f"{k} {v:,}" for k, v in self.params_by_dtype.items())
+        lines.append(f"params   {self.param_count:,} ({_human_bytes(self.param_bytes)}" +
+                     (f"; {by_dtype})" if by_dtype else ")"))
+        n_nodes = sum(self.op_histogram.values())
+        status = "all supported" if not self.unsupported else f"{len(self.unsupported)} unsupported"
+        lines.append(f"ops      {n_nodes} nodes, {len(self.op_histogram)} op types, {status}")
+        for op, count in self.op_histogram.items():
+            mark = "  UNSUPPORTED" if op in self.unsupported else ""
+            lines.append(f"  {count:6d}  {op}{mark}")
+        if self.unsupported:
+            lines.append("unsupported ops (with their nodes):")
+            for op, names in self.unsupported.items():
+                shown = ", ".join(names[:5]) + (f", ... ({len(names)} nodes)" if len(names) > 5 else "")
+                lines.append(f"  {op}: {shown}")
+        if self.ir_error:
+            lines.append(f"IR       not built: {self.ir_error}")
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+def inspect(path: str | os.PathLike, build_ir: bool = True) -> Inspection:
+    """Summarize an ONNX file; unsupported ops are listed, not raised."""
+    model = onnx_frontend.load_proto(path)
+    g = model.graph
+    init_names = {t.name for t in g.initializer}
+    counts: Counter[str] = Counter(onnx_frontend.op_id_of(n) for n in g.node)
+    by_dtype: Counter[str] = Counter()
+    param_bytes = 0
+    for t in g.initializer:
+        size = 1
+        for d in t.dims:
+            size *= d
+        dt = dtypes.BY_ONNX.get(t.data_type)
+        name = dt.name if dt else onnx.TensorProto.DataType.Name(t.data_type).lower()
+        by_dtype[name] += size
+        param_bytes += size * (dt.bits if dt else 32) // 8
+    unsupported = onnx_frontend.find_unsupported(g)
+    result = Inspection(
+        path=str(path), file_bytes=Path(path).stat().st_size, ir_version=model.ir_version,
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
+        opsets={imp.domain: imp.version for imp in model.opset_import},
+        inputs=[_tensor_info(v) for v in g.input if v.name not in init_names],
+        outputs=[_tensor_info(v) for v in g.output],
+        op_histogram=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+        param_count=sum(by_dtype.values()), param_bytes=param_bytes,
+        params_by_dtype=dict(by_dtype.most_common()), unsupported=unsupported)
+    if build_ir and not unsupported:
+        try:
+            result.graph = onnx_frontend.from_proto(model, name=Path(path).stem)
+        except QCompileError as exc:
+            result.ir_error = str(exc)
+    return result
+
+
+def _tensor_info(v: onnx.ValueInfoProto) -> TensorInfo:
+    code = v.type.tensor_type.elem_type
+    dt = dtypes.BY_ONNX.get(code)
+    return TensorInfo(v.name, dt.name if dt else onnx.TensorProto.DataType.Name(code).lower(),
+                      onnx_frontend.shape_of(v.type))
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

@@ -1,0 +1,58 @@
+"""Target presets: what `--target NAME` means. Pure data; lowering code reads it.
+
+A preset names its TVM target (as a JSON-style dict, never LLVM's silent "native"), the CPU
+features a library built for it needs at load time, its toolchain, and how far it is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    summary: str
+    tvm_target: dict
+    cpu_features: tuple[str, ...] = ()
+    toolchain: str = "cc"
+    abi: str = "linux-gnu"
+    shared_suffix: str = ".so"
+    status: str = "planned"    # planned | build-only | verified
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("x86_64", "x86-64 with AVX-512 (VNNI, BF16); AMX tiles for prefill where present",
+           {"kind": "llvm", "mcpu": "sapphirerapids", "mtriple": "x86_64-linux-gnu"},
+           ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"), "gcc"),
+    Preset("native", "the CPU this command runs on, detected explicitly (never LLVM's generic 'native')",
+           {"kind": "llvm", "mcpu": "<detected>"}, (), "gcc",
+           notes="resolved to a concrete -mcpu and feature list at build time"),
+    Preset("arm64", "ARMv8.2-A + NEON + dotprod (phones and boards of the last five years)",
+           {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
+           ("asimd", "asimddp"), "aarch64-linux-gnu-gcc"),
+    Preset("arm64-i8mm", "arm64 plus int8 matrix multiply (smmla)",
+           {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm"]},
+           ("asimd", "asimddp", "i8mm"), "aarch64-linux-gnu-gcc"),
+    Preset("arm64-android", "aarch64 Android (NDK clang; --cc points at the NDK)",
+           {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon", "+dotprod"]},
+           ("asimd", "asimddp"), "aarch64-linux-android-clang", abi="android"),
+    Preset("apple-m", "Apple silicon macOS (build-only here)",
+           {"kind": "llvm", "mtriple": "arm64-apple-macos", "mcpu": "apple-m1"},
+           ("asimd", "asimddp"), "clang", abi="darwin", shared_suffix=".dylib"),
+    Preset("cuda", "NVIDIA GPUs, sm_80 (Ampere) and newer",
+           {"kind": "cuda", "arch": "sm_80"}, (), "nvcc"),
+    Preset("cuda-sm90", "NVIDIA Hopper, sm_90",
+           {"kind": "cuda", "arch": "sm_90"}, (), "nvcc"),
+    Preset("metal", "Apple GPUs, family 7+ (MSL kernels + Objective-C++ host)",
+           {"kind": "metal"}, (), "xcrun", abi="darwin", shared_suffix=".dylib"),
+]}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown target '{name}'; known: {', '.join(PRESETS)}") from None

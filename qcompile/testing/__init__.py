@@ -1,0 +1,1 @@
+"""Test harnesses shared by the test suite and tools (ONNX node suite, comparisons)."""
