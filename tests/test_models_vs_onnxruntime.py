@@ -88,3 +88,22 @@ def test_outputs_are_not_degenerate(rng):
     logits = run(graph, {"input_ids": rng.integers(0, 256, (1, 6)).astype(np.int64)})["logits"]
     assert logits.std() > 0.1
     assert np.abs(logits[0, 0] - logits[0, -1]).max() > 0.1
+
+
+def _have_torch() -> bool:
+    import importlib.util
+    return all(importlib.util.find_spec(m) for m in ("torch", "transformers", "onnxscript"))
+
+
+@pytest.mark.torch
+@pytest.mark.skipif(not _have_torch(), reason="needs the torch extra: pip install -e '.[torch]'")
+def test_torch_exported_llama(rng, tmp_path):
+    """A transformers LlamaForCausalLM exported by torch.onnx (dynamo) runs through qcompile."""
+    import onnx
+
+    from qcompile.zoo.torch_export import export_llama_torch
+    path = export_llama_torch(LlamaConfig(), tmp_path / "llama_torch.onnx")
+    model = onnx.load(str(path))
+    feeds = [{model.graph.input[0].name: rng.integers(0, 256, (b, s)).astype(np.int64)}
+             for b, s in ((1, 1), (2, 6), (1, 17))]
+    check_model(model, feeds)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -311,12 +312,13 @@ TORCH_DEPS = ("torch", "transformers", "onnxscript")
 HAVE_TORCH = all(importlib.util.find_spec(m) is not None for m in TORCH_DEPS)
 
 
-@pytest.mark.skipif(HAVE_TORCH, reason="torch stack installed")
-def test_torch_export_explains_missing_dependencies(tmp_path) -> None:
+def test_torch_export_explains_missing_dependencies(tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)   # makes `import torch` fail as if absent
     with pytest.raises(RuntimeError, match=r"pip install torch==2\.13\.0 transformers"):
         export_llama_torch(LlamaConfig(), tmp_path / "llama.onnx")
 
 
+@pytest.mark.torch
 @pytest.mark.skipif(not HAVE_TORCH, reason="needs torch, transformers, onnxscript")
 def test_torch_export_matches_zoo_llama(tmp_path) -> None:
     path = export_llama_torch(LlamaConfig(), tmp_path / "llama.onnx", seed=0)

@@ -42,5 +42,5 @@ if [ "${#extras[@]}" -gt 0 ]; then
   spec=".[$(printf '%s\n' "${extras[@]}" | sort -u | paste -sd, -)]"
 fi
 echo "setup.sh: pip install -e '$spec'"
-"$PYTHON" -m pip install -q --disable-pip-version-check -e "$spec"
+"$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e "$spec"
 "$PYTHON" -m qcompile --version

@@ -106,7 +106,83 @@ def output_dtypes(g: Graph, n: Node) -> list:
     return [first] * len(n.outputs)
 
 
-def output_shapes(g: Graph, n: Node) -> list[Shape]:
+
+# -- symbolic values: small int tensors that hold dims (Shape -> Gather -> Concat -> Reshape) ----
+
+SymValues = dict[str, tuple[Dim, ...]]
+
+
+def _sym(g: Graph, sv: SymValues, name: str | None) -> tuple[Dim, ...] | None:
+    """Elements of a rank<=1 integer value, as dims (ints or symbols), when known."""
+    if not name:
+        return None
+    if name in sv:
+        return sv[name]
+    v = g.values.get(name)
+    if v is not None and v.const is not None and v.const.ndim <= 1 and v.const.dtype.kind in "iu":
+        return tuple(int(x) for x in v.const.reshape(-1))
+    return None
+
+
+def _scalar_dim(op: str, a: Dim, b: Dim) -> Dim:
+    if isinstance(a, int) and isinstance(b, int):
+        return {"Add": a + b, "Sub": a - b, "Mul": a * b}.get(op)
+    if op == "Add" and a is not None and b is not None:
+        return add_dims([a, b])
+    if op == "Sub" and isinstance(a, str) and isinstance(b, str) and a.startswith(b + "+"):
+        return a[len(b) + 1:]
+    if op == "Mul" and 1 in (a, b):
+        return b if a == 1 else a
+    return None
+
+
+def propagate_symbolic(g: Graph, n: Node, sv: SymValues) -> None:
+    """Record n's output in sv when it is a known vector of dims."""
+    op = n.op if n.domain == "" else n.op_id
+    out = n.outputs[0] if n.outputs else None
+    first = _sym(g, sv, n.input(0))
+    result: tuple[Dim, ...] | None = None
+    if op == "Shape":
+        x = g.values[n.inputs[0]].shape
+        if x is not None:
+            rank = len(x)
+            start, end = n.attrs.get("start", 0), n.attrs.get("end", rank)
+            result = tuple(x[slice(start, end)])
+    elif op in ("Identity", "Cast", "Squeeze", "Unsqueeze") and first is not None:
+        result = first
+    elif op == "Gather" and first is not None and n.attrs.get("axis", 0) == 0:
+        idx = _sym(g, sv, n.input(1))
+        if idx is not None and all(isinstance(i, int) for i in idx):
+            result = tuple(first[i] for i in idx)
+    elif op == "Concat":
+        parts = [_sym(g, sv, n.input(i)) for i in range(len(n.inputs))]
+        if all(p is not None for p in parts):
+            result = tuple(d for p in parts for d in p)
+    elif op == "Slice" and first is not None and not n.input(3) and not n.input(4):
+        start, end = _sym(g, sv, n.input(1)), _sym(g, sv, n.input(2))
+        if start and end and isinstance(start[0], int) and isinstance(end[0], int):
+            result = first[start[0]:end[0]]
+    elif op in ("Add", "Sub", "Mul") and first is not None:
+        other = _sym(g, sv, n.input(1))
+        if other is not None and len(first) == len(other) == 1:
+            result = (_scalar_dim(op, first[0], other[0]),)
+    if out and result is not None and all(d is not None for d in result):
+        sv[out] = result
+
+
+def _range(g, n, x, sh, sv):
+    start, limit, delta = (_sym(g, sv, n.input(i)) for i in range(3))
+    if not start or not limit or delta != (1,):
+        return (None,)
+    start, limit = start[0], limit[0]
+    if isinstance(start, int) and isinstance(limit, int):
+        return (max(limit - start, 0),)
+    if start == 0:
+        return (limit,)
+    return (_scalar_dim("Sub", limit, start),)
+
+
+def output_shapes(g: Graph, n: Node, sv: SymValues | None = None) -> list[Shape]:
     """Shapes of n's outputs; None where unknown."""
     def sh(i):
         name = n.input(i)
@@ -122,6 +198,13 @@ def output_shapes(g: Graph, n: Node) -> list[Shape]:
         return [x] * len(n.outputs)
     if op in _BROADCAST:
         return [broadcast(*[sh(i) for i in range(len(n.inputs)) if n.input(i)])]
+    sv = sv if sv is not None else {}
+    if op in _SYMBOLIC_RULES:
+        try:
+            out = _SYMBOLIC_RULES[op](g, n, x, sh, sv)
+        except (TypeError, ValueError, IndexError, ZeroDivisionError):
+            out = None
+        return out if isinstance(out, list) else [out]
     rule = _RULES.get(op)
     if rule is None:
         return [None] * len(n.outputs)
@@ -241,8 +324,8 @@ def _concat(g, n, x, sh):
     return tuple(out)
 
 
-def _reshape(g, n, x, sh):
-    target = const_ints(g, n.input(1))
+def _reshape(g, n, x, sh, sv):
+    target = _sym(g, sv, n.input(1))
     if target is None:
         return None
     dims: list[Dim] = []
@@ -252,26 +335,37 @@ def _reshape(g, n, x, sh):
         else:
             dims.append(d)
     if -1 in dims:
-        known = [d for d in dims if d != -1]
-        if x is not None and all(isinstance(d, int) for d in list(x) + known):
-            dims[dims.index(-1)] = math.prod(x) // max(math.prod(known), 1)
-        elif x is not None and all(isinstance(d, int) for d in known):
-            sym = [d for d in x if not isinstance(d, int)]
-            rest = math.prod(d for d in x if isinstance(d, int))
-            kp = math.prod(known)
-            dims[dims.index(-1)] = sym[0] if len(sym) == 1 and rest == kp else None
-        else:
-            dims[dims.index(-1)] = None
+        dims[dims.index(-1)] = _infer_minus_one(x, [d for d in dims if d != -1])
     return tuple(dims)
 
 
-def _expand(g, n, x, sh):
-    target = const_ints(g, n.input(1))
+def _infer_minus_one(x: Shape, known: list[Dim]) -> Dim:
+    """The -1 of a reshape: elements of x over the known target dims, cancelling equal symbols."""
+    if x is None or None in x or None in known:
+        return None
+    numer = [d for d in x if isinstance(d, str)]
+    denom = [d for d in known if isinstance(d, str)]
+    for d in list(denom):
+        if d in numer:
+            numer.remove(d)
+            denom.remove(d)
+    num_int = math.prod(d for d in x if isinstance(d, int))
+    den_int = math.prod(d for d in known if isinstance(d, int))
+    if denom or den_int == 0 or num_int % den_int:
+        return None
+    ratio = num_int // den_int
+    if not numer:
+        return ratio
+    return numer[0] if len(numer) == 1 and ratio == 1 else None
+
+
+def _expand(g, n, x, sh, sv):
+    target = _sym(g, sv, n.input(1))
     return broadcast(x, tuple(target)) if target is not None else None
 
 
-def _constant_of_shape(g, n, x, sh):
-    target = const_ints(g, n.input(0))
+def _constant_of_shape(g, n, x, sh, sv):
+    target = _sym(g, sv, n.input(0))
     return tuple(target) if target is not None else None
 
 
@@ -315,6 +409,14 @@ def _flatten(g, n, x, sh):
     return (math.prod(x[:axis]), math.prod(x[axis:]))
 
 
+def _gather_nd(g, n, x, sh):
+    idx = sh(1)
+    if x is None or idx is None or not isinstance(idx[-1], int):
+        return None
+    b = n.attrs.get("batch_dims", 0)
+    return tuple(idx[:-1]) + tuple(x[b + idx[-1]:])
+
+
 def _matmul_nbits(g, n, x, sh):
     return None if x is None else tuple(x[:-1]) + (n.attrs["N"],)
 
@@ -331,21 +433,26 @@ _RULES = {
     **{op: _reduce for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
                               "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")},
     "ArgMax": _arg, "ArgMin": _arg, "Shape": _shape, "Size": lambda g, n, x, sh: (),
-    "Gather": _gather, "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Concat": _concat, "Reshape": _reshape,
-    "Expand": _expand, "ConstantOfShape": _constant_of_shape, "Slice": _slice, "Split": _split,
-    "Flatten": _flatten, "com.microsoft.MatMulNBits": _matmul_nbits,
+    "Gather": _gather, "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Concat": _concat,
+    "Slice": _slice, "Split": _split,
+    "Flatten": _flatten, "GatherND": _gather_nd, "ScatterND": lambda g, n, x, sh: x, "com.microsoft.MatMulNBits": _matmul_nbits,
     "RMSNormalization": _norm_stats, "SimplifiedLayerNormalization": _norm_stats,
     "com.microsoft.SimplifiedLayerNormalization": _norm_stats,
     "DynamicQuantizeLinear": lambda g, n, x, sh: [x, (), ()],
 }
 
 
+_SYMBOLIC_RULES = {"Reshape": _reshape, "Expand": _expand, "ConstantOfShape": _constant_of_shape,
+                   "Range": _range}
+
+
 def fill_types(g: Graph, overwrite: bool = False) -> int:
     """Set missing (or, with overwrite, all derivable) dtypes and shapes; return how many changed."""
     changed = 0
+    sv: SymValues = {}
     for n in g.nodes:
         dts = output_dtypes(g, n)
-        shapes = output_shapes(g, n)
+        shapes = output_shapes(g, n, sv)
         for i, name in enumerate(n.outputs):
             if not name:
                 continue
@@ -356,6 +463,7 @@ def fill_types(g: Graph, overwrite: bool = False) -> int:
                 v.dtype, changed = dt, changed + 1
             if shape is not None and (v.shape is None or overwrite) and v.shape != shape:
                 v.shape, changed = _merge(v.shape, shape), changed + 1
+        propagate_symbolic(g, n, sv)
     return changed
 
 

@@ -16,6 +16,12 @@ _SAME_TYPE_INPUTS = {
 def verify(g: Graph) -> None:
     """Raise VerifyError naming the first broken invariant; return None when the graph is sound."""
     produced: dict[str, str] = {}
+    for v in g.constants():
+        if tuple(v.const.shape) != tuple(v.shape or ()):
+            raise VerifyError(f"constant '{v.name}' holds shape {list(v.const.shape)} but is typed "
+                              f"{list(v.shape or ())}")
+        if v.dtype.np_dtype != v.const.dtype and not (v.dtype.name == "string" and v.const.dtype.kind in "OUS"):
+            raise VerifyError(f"constant '{v.name}' holds {v.const.dtype} but is typed {v.dtype}")
     for name in g.inputs:
         if name not in g.values:
             raise VerifyError(f"graph input '{name}' has no value")
@@ -58,12 +64,6 @@ def verify(g: Graph) -> None:
         if name not in available:
             raise VerifyError(f"graph output '{name}' is never produced")
 
-    for v in g.constants():
-        if tuple(v.const.shape) != tuple(v.shape or ()):
-            raise VerifyError(f"constant '{v.name}' holds shape {list(v.const.shape)} but is typed "
-                              f"{list(v.shape or ())}")
-        if v.dtype.np_dtype != v.const.dtype and not (v.dtype.name == "string" and v.const.dtype.kind in "OUS"):
-            raise VerifyError(f"constant '{v.name}' holds {v.const.dtype} but is typed {v.dtype}")
     for v in g.values.values():
         if v.shape is not None and not all(d is None or isinstance(d, (int, str)) for d in v.shape):
             raise VerifyError(f"value '{v.name}' has a malformed shape {v.shape}")

@@ -192,3 +192,33 @@ def _pad(node, x, pads, constant_value=None, axes=None):
         fill = np.asarray(constant_value).reshape(-1)[0] if constant_value is not None and np.size(constant_value) else 0
         return np.pad(x, width, mode="constant", constant_values=fill)
     return np.pad(x, width, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
+
+
+@kernel("GatherND")
+def _gather_nd(node, data, indices):
+    b = node.attrs.get("batch_dims", 0)
+    k = indices.shape[-1]
+    n_batch = math.prod(data.shape[:b])
+    flat_data = data.reshape((n_batch,) + data.shape[b:])
+    flat_idx = indices.astype(np.int64).reshape(n_batch, -1, k)
+    dims = np.array(data.shape[b:b + k], np.int64)
+    flat_idx = np.where(flat_idx < 0, flat_idx + dims, flat_idx)
+    picked = [flat_data[i][tuple(flat_idx[i].T)] for i in range(n_batch)]
+    return np.stack(picked).reshape(indices.shape[:-1] + data.shape[b + k:])
+
+
+_SCATTER_REDUCE = {"none": lambda old, new: new, "add": np.add, "mul": np.multiply,
+                   "max": np.maximum, "min": np.minimum}
+
+
+@kernel("ScatterND")
+def _scatter_nd(node, data, indices, updates):
+    combine = _SCATTER_REDUCE[node.attrs.get("reduction", "none")]
+    out = data.copy()
+    k = indices.shape[-1]
+    flat_idx = indices.astype(np.int64).reshape(-1, k)
+    flat_upd = updates.reshape((-1,) + data.shape[k:])
+    for idx, upd in zip(flat_idx, flat_upd):
+        where = tuple(int(i) + (data.shape[a] if i < 0 else 0) for a, i in enumerate(idx))
+        out[where] = combine(out[where], upd)
+    return out

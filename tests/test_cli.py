@@ -1,0 +1,90 @@
+"""The command line as a user runs it: a subprocess, its stdout/stderr and exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from qcompile.zoo import LlamaConfig, make_llama
+
+
+def qcompile(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "qcompile", *map(str, args)], capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def llama_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "llama.onnx"
+    onnx.save(make_llama(LlamaConfig()), str(path))
+    return path
+
+
+def test_help_teaches_every_command():
+    out = qcompile("--help").stdout
+    for command in ("inspect", "targets", "passes"):
+        assert command in out
+    assert "QCOMPILE_DEBUG" in out
+    assert "--dump-ir" in qcompile("inspect", "--help").stdout
+
+
+def test_inspect_reports_histogram_io_and_params(llama_path):
+    model = onnx.load(str(llama_path))
+    out = qcompile("inspect", llama_path).stdout
+    assert "input_ids  int64[batch,seq]" in out
+    assert "logits     fp32[batch,seq,256]" in out
+    n_params = sum(int(t.dims[0]) * (int(t.dims[1]) if len(t.dims) > 1 else 1) for t in model.graph.initializer)
+    assert f"params   {n_params:,}" in out
+    n_matmul = sum(1 for n in model.graph.node if n.op_type == "MatMul")
+    assert f"{n_matmul:6d}  MatMul" in out
+    assert "all supported" in out
+
+
+def test_inspect_json_matches_the_model(llama_path):
+    data = json.loads(qcompile("inspect", llama_path, "--json").stdout)
+    model = onnx.load(str(llama_path))
+    assert data["op_histogram"]["MatMul"] == sum(1 for n in model.graph.node if n.op_type == "MatMul")
+    assert data["inputs"] == [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]}]
+    assert data["unsupported"] == {}
+
+
+def test_inspect_ir_timing_and_dump(llama_path, tmp_path):
+    out = qcompile("inspect", llama_path, "--ir", "--timing", "--dump-ir", tmp_path / "ir", "--max-seq-len", 512).stdout
+    assert "graph llama (opset ai.onnx=18)" in out
+    assert "dims seq<=512" in out
+    assert "pipeline 'default'" in out and "fold_constants" in out
+    assert (tmp_path / "ir" / "000_input.txt").exists()
+
+
+def test_targets_and_passes_listings():
+    out = qcompile("targets").stdout
+    for name in ("x86_64", "native", "arm64", "arm64-i8mm", "arm64-android", "apple-m", "cuda", "cuda-sm90", "metal"):
+        assert f"\n{name} " in "\n" + out
+    presets = json.loads(qcompile("targets", "--json").stdout)
+    assert presets["x86_64"]["tvm_target"]["mcpu"] == "sapphirerapids"
+    out = qcompile("passes").stdout
+    assert "fold_constants" in out and "default:" in out
+
+
+@pytest.mark.parametrize("content, phase", [(None, "[load]"), (b"\x08\x07garbage\xff\xff", "[load]"),
+                                             (b"name: not a model\n", "[load]")])
+def test_bad_files_exit_1_with_one_paragraph(tmp_path, content, phase):
+    path = tmp_path / "bad.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    proc = qcompile("inspect", path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("qcompile: error: " + phase)
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 3
+
+
+def test_usage_errors_exit_2(llama_path):
+    assert qcompile("inspect", check=False).returncode == 2
+    proc = qcompile("inspect", llama_path, "--ir", "--pipeline", "nope", check=False)
+    assert proc.returncode == 2 and "unknown pipeline 'nope'" in proc.stderr
