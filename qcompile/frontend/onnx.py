@@ -278,9 +278,10 @@ def _fold_constant(g: Graph, node: Node) -> None:
 def _upgrade(g: Graph, node: Node, opset: int) -> None:
     """Append node to g in newest-opset form (attributes that became inputs move to inputs)."""
     if node.op in LEGACY_BROADCAST_BEFORE_7 and opset < 7 and node.attrs.pop("broadcast", 0):
-        raise UnsupportedOpsError("opset<7 axis-aligned broadcasting (attribute broadcast=1) is not supported",
-                                  {node.op: [node.name]}, node=node.name, op=node.op, opset=opset,
-                                  hint="upgrade the model to opset 7 or newer with onnx.version_converter")
+        if "axis" in node.attrs:
+            _align_operand(g, node, node.attrs.pop("axis"))
+    elif node.op == "PRelu" and opset < 7:
+        _align_operand(g, node, 1)     # a 1-D slope then meant one value per channel
     node.attrs.pop("consumed_inputs", None)   # opset<6 memory hint, no meaning now
     for attr, position, since, np_type in ATTR_TO_INPUT.get(node.op, ()):
         if opset >= since or attr not in node.attrs:
@@ -296,6 +297,22 @@ def _upgrade(g: Graph, node: Node, opset: int) -> None:
         _coerce_2d(g, node)
         return
     g.nodes.append(node)
+
+
+def _align_operand(g: Graph, node: Node, axis: int) -> None:
+    """Opset<7 broadcasting: input 1 lines up with input 0 starting at `axis`, not at the end."""
+    a, b = (g.values[name] for name in node.inputs[:2])
+    if a.shape is None or b.shape is None:
+        raise UnsupportedOpsError("opset<7 axis-aligned broadcasting needs both operand ranks known",
+                                  {node.op: [node.name]}, node=node.name, op=node.op,
+                                  hint="upgrade the model to opset 7 or newer with onnx.version_converter")
+    trailing = len(a.shape) - (axis % max(len(a.shape), 1)) - len(b.shape)
+    if trailing <= 0:
+        return
+    axes = g.add_const(f"{node.name}_align_axes", np.arange(len(b.shape), len(b.shape) + trailing, dtype=np.int64))
+    aligned = g.add_value(g.unique_name(f"{b.name}_aligned"), b.dtype, tuple(b.shape) + (1,) * trailing)
+    g.add_node("Unsqueeze", [b.name, axes.name], [aligned.name], name=f"{node.name}_align")
+    node.inputs[1] = aligned.name
 
 
 def _coerce_2d(g: Graph, node: Node) -> None:

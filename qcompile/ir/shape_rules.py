@@ -13,6 +13,7 @@ import numpy as np
 
 from . import dtypes
 from .graph import Dim, Graph, Node, Shape
+from .window import window
 
 _BOOL_OPS = {"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor",
              "IsNaN", "IsInf"}
@@ -22,7 +23,7 @@ _SAME_SHAPE = {"Abs", "Neg", "Relu", "Sign", "Not", "IsNaN", "IsInf", "Cast", "C
                "Exp", "Log", "Sqrt", "Reciprocal", "Tanh", "Sigmoid", "Erf", "Sin", "Cos", "Tan", "Asin", "Acos",
                "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Floor", "Ceil", "Round", "Softplus",
                "Softsign", "Gelu", "Elu", "Celu", "Selu", "LeakyRelu", "ThresholdedRelu", "HardSigmoid",
-               "HardSwish", "Mish", "BitwiseNot", "BatchNormalization", "LayerNormalization",
+               "HardSwish", "Mish", "BitwiseNot", "LRN", "BatchNormalization", "LayerNormalization",
                "RMSNormalization", "SimplifiedLayerNormalization"}
 _BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Equal", "Less", "LessOrEqual", "Greater",
               "GreaterOrEqual", "And", "Or", "Xor", "Max", "Min", "Sum", "Mean", "Where", "PRelu", "BitShift",
@@ -98,6 +99,10 @@ def output_dtypes(g: Graph, n: Node) -> list:
         return [dtypes.INT32]
     if op == "DynamicQuantizeLinear":
         return [dtypes.UINT8, dtypes.FP32, dtypes.UINT8]
+    if op == "Dropout":
+        return [dt(0), dtypes.BOOL]
+    if op == "MaxPool":
+        return [dt(0), dtypes.INT64]
     if op == "LayerNormalization":
         return [dt(0), dtypes.FP32, dtypes.FP32]
     if op in ("RMSNormalization", "SimplifiedLayerNormalization", "com.microsoft.SimplifiedLayerNormalization"):
@@ -421,6 +426,22 @@ def _matmul_nbits(g, n, x, sh):
     return None if x is None else tuple(x[:-1]) + (n.attrs["N"],)
 
 
+def _conv(g, n, x, sh):
+    w = sh(1)
+    if x is None or w is None or not all(isinstance(d, int) for d in x[2:]):
+        return None
+    geo = window(tuple(x[2:]), n.attrs.get("kernel_shape") or w[2:], n.attrs)
+    return (x[0], w[0]) + geo.out
+
+
+def _pool(g, n, x, sh):
+    if x is None or not all(isinstance(d, int) for d in x[2:]):
+        return None
+    geo = window(tuple(x[2:]), n.attrs["kernel_shape"], n.attrs, bool(n.attrs.get("ceil_mode", 0)))
+    shape = tuple(x[:2]) + geo.out
+    return [shape] * len(n.outputs)
+
+
 def _norm_stats(g, n, x, sh):
     if x is None:
         return [None, None]
@@ -439,6 +460,10 @@ _RULES = {
     "RMSNormalization": _norm_stats, "SimplifiedLayerNormalization": _norm_stats,
     "com.microsoft.SimplifiedLayerNormalization": _norm_stats,
     "DynamicQuantizeLinear": lambda g, n, x, sh: [x, (), ()],
+    "Conv": _conv, "MaxPool": _pool, "AveragePool": _pool,
+    "GlobalAveragePool": lambda g, n, x, sh: None if x is None else tuple(x[:2]) + (1,) * (len(x) - 2),
+    "GlobalMaxPool": lambda g, n, x, sh: None if x is None else tuple(x[:2]) + (1,) * (len(x) - 2),
+    "Dropout": lambda g, n, x, sh: [x, x],
 }
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ...errors import InterpretError
 from ..graph import Graph, Node
-from . import elementwise, nn, quant, reduce, tensor  # noqa: F401  (fill the registry)
+from . import conv, elementwise, nn, quant, reduce, tensor  # noqa: F401  (fill the registry)
 from .registry import KERNELS, kernel
 
 __all__ = ["run", "run_node", "supported_ops", "KERNELS", "kernel"]

@@ -136,20 +136,22 @@ def _tile(node, x, repeats):
     return np.tile(x, _ints(repeats))
 
 
+def _wrapped(indices: np.ndarray, dim) -> np.ndarray:
+    """ONNX indices may count from the end; numpy's take wants them in range."""
+    idx = indices.astype(np.int64)
+    return np.where(idx < 0, idx + dim, idx)
+
+
 @kernel("Gather")
 def _gather(node, data, indices):
     axis = node.attrs.get("axis", 0) % data.ndim
-    idx = indices.astype(np.int64)
-    idx = np.where(idx < 0, idx + data.shape[axis], idx)
-    return np.take(data, idx, axis=axis)
+    return np.take(data, _wrapped(indices, data.shape[axis]), axis=axis)
 
 
 @kernel("GatherElements")
 def _gather_elements(node, data, indices):
     axis = node.attrs.get("axis", 0) % data.ndim
-    idx = indices.astype(np.int64)
-    idx = np.where(idx < 0, idx + data.shape[axis], idx)
-    return np.take_along_axis(data, idx, axis=axis)
+    return np.take_along_axis(data, _wrapped(indices, data.shape[axis]), axis=axis)
 
 
 @kernel("Range")
@@ -200,9 +202,7 @@ def _gather_nd(node, data, indices):
     k = indices.shape[-1]
     n_batch = math.prod(data.shape[:b])
     flat_data = data.reshape((n_batch,) + data.shape[b:])
-    flat_idx = indices.astype(np.int64).reshape(n_batch, -1, k)
-    dims = np.array(data.shape[b:b + k], np.int64)
-    flat_idx = np.where(flat_idx < 0, flat_idx + dims, flat_idx)
+    flat_idx = _wrapped(indices.reshape(n_batch, -1, k), np.array(data.shape[b:b + k], np.int64))
     picked = [flat_data[i][tuple(flat_idx[i].T)] for i in range(n_batch)]
     return np.stack(picked).reshape(indices.shape[:-1] + data.shape[b + k:])
 
