@@ -139,3 +139,14 @@ def test_quant_spec_in_text_form():
     g = small_graph()
     g.values["w"].quant = QuantSpec("int8", 8, "per_channel", axis=1, scales=np.ones(3, np.float32))
     assert "quant(int8 8b per_channel axis=1 sym)" in to_text(g)
+
+
+def test_verifier_checks_declared_output_shapes_and_types():
+    g = small_graph()
+    g.values["h"].shape = ("batch", 4)          # MatMul of [batch,4] x [4,3] gives [batch,3]
+    with pytest.raises(VerifyError, match=r"declared \['batch', 4\] but the op computes \['batch', 3\]"):
+        verify(g)
+    g = small_graph()
+    g.values["y"].dtype = INT64
+    with pytest.raises(VerifyError, match="typed int64 but the op produces fp32"):
+        verify(g)

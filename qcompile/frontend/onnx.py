@@ -15,11 +15,12 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from ..errors import InvalidModelError, ModelLoadError, UnsupportedOpsError
+from ..errors import InvalidModelError, ModelLoadError, UnsupportedOpsError, VerifyError
 from ..ir import dtypes
 from ..ir.graph import Graph, Node
 from ..ir.interpret import run_node, supported_ops
 from ..ir.shape_rules import fill_types
+from ..ir.verify import verify
 from .opset import ATTR_TO_INPUT, COERCE_2D_BEFORE_13, LEGACY_BROADCAST_BEFORE_7, MAX_OPSET, MIN_OPSET
 
 _TWO_GB = 2 ** 31 - 1
@@ -83,6 +84,11 @@ def from_proto(model: onnx.ModelProto, name: str | None = None,
     model = infer_shapes(model)
     graph = convert(model, name or model.graph.name or "model", opsets)
     graph.dim_bounds.update(dim_bounds or {})
+    try:
+        verify(graph)
+    except VerifyError as exc:
+        exc.phase = "import"
+        raise
     return graph
 
 

@@ -196,6 +196,8 @@ def output_shapes(g: Graph, n: Node, sv: SymValues | None = None) -> list[Shape]
     op = n.op if n.domain == "" else n.op_id
     x = sh(0)
     if op in _SAME_SHAPE:
+        if op == "BatchNormalization" and x is not None and len(n.outputs) > 1:
+            return [x] + [(x[1],)] * (len(n.outputs) - 1)      # training mode: running mean, var
         if op == "LayerNormalization" and x is not None:
             axis = n.attrs.get("axis", -1) % len(x)
             stat = tuple(x[:axis]) + (1,) * (len(x) - axis)
@@ -397,6 +399,8 @@ def _split(g, n, x, sh):
         return [None] * len(n.outputs)
     axis = n.attrs.get("axis", 0) % len(x)
     sizes = const_ints(g, n.input(1)) if n.input(1) else None
+    if sizes is None and n.input(1):
+        return [None] * len(n.outputs)      # sizes only known at run time
     if sizes is None:
         if not isinstance(x[axis], int):
             return [None] * len(n.outputs)

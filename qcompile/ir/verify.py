@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import VerifyError
 from .graph import Graph
+from .shape_rules import SymValues, output_dtypes, output_shapes, propagate_symbolic
 
 # Ops whose listed inputs (by position) must share one element type.
 _SAME_TYPE_INPUTS = {
@@ -46,6 +47,7 @@ def verify(g: Graph) -> None:
         raise VerifyError("the graph has a cycle through nodes " + " -> ".join(cycle))
 
     available = set(g.inputs) | {v.name for v in g.constants()}
+    symbolic: SymValues = {}
     for n in g.nodes:
         for name in n.inputs:
             if not name:
@@ -59,6 +61,7 @@ def verify(g: Graph) -> None:
                                   node=n.name, op=n.op_id, hint="call Graph.topo_sort()")
         available.update(o for o in n.outputs if o)
         _check_types(g, n)
+        _check_output_types(g, n, symbolic)
 
     for name in g.outputs:
         if name not in available:
@@ -78,6 +81,31 @@ def _check_types(g: Graph, n) -> None:
     dtypes = {g.values[x].dtype.name for x in names if x}
     if len(dtypes) > 1:
         raise VerifyError(f"inputs mix element types {sorted(dtypes)}", node=n.name, op=n.op_id)
+
+def _check_output_types(g: Graph, n, symbolic: SymValues) -> None:
+    """Declared output types must agree with what the op computes from its inputs."""
+    dtypes = output_dtypes(g, n)
+    shapes = output_shapes(g, n, symbolic)
+    for i, name in enumerate(n.outputs):
+        if not name:
+            continue
+        v = g.values[name]
+        want_dt = dtypes[i] if i < len(dtypes) else None
+        if v.dtype is None:
+            raise VerifyError(f"output '{name}' has no element type", node=n.name, op=n.op_id)
+        if want_dt is not None and want_dt != v.dtype:
+            raise VerifyError(f"output '{name}' is typed {v.dtype} but the op produces {want_dt}",
+                              node=n.name, op=n.op_id)
+        want = shapes[i] if i < len(shapes) else None
+        if want is None or v.shape is None:
+            continue
+        clash = len(want) != len(v.shape) or any(
+            isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(want, v.shape))
+        if clash:
+            raise VerifyError(f"output '{name}' is declared {list(v.shape)} but the op computes {list(want)}",
+                              node=n.name, op=n.op_id)
+    propagate_symbolic(g, n, symbolic)
+
 
 def is_valid(g: Graph) -> bool:
     try:
