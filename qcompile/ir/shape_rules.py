@@ -13,6 +13,7 @@ import numpy as np
 
 from . import dtypes
 from .graph import Dim, Graph, Node, Shape
+from .slicing import slice_length
 from .window import window
 
 _BOOL_OPS = {"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor",
@@ -390,7 +391,7 @@ def _slice(g, n, x, sh):
         if not isinstance(dim, int):
             out[axis] = dim if (start == 0 and step == 1 and end >= 2 ** 62) else None
             continue
-        out[axis] = len(range(*slice(start, end, step).indices(dim)))
+        out[axis] = slice_length(dim, start, end, step)
     return tuple(out)
 
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ..slicing import onnx_slice
 from .registry import axis_list, kernel
 
 
@@ -92,14 +93,7 @@ def _slice(node, x, starts, ends, axes=None, steps=None):
     steps = _ints(steps) if steps is not None else [1] * len(starts)
     index = [slice(None)] * x.ndim
     for start, end, axis, step in zip(starts, ends, axes, steps):
-        dim = x.shape[axis]
-        start = start + dim if start < 0 else start
-        end = end + dim if end < 0 else end
-        if step > 0:
-            start, end = min(max(start, 0), dim), min(max(end, 0), dim)
-        else:
-            start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
-        index[axis] = slice(start, end if end >= 0 else None, step)
+        index[axis] = onnx_slice(x.shape[axis], start, end, step)
     return x[tuple(index)]
 
 
