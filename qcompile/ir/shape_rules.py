@@ -476,19 +476,21 @@ _SYMBOLIC_RULES = {"Reshape": _reshape, "Expand": _expand, "ConstantOfShape": _c
                    "Range": _range}
 
 
+def derived_types(g: Graph, n: Node, sv: SymValues):
+    """(value, dtype, shape) that the op rules derive for each present output of n."""
+    dts = output_dtypes(g, n)
+    shapes = output_shapes(g, n, sv)
+    for i, name in enumerate(n.outputs):
+        if name:
+            yield g.values[name], dts[i] if i < len(dts) else None, shapes[i] if i < len(shapes) else None
+
+
 def fill_types(g: Graph, overwrite: bool = False) -> int:
     """Set missing (or, with overwrite, all derivable) dtypes and shapes; return how many changed."""
     changed = 0
     sv: SymValues = {}
     for n in g.nodes:
-        dts = output_dtypes(g, n)
-        shapes = output_shapes(g, n, sv)
-        for i, name in enumerate(n.outputs):
-            if not name:
-                continue
-            v = g.values[name]
-            dt = dts[i] if i < len(dts) else None
-            shape = shapes[i] if i < len(shapes) else None
+        for v, dt, shape in derived_types(g, n, sv):
             if dt is not None and (v.dtype is None or overwrite) and v.dtype != dt:
                 v.dtype, changed = dt, changed + 1
             if shape is not None and (v.shape is None or overwrite) and v.shape != shape:

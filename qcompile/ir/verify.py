@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import VerifyError
 from .graph import Graph
-from .shape_rules import SymValues, output_dtypes, output_shapes, propagate_symbolic
+from .shape_rules import SymValues, derived_types, propagate_symbolic
 
 # Ops whose listed inputs (by position) must share one element type.
 _SAME_TYPE_INPUTS = {
@@ -82,21 +82,16 @@ def _check_types(g: Graph, n) -> None:
     if len(dtypes) > 1:
         raise VerifyError(f"inputs mix element types {sorted(dtypes)}", node=n.name, op=n.op_id)
 
+
 def _check_output_types(g: Graph, n, symbolic: SymValues) -> None:
     """Declared output types must agree with what the op computes from its inputs."""
-    dtypes = output_dtypes(g, n)
-    shapes = output_shapes(g, n, symbolic)
-    for i, name in enumerate(n.outputs):
-        if not name:
-            continue
-        v = g.values[name]
-        want_dt = dtypes[i] if i < len(dtypes) else None
+    for v, want_dt, want in derived_types(g, n, symbolic):
+        name = v.name
         if v.dtype is None:
             raise VerifyError(f"output '{name}' has no element type", node=n.name, op=n.op_id)
         if want_dt is not None and want_dt != v.dtype:
             raise VerifyError(f"output '{name}' is typed {v.dtype} but the op produces {want_dt}",
                               node=n.name, op=n.op_id)
-        want = shapes[i] if i < len(shapes) else None
         if want is None or v.shape is None:
             continue
         clash = len(want) != len(v.shape) or any(

@@ -70,14 +70,10 @@ def _celu(x, alpha):
     return np.maximum(0, x) + np.minimum(0, alpha * np.expm1(x / alpha))
 
 
-@kernel("Abs")
-def _abs(node, x):
-    return np.abs(x)
-
-
-@kernel("Neg")
-def _neg(node, x):
-    return np.negative(x)
+_EXACT_UNARY = {"Abs": np.abs, "Neg": np.negative, "IsNaN": np.isnan, "Not": np.logical_not,
+                "BitwiseNot": np.invert}
+for _op, _fn in _EXACT_UNARY.items():
+    kernel(_op)(lambda node, x, _fn=_fn: _fn(x))
 
 
 @kernel("Sign")
@@ -90,26 +86,11 @@ def _relu(node, x):
     return np.maximum(x, np.zeros((), x.dtype))
 
 
-@kernel("IsNaN")
-def _isnan(node, x):
-    return np.isnan(x)
-
-
 @kernel("IsInf")
 def _isinf(node, x):
     pos = node.attrs.get("detect_positive", 1) and (x == np.inf)
     neg = node.attrs.get("detect_negative", 1) and (x == -np.inf)
     return np.logical_or(pos, neg)
-
-
-@kernel("Not")
-def _not(node, x):
-    return np.logical_not(x)
-
-
-@kernel("BitwiseNot")
-def _bitwise_not(node, x):
-    return np.invert(x)
 
 
 @kernel("Clip")
