@@ -154,7 +154,9 @@ def propagate_symbolic(g: Graph, n: Node, sv: SymValues) -> None:
             rank = len(x)
             start, end = n.attrs.get("start", 0), n.attrs.get("end", rank)
             result = tuple(x[slice(start, end)])
-    elif op in ("Identity", "Cast", "Squeeze", "Unsqueeze") and first is not None:
+    elif op in ("Identity", "Squeeze", "Unsqueeze") and first is not None:
+        result = first
+    elif op == "Cast" and first is not None and dtypes.from_onnx(n.attrs["to"]).is_int:
         result = first
     elif op == "Gather" and first is not None and n.attrs.get("axis", 0) == 0:
         idx = _sym(g, sv, n.input(1))

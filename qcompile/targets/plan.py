@@ -1,0 +1,181 @@
+"""From an optimized graph to an execution plan: which nodes run as kernels, which are views,
+which are evaluated at build time as symbolic shapes, and where every tensor lives.
+
+No TVM here: the plan is data. Kernels are described by their node; `targets/tvm/` turns them
+into TIR, and `artifact/` turns the plan into C.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import QCompileError
+from ..ir import dims
+from ..ir.graph import Graph, Node, Value
+from ..ir.shape_rules import SymValues, propagate_symbolic
+
+# Inputs read at build time (shapes, axes, sizes), never passed to a kernel.
+SHAPE_OPERANDS = {
+    "Reshape": {1}, "Expand": {1}, "ConstantOfShape": {0}, "Range": {0, 1, 2}, "Slice": {1, 2, 3, 4},
+    "Unsqueeze": {1}, "Squeeze": {1}, "Tile": {1}, "Split": {1}, "Trilu": {1}, "CumSum": {1}, "Pad": {1, 3},
+    **{op: {1} for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                          "ReduceL2", "ReduceSumSquare", "ReduceLogSum", "ReduceLogSumExp")},
+}
+# Ops that only reinterpret contiguous memory: the output aliases the input.
+VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+# Constants this small are folded into the kernel code instead of being passed as buffers.
+INLINE_CONST_ELEMS = 1
+ALIGN = 64
+
+
+class LoweringError(QCompileError):
+    phase = "lower"
+
+
+@dataclass
+class Step:
+    """One kernel launch: node, the tensors it reads and writes, and symbolic scalars it needs."""
+    node: Node
+    inputs: list[str]              # data operands passed as buffers (order = kernel params)
+    outputs: list[str]
+    inline: dict[int, np.ndarray]  # input position -> small constant folded into the kernel
+    kernel: str = ""               # kernel name, filled when kernels are deduplicated
+    scalars: list[str] = field(default_factory=list)   # symbolic dims passed as int64 params
+    materialize: tuple | None = None   # for a symbolic vector used as data: its dims
+
+
+@dataclass
+class Storage:
+    kind: str                      # input | weight | arena | view
+    offset: int = 0                # arena or weight-blob byte offset
+    base: str | None = None        # for views: the value whose memory this is
+    max_bytes: int = 0
+
+
+@dataclass
+class Plan:
+    graph: Graph
+    steps: list[Step]
+    storage: dict[str, Storage]
+    symbols: list[str]
+    bounds: dict[str, int]
+    arena_bytes: int = 0
+    weights: list[str] = field(default_factory=list)   # constant values in blob order
+    weight_bytes: int = 0
+    symbolic: SymValues = field(default_factory=dict)  # vectors of dims known at build time
+
+
+def max_bytes(v: Value, bounds: dict[str, int]) -> int:
+    if v.shape is None:
+        raise LoweringError(f"value '{v.name}' has an unknown rank", hint="run infer_shapes")
+    count = 1
+    for d in v.shape:
+        if d is None:
+            raise LoweringError(f"value '{v.name}' has an unknown dim in {list(v.shape)}")
+        count *= dims.upper_bound(d, bounds)
+    return count * v.dtype.np_dtype.itemsize
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def make_plan(g: Graph, bounds: dict[str, int]) -> Plan:
+    symbolic: SymValues = {}
+    steps: list[Step] = []
+    storage: dict[str, Storage] = {name: Storage("input") for name in g.inputs}
+    for n in g.nodes:
+        propagate_symbolic(g, n, symbolic)
+        if all(o in symbolic for o in n.outputs if o):
+            continue                       # a shape computation: evaluated here, at build time
+        shape_ops = SHAPE_OPERANDS.get(n.op, set()) if not n.domain else set()
+        for i, name in enumerate(n.inputs):
+            if name and i in shape_ops and name not in symbolic and g.values[name].const is None:
+                raise LoweringError(f"input {i} ('{name}') must be known at build time (a shape or axes), "
+                                    "but it is computed at run time", node=n.name, op=n.op_id)
+        if n.op in VIEW_OPS and not n.domain:
+            storage[n.outputs[0]] = Storage("view", base=n.inputs[0])
+            continue
+        data, inline = [], {}
+        for i, name in enumerate(n.inputs):
+            if not name or i in shape_ops:
+                continue
+            v = g.values[name]
+            if v.const is not None and v.const.size <= INLINE_CONST_ELEMS:
+                inline[i] = v.const
+            elif name in symbolic and v.const is None and name not in storage:
+                steps.append(Step(n, [], [name], {}, materialize=symbolic[name]))
+                storage[name] = Storage("arena")
+                data.append(name)
+            elif name not in data:         # an operand read twice is passed once
+                data.append(name)
+        steps.append(Step(n, data, [o for o in n.outputs if o], inline))
+        for o in n.outputs:
+            if o:
+                storage[o] = Storage("arena")
+    plan = Plan(g, steps, storage, sorted(dims.symbols_of(_all_shapes(g))), dict(bounds), symbolic=symbolic)
+    _place_weights(plan)
+    _plan_arena(plan)
+    return plan
+
+
+def _all_shapes(g: Graph):
+    for name in list(g.inputs) + list(g.outputs):
+        yield from g.values[name].shape or ()
+    for v in g.values.values():
+        if v.const is None:
+            yield from (d for d in (v.shape or ()) if d is not None)
+
+
+def _place_weights(plan: Plan) -> None:
+    used = {name for s in plan.steps for name in s.inputs}
+    offset = 0
+    for name in sorted(used):
+        v = plan.graph.values[name]
+        if v.const is None:
+            continue
+        plan.storage[name] = Storage("weight", offset=offset, max_bytes=v.const.nbytes)
+        plan.weights.append(name)
+        offset = _align(offset + v.const.nbytes)
+    plan.weight_bytes = offset
+
+
+def resolve(plan: Plan, name: str) -> str:
+    """Follow views to the value that owns the memory."""
+    while plan.storage[name].kind == "view":
+        name = plan.storage[name].base
+    return name
+
+
+def _plan_arena(plan: Plan) -> None:
+    """Liveness-based static arena: each arena value gets an offset no live value overlaps."""
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, step in enumerate(plan.steps):
+        for name in step.outputs:
+            first.setdefault(resolve(plan, name), i)
+        for name in step.inputs:
+            last[resolve(plan, name)] = i
+    end = len(plan.steps)
+    for name in plan.graph.outputs:
+        last[resolve(plan, name)] = end
+    arena = [n for n, st in plan.storage.items() if st.kind == "arena"]
+    for name in arena:
+        plan.storage[name].max_bytes = max_bytes(plan.graph.values[name], plan.bounds)
+    placed: list[tuple[int, int, int, int]] = []      # offset, size, first, last
+    for name in sorted(arena, key=lambda n: (-plan.storage[n].max_bytes, n)):
+        size = _align(max(plan.storage[name].max_bytes, 1))
+        lo, hi = first.get(name, 0), last.get(name, first.get(name, 0))
+        offset = 0
+        for o, s, f, l in sorted(placed):
+            if f <= hi and lo <= l and offset < o + s and o < offset + size:
+                offset = _align(o + s)
+        # a second sweep: offsets moved past one block may now overlap an earlier one
+        while any(f <= hi and lo <= l and offset < o + s and o < offset + size for o, s, f, l in placed):
+            offset = _align(max(o + s for o, s, f, l in placed
+                                if f <= hi and lo <= l and offset < o + s and o < offset + size))
+        placed.append((offset, size, lo, hi))
+        plan.storage[name].offset = offset
+    plan.arena_bytes = max((o + s for o, s, _, _ in placed), default=0)

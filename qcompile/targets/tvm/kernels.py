@@ -1,0 +1,160 @@
+"""Plan steps -> TIR PrimFuncs: one kernel per distinct workload, shared by identical nodes."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from tvm import te, tirx
+
+from ...ir import dims
+from ..plan import LoweringError, Plan, Step
+from . import te_ops
+
+_BUILDERS = {
+    **{op: ("plain", te_ops.elementwise) for op in te_ops.ELEMENTWISE_OPS},
+    "MatMul": ("plain", te_ops.matmul), "Gemm": ("plain", te_ops.gemm),
+    "Softmax": ("plain", te_ops.softmax), "LayerNormalization": ("plain", te_ops.layer_norm),
+    "RMSNormalization": ("plain", te_ops.layer_norm), "SimplifiedLayerNormalization": ("plain", te_ops.layer_norm),
+    "Transpose": ("plain", te_ops.transpose), "Concat": ("plain", te_ops.concat),
+    "Gather": ("plain", te_ops.gather), "Expand": ("plain", te_ops.expand),
+    "ConstantOfShape": ("plain", te_ops.constant_of_shape),
+    "ReduceSum": ("consts", te_ops.reduce), "ReduceMean": ("consts", te_ops.reduce),
+    "ReduceMax": ("consts", te_ops.reduce), "ReduceMin": ("consts", te_ops.reduce),
+    "Slice": ("consts", te_ops.slice_), "Trilu": ("consts", te_ops.trilu),
+    "Range": ("range", te_ops.range_),
+}
+
+
+def supported(op_id: str) -> bool:
+    return op_id in _BUILDERS
+
+
+@dataclass
+class Kernel:
+    name: str
+    func: object                 # tirx.PrimFunc
+    kind: str                    # schedule family: matmul | reduce | injective | multi
+    scalars: list                # symbolic dims (str) passed as trailing int64 params
+
+
+def _expr(dim, env: dict[str, tirx.Var]):
+    lin = dims.parse(dim)
+    out = tirx.const(lin.const, "int64") if lin.const or not lin.terms else None
+    for sym, coeff in lin.terms:
+        term = env[sym] if coeff == 1 else env[sym] * coeff
+        out = term if out is None else out + term
+    return out
+
+
+def _workload_key(plan: Plan, step: Step) -> str:
+    g, n = plan.graph, step.node
+    parts = [n.op_id, repr(sorted((k, repr(v)) for k, v in n.attrs.items()))]
+    for name in step.inputs + step.outputs:
+        v = g.values[name]
+        parts.append(f"{v.dtype}{list(v.shape)}")
+    for i, arr in sorted(step.inline.items()):
+        parts.append(f"inline{i}:{arr.dtype}:{arr.tobytes().hex()}")
+    for i, name in enumerate(n.inputs):
+        if name and g.values[name].const is not None and name not in step.inputs and i not in step.inline:
+            parts.append(f"const{i}:{g.values[name].const.tobytes().hex()}")
+    if step.materialize:
+        parts.append(f"dims{list(step.materialize)}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def build_kernels(plan: Plan, prefix: str) -> dict[str, Kernel]:
+    """Create (deduplicated) kernels for every plan step; sets step.kernel and step.scalars."""
+    kernels: dict[str, Kernel] = {}
+    by_key: dict[str, str] = {}
+    for step in plan.steps:
+        key = _workload_key(plan, step)
+        if key in by_key:
+            step.kernel = by_key[key]
+            step.scalars = kernels[step.kernel].scalars
+            continue
+        name = f"{prefix}_k{len(kernels)}"
+        try:
+            kernel = _make_kernel(plan, step, name)
+        except LoweringError:
+            raise
+        except NotImplementedError as exc:
+            raise LoweringError(f"no kernel for this case: {exc}", node=step.node.name, op=step.node.op_id) from None
+        except Exception as exc:
+            raise LoweringError(f"building the kernel failed: {type(exc).__name__}: {exc}",
+                                node=step.node.name, op=step.node.op_id) from exc
+        kernels[name] = kernel
+        by_key[key] = name
+        step.kernel, step.scalars = name, kernel.scalars
+    return kernels
+
+
+def _make_kernel(plan: Plan, step: Step, name: str) -> Kernel:
+    g, n = plan.graph, step.node
+    shapes = [g.values[x].shape for x in step.inputs + step.outputs]
+    syms = sorted(set().union(*(dims.symbols_of(s) for s in shapes)) if shapes else set())
+    if step.materialize:
+        syms = sorted(set(syms) | dims.symbols_of(step.materialize))
+    start = n.input(0) if n.op_id == "Range" else None
+    if start and g.values[start].const is None:
+        syms = sorted(set(syms) | dims.symbols_of(plan.symbolic[start]))
+    env = {s: tirx.Var(s, "int64") for s in syms}
+
+    def texpr_shape(shape):
+        return [_expr(d, env) for d in shape]
+
+    placeholders = {}
+    for i, x in enumerate(step.inputs):
+        v = g.values[x]
+        placeholders[x] = te.placeholder(texpr_shape(v.shape), v.dtype.np_dtype.name
+                                         if v.dtype.name != "bool" else "bool", name=f"in{i}")
+    out_values = [g.values[x] for x in step.outputs]
+    out_shapes = [texpr_shape(v.shape) for v in out_values]
+    out_dtypes = [v.dtype.np_dtype.name if v.dtype.name != "bool" else "bool" for v in out_values]
+    scalar_syms: list = []
+    if step.materialize:
+        outs = [te_ops.materialize([_expr(d, env) for d in step.materialize], out_dtypes[0])]
+        kind = "injective"
+    else:
+        operands = []
+        for i, x in enumerate(n.inputs):
+            if x in placeholders:
+                operands.append(placeholders[x])
+            elif i in step.inline:
+                operands.append(te_ops.Inline(step.inline[i]))
+            else:
+                operands.append(None)
+        consts = {i: g.values[x].const for i, x in enumerate(n.inputs) if x and g.values[x].const is not None}
+        style, builder = _BUILDERS.get(n.op_id, (None, None))
+        if builder is None:
+            raise NotImplementedError(f"op {n.op_id} has no TE lowering yet")
+        data = [o for o in operands]
+        while data and data[-1] is None:
+            data.pop()
+        if style == "plain":
+            outs = builder(n, data, out_shapes, out_dtypes)
+        elif style == "consts":
+            outs = builder(n, [data[0]], out_shapes, out_dtypes, consts)
+        else:   # range: a symbolic start comes in as a scalar
+            scalars = {0: _expr(plan.symbolic[start][0], env)} if start and g.values[start].const is None else {}
+            outs = builder(n, [], out_shapes, out_dtypes, consts, scalars)
+        kind = _kind(n.op_id)
+    bare = {str(d) for x in step.inputs + step.outputs for d in (g.values[x].shape or ()) if isinstance(d, str)
+            and dims.parse(d).is_symbol}
+    scalar_syms = [s for s in sorted(env) if s not in bare]
+    args = [placeholders[x] for x in step.inputs] + list(outs[:len(step.outputs)]) + [env[s] for s in scalar_syms]
+    func = te.create_prim_func(args).with_attr("global_symbol", name)
+    return Kernel(name, func, kind, scalar_syms)
+
+
+def _kind(op_id: str) -> str:
+    if op_id in ("MatMul", "Gemm"):
+        return "matmul"
+    if op_id.startswith("Reduce"):
+        return "reduce"
+    if op_id in ("Softmax", "LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"):
+        return "multi"
+    return "injective"
+
+
+__all__ = ["build_kernels", "supported", "Kernel"]

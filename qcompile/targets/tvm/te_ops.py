@@ -1,0 +1,380 @@
+"""IR op -> TE compute, with symbolic shapes. One builder per op family.
+
+A builder receives the node, its operands (te.Tensor, or a callable for a constant folded into
+the kernel) and the output shapes as TIR expressions, and returns the output tensors. Semantics
+follow the reference interpreter (`qcompile/ir/interpret`), which the tests compare against.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+from tvm import te, tirx
+
+from ...ir.slicing import onnx_slice
+
+
+class Inline:
+    """A constant folded into kernel code: broadcasts like a tensor of its shape."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+        self.shape = tuple(int(d) for d in array.shape)
+        self.dtype = str(array.dtype) if array.dtype != np.bool_ else "bool"
+
+    def __call__(self, *idx):
+        return tirx.const(self.array.reshape(-1)[0].item(), self.dtype)
+
+
+def _is_one(d) -> bool:
+    return isinstance(d, (int, tirx.IntImm)) and int(d) == 1
+
+
+def bcast(t, out_shape) -> Callable:
+    """Index function reading operand t broadcast (numpy rules) to out_shape."""
+    off = len(out_shape) - len(t.shape)
+
+    def get(*idx):
+        sub = [0 if _is_one(t.shape[i]) and not _is_one(out_shape[off + i]) else idx[off + i]
+               for i in range(len(t.shape))]
+        return t(*sub)
+    return get
+
+
+def dtype_of(t) -> str:
+    return t.dtype
+
+
+# -- elementwise --------------------------------------------------------------------------------
+
+def _pow(a, b):
+    if isinstance(b, tirx.FloatImm) and b.value == 2.0:
+        return a * a
+    if isinstance(b, tirx.FloatImm) and b.value == 0.5:
+        return tirx.sqrt(a)
+    return tirx.power(a, b)
+
+
+def _div(a, b, dt):
+    return tirx.truncdiv(a, b) if "int" in dt else a / b
+
+
+_BINARY = {
+    "Add": lambda a, b, dt: a + b, "Sub": lambda a, b, dt: a - b, "Mul": lambda a, b, dt: a * b, "Div": _div,
+    "Pow": lambda a, b, dt: _pow(a, b), "Max": lambda a, b, dt: tirx.max(a, b),
+    "Min": lambda a, b, dt: tirx.min(a, b),
+    "Equal": lambda a, b, dt: a == b, "Less": lambda a, b, dt: a < b, "LessOrEqual": lambda a, b, dt: a <= b,
+    "Greater": lambda a, b, dt: a > b, "GreaterOrEqual": lambda a, b, dt: a >= b,
+    "And": lambda a, b, dt: tirx.And(a, b), "Or": lambda a, b, dt: tirx.Or(a, b),
+}
+
+
+def _gelu(x, approximate):
+    if approximate == "tanh":
+        return 0.5 * x * (1 + tirx.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+    return 0.5 * x * (1 + tirx.erf(x * (1 / math.sqrt(2))))
+
+
+_UNARY = {
+    "Neg": lambda n, x, dt: -x, "Abs": lambda n, x, dt: tirx.abs(x), "Exp": lambda n, x, dt: tirx.exp(x),
+    "Log": lambda n, x, dt: tirx.log(x), "Sqrt": lambda n, x, dt: tirx.sqrt(x),
+    "Reciprocal": lambda n, x, dt: tirx.const(1, dt) / x, "Tanh": lambda n, x, dt: tirx.tanh(x),
+    "Sigmoid": lambda n, x, dt: tirx.sigmoid(x), "Erf": lambda n, x, dt: tirx.erf(x),
+    "Sin": lambda n, x, dt: tirx.sin(x), "Cos": lambda n, x, dt: tirx.cos(x),
+    "Relu": lambda n, x, dt: tirx.max(x, tirx.const(0, dt)),
+    "Floor": lambda n, x, dt: tirx.floor(x), "Ceil": lambda n, x, dt: tirx.ceil(x),
+    "Not": lambda n, x, dt: tirx.Not(x),
+    "Gelu": lambda n, x, dt: _gelu(x, n.attrs.get("approximate", "none")),
+    "Softplus": lambda n, x, dt: tirx.log(1 + tirx.exp(x)),
+    "LeakyRelu": lambda n, x, dt: tirx.Select(x >= 0, x, x * tirx.const(n.attrs.get("alpha", 0.01), dt)),
+}
+
+
+def elementwise(node, ins, out_shapes, out_dtypes):
+    shape = out_shapes[0]
+    op = node.op
+    if op in _BINARY:
+        a, b = (bcast(t, shape) for t in ins)
+        fn = _BINARY[op]
+        dt = str(ins[0].dtype)
+        return [te.compute(shape, lambda *i: fn(a(*i), b(*i), dt).astype(out_dtypes[0]), name="y")]
+    if op == "Where":
+        c, x, y = (bcast(t, shape) for t in ins)
+        return [te.compute(shape, lambda *i: tirx.Select(c(*i).astype("bool"), x(*i), y(*i)), name="y")]
+    if op == "Cast":
+        x = bcast(ins[0], shape)
+        return [te.compute(shape, lambda *i: x(*i).astype(out_dtypes[0]), name="y")]
+    if op == "Clip":
+        x = bcast(ins[0], shape)
+        lo = bcast(ins[1], shape) if len(ins) > 1 and ins[1] is not None else None
+        hi = bcast(ins[2], shape) if len(ins) > 2 and ins[2] is not None else None
+
+        def clip(*i):
+            v = x(*i)
+            if lo is not None:
+                v = tirx.max(v, lo(*i))
+            if hi is not None:
+                v = tirx.min(v, hi(*i))
+            return v
+        return [te.compute(shape, clip, name="y")]
+    fn = _UNARY[op]
+    x = bcast(ins[0], shape)
+    return [te.compute(shape, lambda *i: fn(node, x(*i), str(ins[0].dtype)), name="y")]
+
+
+ELEMENTWISE_OPS = set(_BINARY) | set(_UNARY) | {"Where", "Cast", "Clip"}
+
+
+# -- linear algebra -----------------------------------------------------------------------------
+
+def matmul(node, ins, out_shapes, out_dtypes):
+    a, b = ins
+    out = out_shapes[0]
+    k_dim = a.shape[-1]
+    k = te.reduce_axis((0, k_dim), name="k")
+    a2 = len(a.shape) >= 2
+    b2 = len(b.shape) >= 2
+    batch_rank = len(out) - (1 if a2 else 0) - (1 if b2 else 0)
+
+    def read_a(idx, kk):
+        if not a2:
+            return a[kk]
+        batch = idx[:batch_rank]
+        off = batch_rank - (len(a.shape) - 2)
+        sub = [0 if _is_one(a.shape[i]) and not _is_one(out[off + i]) else batch[off + i]
+               for i in range(len(a.shape) - 2)]
+        return a(*sub, idx[batch_rank], kk)
+
+    def read_b(idx, kk):
+        if not b2:
+            return b[kk]
+        batch = idx[:batch_rank]
+        off = batch_rank - (len(b.shape) - 2)
+        sub = [0 if _is_one(b.shape[i]) and not _is_one(out[off + i]) else batch[off + i]
+               for i in range(len(b.shape) - 2)]
+        return b(*sub, kk, idx[-1])
+
+    return [te.compute(out, lambda *i: te.sum(read_a(i, k) * read_b(i, k), axis=k), name="matmul")]
+
+
+def gemm(node, ins, out_shapes, out_dtypes):
+    a, b = ins[0], ins[1]
+    c = ins[2] if len(ins) > 2 else None
+    ta, tb = node.attrs.get("transA", 0), node.attrs.get("transB", 0)
+    alpha, beta = node.attrs.get("alpha", 1.0), node.attrs.get("beta", 1.0)
+    k = te.reduce_axis((0, a.shape[0] if ta else a.shape[1]), name="k")
+    out = out_shapes[0]
+    prod = te.compute(out, lambda i, j: te.sum((a[k, i] if ta else a[i, k]) * (b[j, k] if tb else b[k, j]), axis=k),
+                      name="matmul")
+    if c is None and alpha == 1.0:
+        return [prod]
+    cc = bcast(c, out) if c is not None else None
+    return [te.compute(out, lambda i, j: prod[i, j] * alpha + (cc(i, j) * beta if cc else 0), name="y")]
+
+
+# -- reductions and normalization ---------------------------------------------------------------
+
+def _axes(node, rank, consts):
+    axes = consts.get(1)
+    if axes is None or np.size(axes) == 0:
+        return None if node.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
+    return sorted(int(a) % rank for a in np.asarray(axes).reshape(-1))
+
+
+def reduce(node, ins, out_shapes, out_dtypes, consts):
+    x = ins[0]
+    rank = len(x.shape)
+    axes = _axes(node, rank, consts)
+    keep = node.attrs.get("keepdims", 1)
+    rdom = {a: te.reduce_axis((0, x.shape[a]), name=f"r{a}") for a in axes}
+
+    def index(i):
+        it = iter(i)
+        sub = []
+        for d in range(rank):
+            if d in rdom:
+                sub.append(rdom[d])
+                if keep:
+                    next(it)
+            else:
+                sub.append(next(it))
+        return sub
+
+    raxes = list(rdom.values())
+    op = node.op
+    if op in ("ReduceSum", "ReduceMean"):
+        total = te.compute(out_shapes[0], lambda *i: te.sum(x(*index(i)), axis=raxes), name="sum")
+        if op == "ReduceSum":
+            return [total]
+        count = 1
+        for a in axes:
+            count = count * x.shape[a]
+        return [te.compute(out_shapes[0], lambda *i: total(*i) / count.astype(x.dtype)
+                           if not isinstance(count, int) else total(*i) / float(count), name="mean")]
+    if op == "ReduceMax":
+        return [te.compute(out_shapes[0], lambda *i: te.max(x(*index(i)), axis=raxes), name="max")]
+    if op == "ReduceMin":
+        return [te.compute(out_shapes[0], lambda *i: te.min(x(*index(i)), axis=raxes), name="min")]
+    raise NotImplementedError(op)
+
+
+def softmax(node, ins, out_shapes, out_dtypes):
+    x = ins[0]
+    rank = len(x.shape)
+    axis = node.attrs.get("axis", -1) % rank
+    shape = out_shapes[0]
+    red_shape = [d for i, d in enumerate(shape) if i != axis]
+
+    def full(i, r):
+        return list(i[:axis]) + [r] + list(i[axis:])
+
+    r1 = te.reduce_axis((0, x.shape[axis]), name="r1")
+    mx = te.compute(red_shape, lambda *i: te.max(x(*full(i, r1)), axis=r1), name="mx")
+    ex = te.compute(shape, lambda *i: tirx.exp(x(*i) - mx(*(i[:axis] + i[axis + 1:]))), name="ex")
+    r2 = te.reduce_axis((0, x.shape[axis]), name="r2")
+    sm = te.compute(red_shape, lambda *i: te.sum(ex(*full(i, r2)), axis=r2), name="sm")
+    return [te.compute(shape, lambda *i: ex(*i) / sm(*(i[:axis] + i[axis + 1:])), name="softmax")]
+
+
+def layer_norm(node, ins, out_shapes, out_dtypes):
+    x, scale = ins[0], ins[1]
+    bias = ins[2] if len(ins) > 2 else None
+    rank = len(x.shape)
+    axis = node.attrs.get("axis", -1) % rank
+    eps = node.attrs.get("epsilon", 1e-5)
+    n = 1
+    for d in x.shape[axis:]:
+        n = n * d
+    lead = x.shape[:axis]
+    rms = node.op != "LayerNormalization"
+
+    def tail_axes(tag):
+        return [te.reduce_axis((0, d), name=f"{tag}{i}") for i, d in enumerate(x.shape[axis:])]
+
+    inv_n = tirx.const(1.0, "float32") / tirx.Cast("float32", n) if not isinstance(n, int) else 1.0 / n
+    if rms:
+        r = tail_axes("q")
+        ms = te.compute(lead, lambda *i: te.sum(x(*i, *r) * x(*i, *r), axis=r), name="sq")
+        inv = te.compute(lead, lambda *i: tirx.rsqrt(ms(*i) * inv_n + eps), name="inv")
+        sc = bcast(scale, x.shape)
+        return [te.compute(x.shape, lambda *i: x(*i) * inv(*i[:axis]) * sc(*i), name="y")]
+    r = tail_axes("m")
+    total = te.compute(lead, lambda *i: te.sum(x(*i, *r), axis=r), name="total")
+    mean = te.compute(lead, lambda *i: total(*i) * inv_n, name="mean")
+    r2 = tail_axes("v")
+    sq = te.compute(lead, lambda *i: te.sum((x(*i, *r2) - mean(*i)) * (x(*i, *r2) - mean(*i)), axis=r2),
+                    name="sqdev")
+    inv = te.compute(lead, lambda *i: tirx.rsqrt(sq(*i) * inv_n + eps), name="inv")
+    sc = bcast(scale, x.shape)
+    bs = bcast(bias, x.shape) if bias is not None else None
+    return [te.compute(x.shape, lambda *i: (x(*i) - mean(*i[:axis])) * inv(*i[:axis]) * sc(*i)
+                       + (bs(*i) if bs else 0), name="y")]
+
+
+# -- data movement ------------------------------------------------------------------------------
+
+def transpose(node, ins, out_shapes, out_dtypes):
+    x = ins[0]
+    perm = node.attrs.get("perm") or list(reversed(range(len(x.shape))))
+    inverse = [perm.index(d) for d in range(len(perm))]
+    return [te.compute(out_shapes[0], lambda *i: x(*[i[inverse[d]] for d in range(len(perm))]), name="t")]
+
+
+def concat(node, ins, out_shapes, out_dtypes):
+    shape = out_shapes[0]
+    axis = node.attrs["axis"] % len(shape)
+    parts = [t for t in ins if t is not None]
+
+    offsets = [0]
+    for t in parts:
+        offsets.append(offsets[-1] + t.shape[axis])
+
+    def read(j, i):
+        sub = list(i)
+        sub[axis] = i[axis] - offsets[j]
+        return parts[j](*sub)
+
+    def pick(*i):
+        value = read(len(parts) - 1, i)
+        for j in range(len(parts) - 2, -1, -1):     # earlier parts win below their end offset
+            value = tirx.if_then_else(i[axis] < offsets[j + 1], read(j, i), value)
+        return value
+    return [te.compute(shape, pick, name="concat")]
+
+
+def slice_(node, ins, out_shapes, out_dtypes, consts):
+    x = ins[0]
+    rank = len(x.shape)
+    starts, ends = (np.asarray(consts[i]).reshape(-1).tolist() for i in (1, 2))
+    axes = [int(a) % rank for a in np.asarray(consts[3]).reshape(-1)] if 3 in consts else list(range(len(starts)))
+    steps = np.asarray(consts[4]).reshape(-1).tolist() if 4 in consts else [1] * len(starts)
+    begin, stride = [0] * rank, [1] * rank
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        dim = x.shape[a]
+        if isinstance(dim, tirx.IntImm):
+            sl = onnx_slice(int(dim), int(s), int(e), int(st))
+            begin[a], stride[a] = sl.start, sl.step
+        elif s == 0 and st == 1 and e >= 2 ** 62:
+            continue      # the whole symbolic axis
+        else:
+            raise NotImplementedError(f"Slice on symbolic axis {a} with start {s}, end {e}, step {st}")
+    return [te.compute(out_shapes[0], lambda *i: x(*[begin[d] + i[d] * stride[d] for d in range(rank)]), name="slice")]
+
+
+def gather(node, ins, out_shapes, out_dtypes):
+    data, idx = ins
+    axis = node.attrs.get("axis", 0) % len(data.shape)
+    q = len(idx.shape)
+    dim = data.shape[axis]
+
+    def read(*i):
+        raw = idx(*i[axis:axis + q]).astype("int64")
+        wrapped = tirx.Select(raw < 0, raw + dim, raw)
+        safe = tirx.max(tirx.min(wrapped, dim - 1), 0)     # out-of-range ids never read out of bounds
+        return data(*i[:axis], safe, *i[axis + q:])
+    return [te.compute(out_shapes[0], read, name="gather")]
+
+
+def expand(node, ins, out_shapes, out_dtypes):
+    x = bcast(ins[0], out_shapes[0])
+    return [te.compute(out_shapes[0], lambda *i: x(*i), name="expand")]
+
+
+def range_(node, ins, out_shapes, out_dtypes, consts, scalars):
+    start = scalars.get(0, None)
+    if start is None:
+        start = tirx.const(np.asarray(consts[0]).reshape(-1)[0].item(), out_dtypes[0])
+    delta = tirx.const(np.asarray(consts[2]).reshape(-1)[0].item(), out_dtypes[0])
+    return [te.compute(out_shapes[0], lambda i: start.astype(out_dtypes[0]) + i.astype(out_dtypes[0]) * delta,
+                       name="range")]
+
+
+def trilu(node, ins, out_shapes, out_dtypes, consts):
+    x = ins[0]
+    k = int(np.asarray(consts[1]).reshape(-1)[0]) if 1 in consts else 0
+    upper = node.attrs.get("upper", 1)
+    zero = tirx.const(0, x.dtype)
+
+    def keep(*i):
+        r, c = i[-2], i[-1]
+        cond = (c - r >= k) if upper else (c - r <= k)
+        return tirx.Select(cond, x(*i), zero)
+    return [te.compute(out_shapes[0], keep, name="trilu")]
+
+
+def constant_of_shape(node, ins, out_shapes, out_dtypes):
+    value = node.attrs.get("value")
+    v = np.asarray(value).reshape(-1)[0].item() if value is not None else 0.0
+    return [te.compute(out_shapes[0], lambda *i: tirx.const(v, out_dtypes[0]), name="fill")]
+
+
+def materialize(values, dtype):
+    """A symbolic vector (dims known only at run time) written out as a tensor."""
+    def pick(i):
+        out = tirx.const(0, dtype)
+        for j, v in reversed(list(enumerate(values))):
+            out = tirx.Select(i == j, tirx.Cast(dtype, v), out)
+        return out
+    return te.compute((len(values),), pick, name="dims")
