@@ -14,6 +14,8 @@ DESCRIPTION = """\
 qcompile turns a trained network (ONNX) into one self-contained native library for one target,
 with quantization done by the compiler.
 
+  qcompile build model.onnx -o out/      out/model.so + out/model.h (C API) + out/model.manifest.json
+  qcompile run out/model.so --input x=x.npy   run a built library on .npy inputs
   qcompile inspect model.onnx            what is in a model, and whether qcompile can compile it
   qcompile inspect model.onnx --ir       the model in qcompile's IR, after the pass pipeline
   qcompile targets                       the target presets (--target NAME)
@@ -26,6 +28,25 @@ INSPECT_HELP = """\
 Print a model's inputs and outputs (symbolic dims kept), parameter count and bytes, the op
 histogram, and every op qcompile does not support (with the nodes that use it). With --ir, also
 convert it to qcompile's IR, run a pass pipeline and print the result in its text form."""
+
+BUILD_HELP = """\
+Compile an ONNX model into one self-contained shared library for one target: the kernels (TVM
+TIR through LLVM), a small C runtime and executor, and the weights (checksummed) in one file that
+needs only libc, libm and pthread. Writes OUT/NAME.so, OUT/NAME.h (the C API, every symbol
+prefixed NAME_) and OUT/NAME.manifest.json (versions, target, model hash, I/O, kernels).
+
+Symbolic dims (batch, sequence) stay symbolic; the library accepts any size up to its bound:
+--max-seq-len for sequence-like dims, --dim NAME=N for any one dim.
+
+  qcompile build model.onnx --target x86_64 -o out/
+  qcompile build llama.onnx --max-seq-len 512 --dim batch=4 -o out/"""
+
+RUN_HELP = """\
+Load a library built by `qcompile build` (no TVM needed) and run it on inputs given as .npy
+files; print each output's shape and values, or save them with --save DIR.
+
+  qcompile run out/mlp.so --input x=x.npy
+  qcompile run out/llama.so --input input_ids=ids.npy --save results/"""
 
 EPILOG = "Docs and issues: see README.md. Exit status: 0 ok, 1 a qcompile error (explained), 2 bad usage."
 
@@ -48,6 +69,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="upper bound for symbolic sequence dims (seq, past, ...) recorded on the graph")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("build", help="compile a model into a self-contained library", description=BUILD_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="path to an .onnx file")
+    p.add_argument("--target", default="x86_64", metavar="PRESET", help="target preset (`qcompile targets`; "
+                   "default: %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=["fp32"], help="numeric precision (default: %(default)s)")
+    p.add_argument("-o", "--out", default="out", metavar="DIR", help="output directory (default: %(default)s)")
+    p.add_argument("--name", help="library and C symbol prefix (default: the model file's stem)")
+    p.add_argument("--max-seq-len", type=int, default=2048, metavar="N",
+                   help="upper bound of every symbolic dim except batch-like ones (default: %(default)s)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="upper bound of one symbolic dim, e.g. --dim batch=4 (repeatable; batch defaults to 1)")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
+    p.add_argument("--cc", help="C compiler for the final link (default: the preset's)")
+    p.add_argument("--keep-temps", action="store_true", help="keep generated C, weights and objects in OUT/NAME_build")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("run", help="run a built library on .npy inputs", description=RUN_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("library", help="path to a library built by `qcompile build`")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input as a .npy file (repeat for each input)")
+    p.add_argument("--save", metavar="DIR", help="write each output to DIR/NAME.npy instead of printing it")
+    p.add_argument("--threads", type=int, default=0, help="worker threads (default: $QCOMPILE_NUM_THREADS or all cores)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("targets", help="list target presets",
                        description="List the target presets that --target accepts, with their TVM target, the CPU "
@@ -91,6 +138,65 @@ def _symbolic_dims(graph) -> set[str]:
     """Symbolic input dims that --max-seq-len bounds: all but batch-like ones."""
     return {d for name in graph.inputs for d in (graph.values[name].shape or ())
             if isinstance(d, str) and "batch" not in d.lower()}
+
+
+def cmd_build(args) -> int:
+    import time
+    from pathlib import Path
+
+    from .build import BuildOptions, build
+    bounds = {}
+    for item in args.dim:
+        name, _, value = item.partition("=")
+        if not value.isdigit() or int(value) < 1:
+            print(f"qcompile: error: --dim expects NAME=N with N >= 1, got '{item}'", file=sys.stderr)
+            return 2
+        bounds[name] = int(value)
+    opts = BuildOptions(target=args.target, precision=args.precision, out_dir=Path(args.out), name=args.name,
+                        max_seq_len=args.max_seq_len, dim_bounds=bounds,
+                        dump_ir=Path(args.dump_ir) if args.dump_ir else None, cc=args.cc, keep_temps=args.keep_temps)
+    start = time.perf_counter()
+    interactive = sys.stderr.isatty()
+
+    def progress(phase: str, detail: str) -> None:
+        line = f"[{time.perf_counter() - start:6.1f}s] {phase:<9} {detail}"
+        if interactive and detail.startswith("scheduling"):
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif not detail.startswith("scheduling"):
+            print(("\r" if interactive else "") + line + (" " * 10 if interactive else ""), file=sys.stderr)
+    result = build(args.model, opts, progress)
+    size = result.library.stat().st_size
+    print(f"built {result.library} ({size / 2**20:.2f} MiB): {result.kernels} kernels for {result.steps} steps, "
+          f"target {args.target}, {result.seconds:.1f}s")
+    print("  " + ", ".join(f"{name} {sec:.2f}s" for name, sec in result.phases))
+    print(f"  C API: {result.header}; manifest: {result.manifest}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import load
+    model = load(args.library, num_threads=args.threads)
+    feeds = {}
+    for item in args.input:
+        name, _, path = item.partition("=")
+        if not path:
+            print(f"qcompile: error: --input expects NAME=FILE.npy, got '{item}'", file=sys.stderr)
+            return 2
+        feeds[name] = np.load(path)
+    outputs = model(**feeds)
+    for name, value in outputs.items():
+        if args.save:
+            Path(args.save).mkdir(parents=True, exist_ok=True)
+            np.save(Path(args.save) / f"{name}.npy", value)
+            print(f"{name}: {value.dtype}{list(value.shape)} -> {Path(args.save) / (name + '.npy')}")
+        else:
+            print(f"{name}: {value.dtype}{list(value.shape)}")
+            print(np.array2string(value, threshold=64, precision=5))
+    return 0
 
 
 def cmd_targets(args) -> int:

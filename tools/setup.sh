@@ -5,7 +5,7 @@
 #   bash tools/setup.sh --test     ... plus what the tests need (pytest, hypothesis)
 #   bash tools/setup.sh --torch    ... plus the optional torch extra (torch==2.13.0, transformers)
 #
-# System tools: gcc-aarch64-linux-gnu and qemu-user (ARM64 cross builds, run under emulation),
+# System tools: gcc-aarch64-linux-gnu (+ its libc headers) and qemu-user (ARM64 cross builds, run under emulation),
 # clang (Metal/CUDA shims and syntax checks). Installed with apt-get when missing.
 # Set QCOMPILE_SKIP_APT=1 to skip them (the IR, frontend and passes do not need them).
 set -euo pipefail
@@ -24,6 +24,7 @@ done
 
 missing=()
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu)
+[ -f /usr/aarch64-linux-gnu/include/stdio.h ] || missing+=(libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
 command -v clang >/dev/null 2>&1 || missing+=(clang)
 if [ "${#missing[@]}" -gt 0 ] && [ "${QCOMPILE_SKIP_APT:-0}" != 1 ]; then

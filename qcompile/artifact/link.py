@@ -1,0 +1,32 @@
+"""Compile the executor and runtime and link everything into one shared library."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..errors import QCompileError
+from . import runtime
+
+
+class LinkError(QCompileError):
+    phase = "link"
+
+
+def link_shared(out: Path, objects: list[Path], c_sources: list[Path], asm_sources: list[Path], prefix: str,
+                cc: str = "gcc", extra_flags: tuple[str, ...] = ()) -> None:
+    if shutil.which(cc) is None:
+        raise LinkError(f"the C compiler '{cc}' is not installed", hint="run tools/setup.sh, or pass --cc")
+    version_script = out.with_suffix(".map")
+    version_script.write_text(f"{{ global: {prefix}_*; local: *; }};\n")
+    includes = [f"-I{d}" for d in runtime.include_dirs()] + [f"-I{c_sources[0].parent}"]
+    cmd = [cc, "-shared", "-fPIC", "-O2", "-std=gnu11", "-Wall", "-fvisibility=hidden", *includes,
+           *map(str, c_sources), *map(str, asm_sources), *map(str, objects),
+           f"-Wl,--version-script={version_script}", "-Wl,--no-undefined", "-Wl,-z,noexecstack",
+           "-Wl,--build-id=none", "-o", str(out), "-lpthread", "-lm", *extra_flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=c_sources[0].parent)
+    version_script.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise LinkError(f"linking {out.name} failed ({cc} exited {proc.returncode}):\n{proc.stderr.strip()[:4000]}",
+                        hint="this is a qcompile bug; please report it with QCOMPILE_DEBUG=1 output")

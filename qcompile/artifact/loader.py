@@ -1,0 +1,169 @@
+"""Load a built artifact from Python with ctypes: `qcompile.load("out/model.so")(x=...)`.
+
+Needs neither TVM nor the compiler at run time: only the .so (and its manifest, to learn the
+symbol prefix; without one, the file name stem is used).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import QCompileError
+
+MAX_DIMS = 8
+_NP_OF_ONNX = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 9: np.bool_,
+               10: np.float16, 16: ml_dtypes.bfloat16}
+_STATUS = {1: "invalid argument", 2: "dtype", 3: "shape", 4: "bounds", 5: "kernel", 6: "load", 7: "cpu"}
+
+
+class ArtifactError(QCompileError):
+    phase = "run"
+
+    def __init__(self, message: str, status: int, **kw):
+        super().__init__(message, **kw)
+        self.status = status
+
+
+class _Info(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("dtype", ctypes.c_int32), ("ndim", ctypes.c_int32),
+                ("dims", ctypes.c_int64 * MAX_DIMS), ("dim_names", ctypes.c_char_p * MAX_DIMS),
+                ("max_dims", ctypes.c_int64 * MAX_DIMS)]
+
+
+class _Tensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("dtype", ctypes.c_int32), ("ndim", ctypes.c_int32),
+                ("dims", ctypes.c_int64 * MAX_DIMS), ("capacity", ctypes.c_size_t)]
+
+
+class _Options(ctypes.Structure):
+    _fields_ = [("num_threads", ctypes.c_int32)]
+
+
+class TensorSpec:
+    def __init__(self, info: _Info):
+        self.name = info.name.decode()
+        self.dtype = np.dtype(_NP_OF_ONNX[info.dtype])
+        self.onnx_dtype = info.dtype
+        self.shape = tuple(int(info.dims[i]) if info.dims[i] >= 0 else info.dim_names[i].decode()
+                           for i in range(info.ndim))
+        self.max_shape = tuple(int(info.max_dims[i]) for i in range(info.ndim))
+
+    def __repr__(self) -> str:
+        return f"{self.name}: {self.dtype}{list(self.shape)} (max {list(self.max_shape)})"
+
+
+class Model:
+    """One instance of a compiled model; call it with numpy arrays by input name or position."""
+
+    def __init__(self, path: str | Path, num_threads: int = 0):
+        path = Path(path)
+        if not path.exists():
+            raise ArtifactError(f"'{path}': no such file", 6, phase="load")
+        self.path = path
+        self.prefix = _prefix_of(path)
+        try:
+            self._lib = ctypes.CDLL(str(path.resolve()))
+        except OSError as exc:
+            raise ArtifactError(f"'{path}' cannot be loaded: {exc}", 6, phase="load") from None
+        lib, p = self._lib, self.prefix
+        try:
+            self._create = getattr(lib, f"{p}_create")
+        except AttributeError:
+            raise ArtifactError(f"'{path}' has no {p}_create: not a qcompile artifact, or renamed without its "
+                                "manifest", 6, phase="load") from None
+        self._create.argtypes = [ctypes.POINTER(_Options), ctypes.POINTER(ctypes.c_void_p)]
+        self._run = getattr(lib, f"{p}_run")
+        self._run.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Tensor), ctypes.c_int, ctypes.POINTER(_Tensor),
+                              ctypes.c_int]
+        self._destroy = getattr(lib, f"{p}_destroy")
+        self._destroy.argtypes = [ctypes.c_void_p]
+        self._error = getattr(lib, f"{p}_last_error")
+        self._error.argtypes = [ctypes.c_void_p]
+        self._error.restype = ctypes.c_char_p
+        for fn in ("input_info", "output_info"):
+            getattr(lib, f"{p}_{fn}").restype = ctypes.POINTER(_Info)
+        self.version = _call_str(lib, f"{p}_version")
+        in_info, out_info = getattr(lib, f"{p}_input_info"), getattr(lib, f"{p}_output_info")
+        self.inputs = [TensorSpec(in_info(i).contents) for i in range(getattr(lib, f"{p}_num_inputs")())]
+        self.outputs = [TensorSpec(out_info(i).contents) for i in range(getattr(lib, f"{p}_num_outputs")())]
+        handle = ctypes.c_void_p()
+        status = self._create(ctypes.byref(_Options(num_threads)), ctypes.byref(handle))
+        if status:
+            raise ArtifactError(self._error(None).decode(), status, phase="load")
+        self._handle = handle
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            self._destroy(self._handle)
+            self._handle = None
+
+    def __del__(self):
+        self.close()
+
+    def __call__(self, *args, **kwargs) -> dict[str, np.ndarray]:
+        if len(args) > len(self.inputs):
+            raise ArtifactError(f"the model takes {len(self.inputs)} inputs, got {len(args)}", 1)
+        feeds = {spec.name: a for spec, a in zip(self.inputs, args)}
+        feeds.update(kwargs)
+        missing = [s.name for s in self.inputs if s.name not in feeds]
+        extra = sorted(set(feeds) - {s.name for s in self.inputs})
+        if missing or extra:
+            raise ArtifactError(f"missing inputs {missing}, unknown inputs {extra}; the model takes "
+                                f"{[s.name for s in self.inputs]}", 1)
+        arrays = [np.ascontiguousarray(feeds[s.name]) for s in self.inputs]
+        for spec, arr in zip(self.inputs, arrays):
+            if arr.dtype != spec.dtype:
+                raise ArtifactError(f"input '{spec.name}' is {arr.dtype}; the model takes {spec.dtype}", 2)
+        ins = (_Tensor * max(len(arrays), 1))()
+        for t, arr in zip(ins, arrays):
+            _fill(t, arr)
+        outs = (_Tensor * max(len(self.outputs), 1))()
+        buffers = []
+        for t, spec in zip(outs, self.outputs):
+            buf = np.empty(int(np.prod(spec.max_shape, dtype=np.int64)), spec.dtype)
+            buffers.append(buf)
+            t.data, t.dtype, t.capacity = buf.ctypes.data, spec.onnx_dtype, buf.nbytes
+        status = self._run(self._handle, ins, len(arrays), outs, len(self.outputs))
+        if status:
+            raise ArtifactError(self._error(self._handle).decode(), status)
+        result = {}
+        for t, spec, buf in zip(outs, self.outputs, buffers):
+            shape = tuple(t.dims[i] for i in range(t.ndim))
+            result[spec.name] = buf[:int(np.prod(shape, dtype=np.int64))].reshape(shape).copy()
+        return result
+
+
+def _fill(t: _Tensor, arr: np.ndarray) -> None:
+    codes = {np.dtype(v): k for k, v in _NP_OF_ONNX.items()}
+    if arr.ndim > MAX_DIMS:
+        raise ArtifactError(f"an input has {arr.ndim} dims; at most {MAX_DIMS}", 3)
+    t.data = arr.ctypes.data if arr.size else None
+    t.dtype = codes.get(arr.dtype, -1)
+    t.ndim = arr.ndim
+    for i, d in enumerate(arr.shape):
+        t.dims[i] = d
+
+
+def _call_str(lib, name: str) -> str:
+    fn = getattr(lib, name)
+    fn.restype = ctypes.c_char_p
+    return fn().decode()
+
+
+def _prefix_of(path: Path) -> str:
+    manifest = path.with_name(path.stem + ".manifest.json")
+    if manifest.exists():
+        try:
+            return json.loads(manifest.read_text())["symbol_prefix"]
+        except (ValueError, KeyError):
+            pass
+    return path.stem
+
+
+def load(path: str | Path, num_threads: int = 0) -> Model:
+    return Model(path, num_threads)

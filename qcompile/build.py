@@ -1,0 +1,184 @@
+"""`qcompile build`: model file in, self-contained library out. Phases, in order:
+
+import -> passes -> plan (views, arena) -> kernels (TIR) -> compile (LLVM) -> executor (C) -> link.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .errors import QCompileError
+from .frontend import load
+from .ir import dims
+from .passes import run_pipeline
+from .targets.plan import make_plan
+from .targets.presets import get_preset
+
+DEFAULT_MAX_SEQ_LEN = 2048
+
+
+@dataclass
+class BuildOptions:
+    target: str = "x86_64"
+    precision: str = "fp32"
+    out_dir: Path = Path("out")
+    name: str | None = None
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
+    dim_bounds: dict[str, int] = field(default_factory=dict)
+    dump_ir: Path | None = None
+    cc: str | None = None
+    keep_temps: bool = False
+
+
+@dataclass
+class BuildResult:
+    library: Path
+    header: Path
+    manifest: Path
+    kernels: int
+    steps: int
+    seconds: float
+    phases: list[tuple[str, float]]
+
+
+Progress = Callable[[str, str], None]   # (phase, detail)
+
+
+def default_bounds(graph, opts: BuildOptions) -> dict[str, int]:
+    """Every symbolic input dim gets a bound: explicit --dim, batch-like dims 1, others max_seq_len."""
+    bounds = {}
+    for name in graph.inputs:
+        for d in graph.values[name].shape or ():
+            if isinstance(d, str) and dims.parse(d).is_symbol:
+                bounds[d] = opts.dim_bounds.get(d, 1 if "batch" in d.lower() else opts.max_seq_len)
+    unknown = set(opts.dim_bounds) - set(bounds)
+    if unknown:
+        raise QCompileError(f"--dim names unknown symbolic dims: {', '.join(sorted(unknown))}; "
+                            f"the model has {', '.join(sorted(bounds)) or 'none'}", phase="options")
+    return bounds
+
+
+def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
+    from .artifact import codegen, link
+    from .targets.tvm.compile import compile_kernels, tvm_version
+    from .targets.tvm.kernels import build_kernels
+
+    if opts.precision not in ("fp32",):
+        raise QCompileError(f"precision '{opts.precision}' is not available yet (fp32 only in this version)",
+                            phase="options", hint="quantized precisions arrive with the next release")
+    say = progress or (lambda phase, detail: None)
+    preset = get_preset(opts.target)
+    start = time.perf_counter()
+    phases: list[tuple[str, float]] = []
+
+    def phase(name):
+        phases.append((name, time.perf_counter()))
+
+    model_path = Path(model_path)
+    name = opts.name or model_path.stem
+    prefix = codegen.c_prefix(name)
+    phase("import")
+    say("import", str(model_path))
+    graph = load(model_path)
+    model_hash = _sha256(model_path)
+    phase("passes")
+    say("passes", "default pipeline")
+    graph, _report = run_pipeline(graph, "default", dump_ir=opts.dump_ir)
+    phase("plan")
+    bounds = default_bounds(graph, opts)
+    graph.dim_bounds.update(bounds)
+    plan = make_plan(graph, bounds)
+    say("plan", f"{len(plan.steps)} steps, arena {plan.arena_bytes / 2**20:.1f} MiB, weights "
+                f"{plan.weight_bytes / 2**20:.1f} MiB")
+    phase("lower")
+    kernels = build_kernels(plan, prefix)
+    say("lower", f"{len(kernels)} kernels")
+    out_dir = Path(opts.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"qcompile_{prefix}_"))
+    try:
+        phase("compile")
+        obj = tmp / "kernels.o"
+        schedules = compile_kernels(kernels, preset, obj,
+                                    progress=lambda i, n: say("compile", f"scheduling kernel {i}/{n}"))
+        say("compile", "LLVM done")
+        phase("executor")
+        src = codegen.generate(plan, prefix, name, preset.name, preset.cpu_features, model_hash)
+        (tmp / f"{prefix}.h").write_text(src.header)
+        (tmp / f"{prefix}_config.h").write_text(src.config)
+        (tmp / f"{prefix}_tables.h").write_text(src.tables)
+        (tmp / f"{prefix}_exec.c").write_text(src.executor)
+        (tmp / "weights.bin").write_bytes(src.weights)
+        (tmp / "weights.S").write_text(codegen.weights_asm(prefix, tmp / "weights.bin"))
+        phase("link")
+        from .artifact.runtime import sources as runtime_sources
+        for rt in runtime_sources():
+            shutil.copy(rt, tmp / rt.name)
+        shutil.copy(Path(runtime_sources()[0]).with_suffix(".h"), tmp / "qc_runtime.h")
+        library = out_dir / f"{prefix}{preset.shared_suffix}"
+        link.link_shared(library, [obj], [tmp / f"{prefix}_exec.c", tmp / "qc_runtime.c"], [tmp / "weights.S"],
+                         prefix, cc=opts.cc or preset.toolchain)
+        say("link", f"{library} ({library.stat().st_size / 2**20:.1f} MiB)")
+        header = out_dir / f"{prefix}.h"
+        header.write_text(src.header)
+        manifest = out_dir / f"{prefix}.manifest.json"
+        manifest.write_text(json.dumps(_manifest(plan, kernels, schedules, preset, name, prefix, model_hash,
+                                                 src.checksum, opts, tvm_version()), indent=2) + "\n")
+        if opts.keep_temps:
+            keep = out_dir / f"{prefix}_build"
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(tmp, keep)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    phases.append(("done", time.perf_counter()))
+    timing = [(phases[i][0], phases[i + 1][1] - phases[i][1]) for i in range(len(phases) - 1)]
+    return BuildResult(library, header, manifest, len(kernels), len(plan.steps), time.perf_counter() - start, timing)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _signature(graph, names, bounds):
+    out = []
+    for n in names:
+        v = graph.values[n]
+        out.append({"name": n, "dtype": v.dtype.name, "shape": list(v.shape),
+                    "max_shape": [dims.upper_bound(d, bounds) for d in v.shape]})
+    return out
+
+
+def _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, checksum, opts, tvm_ver) -> dict:
+    g = plan.graph
+    by_kernel: dict[str, list[str]] = {}
+    for st in plan.steps:
+        by_kernel.setdefault(st.kernel, []).append(st.node.name)
+    return {
+        "format": "qcompile-artifact/1",
+        "qcompile_version": __version__,
+        "tvm_version": tvm_ver,
+        "model": {"name": name, "sha256": model_hash},
+        "symbol_prefix": prefix,
+        "target": {"preset": preset.name, "tvm_target": preset.tvm_target, "cpu_features": list(preset.cpu_features)},
+        "precision": opts.precision,
+        "inputs": _signature(g, g.inputs, plan.bounds),
+        "outputs": _signature(g, g.outputs, plan.bounds),
+        "dim_bounds": plan.bounds,
+        "arena_bytes": plan.arena_bytes,
+        "weights": {"bytes": plan.weight_bytes, "checksum64": f"{checksum:016x}", "tensors": len(plan.weights)},
+        "kernels": [{"name": k.name, "kind": k.kind, "schedule": schedules[k.name],
+                     "op": next(st.node.op_id for st in plan.steps if st.kernel == k.name),
+                     "nodes": by_kernel.get(k.name, [])} for k in kernels.values()],
+    }

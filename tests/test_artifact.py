@@ -1,0 +1,143 @@
+"""Built libraries: numbers against onnxruntime, the C API's contract, the file's contents."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+import qcompile
+from qcompile.artifact.loader import ArtifactError
+from qcompile.build import BuildOptions, build
+from qcompile.zoo import BertConfig, LlamaConfig, make_bert, make_llama, make_mlp
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("artifacts")
+
+
+def _build(workdir: Path, name: str, model, **bounds):
+    path = workdir / f"{name}.onnx"
+    onnx.save(model, str(path))
+    result = build(path, BuildOptions(out_dir=workdir / "out", max_seq_len=bounds.pop("seq", 64), dim_bounds=bounds))
+    return path, result
+
+
+@pytest.fixture(scope="module")
+def mlp(workdir):
+    return _build(workdir, "mlp", make_mlp(), batch=4)
+
+
+@pytest.fixture(scope="module")
+def llama_kv(workdir):
+    return _build(workdir, "llama_kv", make_llama(LlamaConfig(), with_kv_cache=True), batch=2)
+
+
+def ort_run(path, feeds):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+def assert_close(ours, theirs):
+    for name, expected in theirs.items():
+        assert ours[name].shape == expected.shape and ours[name].dtype == expected.dtype, name
+        scale = max(1.0, float(np.abs(expected).max()))
+        assert float(np.abs(ours[name] - expected).max()) <= 1e-4 * scale, name
+
+
+def test_mlp_matches_onnxruntime(mlp, rng):
+    path, result = mlp
+    model = qcompile.load(result.library)
+    for batch in (1, 4):
+        feeds = {"x": rng.standard_normal((batch, 64)).astype(np.float32)}
+        assert_close(model(**feeds), ort_run(path, feeds))
+
+
+def test_llama_several_lengths_one_artifact(workdir, rng):
+    path, result = _build(workdir, "llama", make_llama(LlamaConfig()), batch=2)
+    model = qcompile.load(result.library)
+    for batch, seq in ((1, 1), (2, 7), (1, 64)):
+        feeds = {"input_ids": rng.integers(0, 256, (batch, seq)).astype(np.int64)}
+        assert_close(model(**feeds), ort_run(path, feeds))
+
+
+def test_llama_kv_cache_matches(llama_kv, rng):
+    path, result = llama_kv
+    model = qcompile.load(result.library)
+    for batch, past, seq in ((1, 0, 5), (2, 3, 1), (1, 20, 4)):
+        feeds = {"input_ids": rng.integers(0, 256, (batch, seq)).astype(np.int64)}
+        for i in range(2):
+            for kind in ("key", "value"):
+                feeds[f"past_{kind}_{i}"] = rng.standard_normal((batch, 2, past, 16)).astype(np.float32)
+        assert_close(model(**feeds), ort_run(path, feeds))
+
+
+def test_bert_matches(workdir, rng):
+    path, result = _build(workdir, "bert", make_bert(BertConfig()), batch=2)
+    model = qcompile.load(result.library)
+    mask = np.ones((2, 9), np.int64)
+    mask[1, 4:] = 0
+    feeds = {"input_ids": rng.integers(0, 128, (2, 9)).astype(np.int64), "attention_mask": mask,
+             "token_type_ids": rng.integers(0, 2, (2, 9)).astype(np.int64)}
+    assert_close(model(**feeds), ort_run(path, feeds))
+
+
+def test_library_needs_only_libc_libm_pthread(llama_kv):
+    lib = llama_kv[1].library
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", str(lib)], capture_output=True, text=True,
+                               check=True).stdout.split()
+    symbols = [s for s in undefined if s not in ("U", "w", "v")]
+    glibc = [s for s in symbols if "@GLIBC" in s]
+    others = [s for s in symbols if "@GLIBC" not in s and not s.startswith(("_ITM_", "__gmon_start__"))]
+    assert glibc and not others, others
+    defined = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True,
+                             check=True).stdout.split()[2::3]
+    assert defined and all(s.startswith("llama_kv_") for s in defined), defined
+
+
+def test_manifest_fields(llama_kv):
+    manifest = json.loads(llama_kv[1].manifest.read_text())
+    for key in ("qcompile_version", "tvm_version", "target", "model", "inputs", "outputs", "kernels", "weights"):
+        assert key in manifest
+    assert manifest["target"]["preset"] == "x86_64"
+    assert manifest["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"],
+                                     "max_shape": [2, 64]}
+    assert len(manifest["model"]["sha256"]) == 64
+    assert all(k["schedule"] for k in manifest["kernels"])
+
+
+def test_corrupt_weights_are_refused(mlp, workdir):
+    path, result = mlp
+    weight = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
+    data = bytearray(result.library.read_bytes())
+    at = data.find(weight.tobytes()[:64])
+    assert at > 0, "the weights are embedded in the library"
+    data[at + 10] ^= 0x01
+    bad_dir = workdir / "bad"
+    bad_dir.mkdir()
+    (bad_dir / result.library.name).write_bytes(bytes(data))
+    shutil.copy(result.manifest, bad_dir / result.manifest.name)
+    with pytest.raises(ArtifactError, match="checksum") as info:
+        qcompile.load(bad_dir / result.library.name)
+    assert info.value.status == 6
+
+
+@pytest.mark.parametrize("feeds, message", [
+    ({"x": np.zeros((1, 65), np.float32)}, "dim 1 is 65; the model takes 64"),
+    ({"x": np.zeros((5, 64), np.float32)}, "at most 4"),
+    ({"x": np.zeros((64,), np.float32)}, "has 1 dims; the model takes 2"),
+])
+def test_bad_inputs_get_readable_errors(mlp, feeds, message):
+    model = qcompile.load(mlp[1].library)
+    with pytest.raises(ArtifactError, match=message):
+        model(**feeds)
+    # the instance still works after a refused call
+    assert model(x=np.zeros((2, 64), np.float32))["y"].shape == (2, 10)
