@@ -163,8 +163,11 @@ def _signature(graph, names, bounds):
 def _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, checksum, opts, tvm_ver) -> dict:
     g = plan.graph
     by_kernel: dict[str, list[str]] = {}
+    op_of: dict[str, str] = {}
     for st in plan.steps:
-        by_kernel.setdefault(st.kernel, []).append(st.node.name)
+        for k in filter(None, (st.kernel, st.tail_kernel)):
+            by_kernel.setdefault(k, []).append(st.node.name)
+            op_of[k] = st.node.op_id
     return {
         "format": "qcompile-artifact/1",
         "qcompile_version": __version__,
@@ -179,6 +182,6 @@ def _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, checks
         "arena_bytes": plan.arena_bytes,
         "weights": {"bytes": plan.weight_bytes, "checksum64": f"{checksum:016x}", "tensors": len(plan.weights)},
         "kernels": [{"name": k.name, "kind": k.kind, "schedule": schedules[k.name],
-                     "op": next(st.node.op_id for st in plan.steps if st.kernel == k.name),
+                     "op": op_of[k.name],
                      "nodes": by_kernel.get(k.name, [])} for k in kernels.values()],
     }

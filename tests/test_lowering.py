@@ -10,6 +10,7 @@ from qcompile.frontend import from_proto
 from qcompile.ir.interpret import run
 from qcompile.passes import run_pipeline
 from qcompile.targets.plan import make_plan
+from qcompile.targets.tvm.compile import schedule_all
 from qcompile.targets.tvm.jit import run_plan
 from qcompile.targets.tvm.kernels import build_kernels
 from qcompile.zoo import BertConfig, LlamaConfig, make_bert, make_llama, make_mlp
@@ -22,7 +23,9 @@ def compiled(model):
     graph, _ = run_pipeline(from_proto(model))
     plan = make_plan(graph, BOUNDS)
     kernels = build_kernels(plan, "t")
-    module = tvm.compile(tvm.IRModule({k.name: k.func for k in kernels.values()}), target=tvm.target.Target(TARGET))
+    target = tvm.target.Target(TARGET)
+    scheduled, _ = schedule_all(kernels, target)
+    module = tvm.compile(scheduled, target=target)
     return graph, plan, kernels, module
 
 

@@ -28,6 +28,7 @@ VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 # Constants this small are folded into the kernel code instead of being passed as buffers.
 INLINE_CONST_ELEMS = 1
 ALIGN = 64
+GEMM_ROW_BLOCK = 4
 
 
 class LoweringError(QCompileError):
@@ -44,6 +45,10 @@ class Step:
     kernel: str = ""               # kernel name, filled when kernels are deduplicated
     scalars: list[str] = field(default_factory=list)   # symbolic dims passed as int64 params
     materialize: tuple | None = None   # for a symbolic vector used as data: its dims
+    # A GEMM over rows: A[rows..., K] x W[K, N] runs as a 2-D kernel on whole blocks of
+    # `row_block` rows plus a tail kernel on the rest, so no tile needs a bounds check.
+    row_block: int = 0
+    tail_kernel: str = ""
 
 
 @dataclass
@@ -65,6 +70,16 @@ class Plan:
     weights: list[str] = field(default_factory=list)   # constant values in blob order
     weight_bytes: int = 0
     symbolic: SymValues = field(default_factory=dict)  # vectors of dims known at build time
+
+
+def is_weight_gemm(g: Graph, step: Step) -> bool:
+    """MatMul of activations [rows..., K] by a constant 2-D weight [K, N]."""
+    n = step.node
+    if n.op != "MatMul" or n.domain or len(step.inputs) != 2 or step.inline:
+        return False
+    a, w = (g.values[x] for x in step.inputs)
+    return (w.const is not None and w.rank == 2 and a.const is None and (a.rank or 0) >= 2
+            and step.inputs == [n.inputs[0], n.inputs[1]] and all(isinstance(d, int) for d in w.shape))
 
 
 def max_bytes(v: Value, bounds: dict[str, int]) -> int:
@@ -111,7 +126,10 @@ def make_plan(g: Graph, bounds: dict[str, int]) -> Plan:
                 data.append(name)
             elif name not in data:         # an operand read twice is passed once
                 data.append(name)
-        steps.append(Step(n, data, [o for o in n.outputs if o], inline))
+        step = Step(n, data, [o for o in n.outputs if o], inline)
+        if is_weight_gemm(g, step):
+            step.row_block = GEMM_ROW_BLOCK
+        steps.append(step)
         for o in n.outputs:
             if o:
                 storage[o] = Storage("arena")

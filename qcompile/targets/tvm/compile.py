@@ -22,9 +22,8 @@ def tvm_target(preset: Preset, num_cores: int | None = None) -> "tvm.target.Targ
     return tvm.target.Target(spec)
 
 
-def compile_kernels(kernels: dict[str, Kernel], preset: Preset, out_obj: Path, progress=None) -> dict[str, str]:
-    """Schedule and compile; returns kernel -> schedule name, and writes out_obj."""
-    target = tvm_target(preset)
+def schedule_all(kernels: dict[str, Kernel], target, progress=None) -> tuple["tvm.IRModule", dict[str, str]]:
+    """Apply each kernel's schedule template; returns the module and kernel -> template name."""
     funcs, used = {}, {}
     for i, k in enumerate(kernels.values()):
         try:
@@ -34,8 +33,15 @@ def compile_kernels(kernels: dict[str, Kernel], preset: Preset, out_obj: Path, p
                                 phase="schedule") from exc
         if progress:
             progress(i + 1, len(kernels))
+    return tvm.IRModule(funcs), used
+
+
+def compile_kernels(kernels: dict[str, Kernel], preset: Preset, out_obj: Path, progress=None) -> dict[str, str]:
+    """Schedule and compile; returns kernel -> schedule name, and writes out_obj."""
+    target = tvm_target(preset)
+    module, used = schedule_all(kernels, target, progress)
     try:
-        executable = tvm.compile(tvm.IRModule(funcs), target=target)
+        executable = tvm.compile(module, target=target)
     except Exception as exc:
         raise LoweringError(f"TVM could not compile the kernels: {type(exc).__name__}: {str(exc)[:2000]}",
                             phase="compile") from exc

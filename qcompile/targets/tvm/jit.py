@@ -34,6 +34,9 @@ def run_plan(plan: Plan, module, feeds: dict[str, np.ndarray]) -> dict[str, np.n
         return np.ascontiguousarray(values[resolve(plan, name)]).reshape(shape)
 
     for step in plan.steps:
+        if step.row_block:
+            _run_gemm(module, step, view(step.inputs[0]), view(step.inputs[1]), values, g)
+            continue
         args = [tvm.runtime.tensor(view(x)) for x in step.inputs]
         outs = [tvm.runtime.tensor(np.empty([dims.evaluate(d, env) for d in g.values[o].shape],
                                             g.values[o].dtype.np_dtype)) for o in step.outputs]
@@ -41,3 +44,19 @@ def run_plan(plan: Plan, module, feeds: dict[str, np.ndarray]) -> dict[str, np.n
         for name, t in zip(step.outputs, outs):
             values[name] = t.numpy()
     return {name: view(name) for name in g.outputs}
+
+
+def _run_gemm(module, step, a: np.ndarray, w: np.ndarray, values: dict, g: Graph) -> None:
+    """Row-split GEMM: whole blocks of rows through the main kernel, the rest through the tail."""
+    k, n = w.shape
+    rows = a.reshape(-1, k)
+    out = np.empty((rows.shape[0], n), g.values[step.outputs[0]].dtype.np_dtype)
+    full = rows.shape[0] - rows.shape[0] % step.row_block
+    wt = tvm.runtime.tensor(w)
+    for kernel, lo, hi, extra in ((step.kernel, 0, full, [full // step.row_block]), (step.tail_kernel, full,
+                                                                                   rows.shape[0], [])):
+        if hi > lo:
+            c = tvm.runtime.tensor(np.empty((hi - lo, n), out.dtype))
+            module[kernel](tvm.runtime.tensor(np.ascontiguousarray(rows[lo:hi])), wt, c, *extra)
+            out[lo:hi] = c.numpy()
+    values[step.outputs[0]] = out.reshape(a.shape[:-1] + (n,))

@@ -75,7 +75,12 @@ def build_kernels(plan: Plan, prefix: str) -> dict[str, Kernel]:
             continue
         name = f"{prefix}_k{len(kernels)}"
         try:
-            kernel = _make_kernel(plan, step, name)
+            if step.row_block:
+                kernel = _make_gemm(plan, step, name, step.row_block)
+                tail = _make_gemm(plan, step, f"{name}_tail", 1)
+                kernels[tail.name] = tail
+            else:
+                kernel = _make_kernel(plan, step, name)
         except LoweringError:
             raise
         except NotImplementedError as exc:
@@ -86,7 +91,27 @@ def build_kernels(plan: Plan, prefix: str) -> dict[str, Kernel]:
         kernels[name] = kernel
         by_key[key] = name
         step.kernel, step.scalars = name, kernel.scalars
+    for step in plan.steps:
+        if step.row_block:
+            step.tail_kernel = f"{step.kernel}_tail"
     return kernels
+
+
+def _make_gemm(plan: Plan, step: Step, name: str, row_block: int) -> Kernel:
+    """2-D GEMM [rows, K] x [K, N]. With row_block > 1 the rows are `blocks * row_block` and
+    `blocks` comes as a scalar, so tiles of row_block rows need no bounds check."""
+    g = plan.graph
+    a, w = (g.values[x] for x in step.inputs)
+    k_dim, n_dim = w.shape
+    blocks = tirx.Var("blocks", "int64")
+    rows = blocks * row_block if row_block > 1 else tirx.Var("rows", "int64")
+    A = te.placeholder((rows, k_dim), a.dtype.np_dtype.name, name="in0")
+    W = te.placeholder((k_dim, n_dim), w.dtype.np_dtype.name, name="in1")
+    k = te.reduce_axis((0, k_dim), name="k")
+    C = te.compute((rows, n_dim), lambda m, n: te.sum(A[m, k] * W[k, n], axis=k), name="matmul")
+    args = [A, W, C] + ([blocks] if row_block > 1 else [])
+    func = te.create_prim_func(args).with_attr("global_symbol", name)
+    return Kernel(name, func, f"gemm{row_block}", [])
 
 
 def _make_kernel(plan: Plan, step: Step, name: str) -> Kernel:

@@ -1,53 +1,165 @@
 """CPU schedule templates, chosen by kernel family. Rule-based defaults until tuning exists.
 
-Every template only reorders, splits, parallelizes and vectorizes: it never changes what a
-kernel computes, so the tests that compare kernels with the reference cover all of them.
+Every template only splits, reorders, parallelizes, vectorizes and caches: it never changes
+what a kernel computes, so the tests that compare kernels with the reference cover them all.
+A template that does not apply (shapes it cannot tile) falls back to a simpler one, and the
+name of what was applied is recorded in the manifest.
 """
 
 from __future__ import annotations
 
 import tvm
-from tvm import s_tir
+from tvm import s_tir, tirx
 
 from .kernels import Kernel
 
+VECTOR = 16          # fp32 lanes in an AVX-512 register
+MATMUL_MB = 4        # rows of the register tile
+MATMUL_NB = 64       # columns of the register tile (4 vectors)
+MATMUL_KU = 4        # k unroll
+
 
 def schedule(kernel: Kernel, target) -> tuple[object, str]:
-    """Returns (scheduled PrimFunc, schedule name)."""
-    sch = s_tir.Schedule(tvm.IRModule({"main": kernel.func}))
-    name = "naive"
-    try:
-        if kernel.kind == "injective":
-            name = _injective(sch)
-    except (tvm.error.TVMError, s_tir.ScheduleError):
+    """Returns (scheduled PrimFunc, name of the template applied)."""
+    for template in _TEMPLATES.get(kernel.kind, []) + [_parallel_outer]:
         sch = s_tir.Schedule(tvm.IRModule({"main": kernel.func}))
-        name = "naive (template failed)"
-    return sch.mod["main"], name
+        try:
+            name = template(sch)
+        except (tvm.error.TVMError, s_tir.ScheduleError, ValueError):
+            continue
+        if name:
+            return sch.mod["main"], name
+    return kernel.func, "naive"
 
 
-def _spatial_block(sch):
-    blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []
-    return blocks
+def _blocks(sch):
+    return sch.get_child_blocks(sch.get_sblock("root"))
 
 
-def _has_root(sch) -> bool:
-    try:
-        sch.get_sblock("root")
-        return True
-    except Exception:
-        return False
+def _static(extent) -> int | None:
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
 
 
-def _injective(sch) -> str:
-    """Fuse all output loops, parallelize chunks of them."""
-    blocks = _spatial_block(sch)
+def _extent(sch, loop):
+    return sch.get(loop).extent
+
+
+def _gemm(rows_per_tile: int):
+    def template(sch) -> str | None:
+        """2-D GEMM: rows_per_tile x NB accumulators in registers, NB vectorized, parallel over N tiles."""
+        block = sch.get_sblock("matmul")
+        m, n, k = sch.get_loops(block)
+        n_ext = _static(_extent(sch, n))
+        if n_ext is None or n_ext % VECTOR:
+            return None
+        nb = MATMUL_NB if n_ext % MATMUL_NB == 0 else VECTOR
+        mo, mi = sch.split(m, [None, rows_per_tile])
+        no, ni = sch.split(n, [None, nb])
+        nio, nii = sch.split(ni, [None, VECTOR])
+        k_ext = _static(_extent(sch, k))
+        ku = MATMUL_KU if k_ext and k_ext % MATMUL_KU == 0 else 1
+        ko, ki = sch.split(k, [None, ku])
+        sch.reorder(no, mo, ko, ki, mi, nio, nii)
+        acc = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(acc, mo)
+        sch.parallel(no)
+        sch.unroll(ki)
+        sch.unroll(mi)
+        sch.unroll(nio)
+        sch.vectorize(nii)
+        sch.decompose_reduction(block, ko)
+        sch.vectorize(sch.split(sch.get_loops(acc)[-1], [None, VECTOR])[1])
+        return f"gemm-{rows_per_tile}x{nb}"
+    return template
+
+
+def _matmul_tiled(sch) -> str | None:
+    """Register-tiled GEMM: MB x NB accumulator tile in registers, NB vectorized, parallel over N tiles."""
+    blocks = _blocks(sch)
+    mm = [b for b in blocks if sch.get(b).name_hint == "matmul"]
+    if len(mm) != 1:
+        return None
+    block = mm[0]
+    loops = sch.get_loops(block)
+    if len(loops) < 3:
+        return None
+    *outer, m, n, k = loops
+    n_ext = _static(_extent(sch, n))
+    if n_ext is None or n_ext % VECTOR:
+        return None
+    nb = MATMUL_NB if n_ext % MATMUL_NB == 0 else VECTOR
+    rows = sch.fuse(*outer, m) if outer else m
+    mo, mi = sch.split(rows, [None, MATMUL_MB])
+    no, ni = sch.split(n, [None, nb])
+    nio, nii = sch.split(ni, [None, VECTOR])
+    k_ext = _static(_extent(sch, k))
+    ku = MATMUL_KU if k_ext and k_ext % MATMUL_KU == 0 else 1
+    ko, ki = sch.split(k, [None, ku])
+    sch.reorder(no, mo, ko, ki, mi, nio, nii)
+    acc = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(acc, mo)
+    sch.parallel(no)
+    sch.unroll(ki)
+    sch.unroll(mi)
+    sch.unroll(nio)
+    sch.vectorize(nii)
+    sch.decompose_reduction(block, ko)
+    wl = sch.get_loops(acc)
+    sch.vectorize(sch.split(wl[-1], [None, VECTOR])[1])
+    for b in _blocks(sch):
+        if b != block and sch.get(b).name_hint not in ("matmul", "matmul_local"):
+            _parallel_block(sch, b)
+    return f"matmul-tiled-{MATMUL_MB}x{nb}"
+
+
+def _parallel_block(sch, block) -> None:
+    """Parallelize a block's leading spatial loops (fused)."""
+    loops = sch.get_loops(block)
+    spatial = []
+    for lp in loops:
+        if sch.get(lp).kind != tirx.ForKind.SERIAL:
+            return
+        spatial.append(lp)
+    if not spatial:
+        return
+
+
+def _injective(sch) -> str | None:
+    """Fuse all output loops; vectorize 16 lanes, parallelize chunks."""
+    blocks = _blocks(sch)
     if len(blocks) != 1:
-        return "naive"
+        return None
     loops = sch.get_loops(blocks[0])
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    outer, _inner = sch.split(fused, [None, 1024])
+    outer, inner = sch.split(fused, [None, VECTOR * 64])
     sch.parallel(outer)
-    return "injective-parallel"
+    _, lanes = sch.split(inner, [None, VECTOR])
+    sch.vectorize(lanes)
+    return "injective-parallel-vector"
 
 
-__all__ = ["schedule"]
+def _parallel_outer(sch) -> str | None:
+    """Fallback: each block's spatial loops outside any reduction, fused and parallelized."""
+    changed = False
+    for block in _blocks(sch):
+        loops = sch.get_loops(block)
+        iters = sch.get(block).iter_vars
+        spatial = []
+        for lp, iv in zip(loops, iters):
+            if iv.iter_type != tirx.IterVar.DataPar:
+                break
+            spatial.append(lp)
+        if not spatial:
+            continue
+        fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        sch.parallel(fused)
+        changed = True
+    return "parallel-outer" if changed else None
+
+
+_TEMPLATES = {
+    "gemm4": [_gemm(4)],
+    "gemm1": [_gemm(1)],
+    "matmul": [_matmul_tiled],
+    "injective": [_injective],
+}
