@@ -88,3 +88,26 @@ def test_usage_errors_exit_2(llama_path):
     assert qcompile("inspect", check=False).returncode == 2
     proc = qcompile("inspect", llama_path, "--ir", "--pipeline", "nope", check=False)
     assert proc.returncode == 2 and "unknown pipeline 'nope'" in proc.stderr
+
+
+def test_build_and_run_with_relative_paths(tmp_path):
+    """The README's main job: build into a relative directory, then run on a .npy input."""
+    from qcompile.zoo import make_mlp
+    onnx.save(make_mlp(), str(tmp_path / "mlp.onnx"))
+    import numpy as np
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+
+    def run_cli(*args):
+        return subprocess.run([sys.executable, "-m", "qcompile", *args], capture_output=True, text=True, cwd=tmp_path)
+
+    built = run_cli("build", "mlp.onnx", "-o", "out", "--dim", "batch=2")
+    assert built.returncode == 0, built.stderr
+    assert "built out/mlp.so" in built.stdout and "import" in built.stderr and "link" in built.stderr
+    ran = run_cli("run", "out/mlp.so", "--input", "x=x.npy", "--save", "res")
+    assert ran.returncode == 0, ran.stderr
+    import onnxruntime as ort
+    expected = ort.InferenceSession(str(tmp_path / "mlp.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_allclose(np.load(tmp_path / "res" / "y.npy"), expected, rtol=1e-5, atol=1e-5)
+    bad = run_cli("build", "mlp.onnx", "--dim", "nope=3")
+    assert bad.returncode == 1 and "unknown symbolic dims: nope" in bad.stderr

@@ -18,6 +18,7 @@ def link_shared(out: Path, objects: list[Path], c_sources: list[Path], asm_sourc
                 cc: str = "gcc", extra_flags: tuple[str, ...] = ()) -> None:
     if shutil.which(cc) is None:
         raise LinkError(f"the C compiler '{cc}' is not installed", hint="run tools/setup.sh, or pass --cc")
+    out = out.resolve()
     version_script = out.with_suffix(".map")
     version_script.write_text(f"{{ global: {prefix}_*; local: *; }};\n")
     includes = [f"-I{d}" for d in runtime.include_dirs()] + [f"-I{c_sources[0].parent}"]
