@@ -29,6 +29,11 @@ VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 INLINE_CONST_ELEMS = 1
 ALIGN = 64
 GEMM_ROW_BLOCK = 4
+# Elementwise ops (numpy broadcasting) that chain into one fused kernel.
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Equal", "Less", "LessOrEqual", "Greater",
+               "GreaterOrEqual", "And", "Or", "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Tanh", "Sigmoid",
+               "Erf", "Sin", "Cos", "Relu", "Floor", "Ceil", "Not", "Gelu", "Softplus", "LeakyRelu", "Where",
+               "Cast", "Clip"}
 
 
 class LoweringError(QCompileError):
@@ -49,6 +54,9 @@ class Step:
     # `row_block` rows plus a tail kernel on the rest, so no tile needs a bounds check.
     row_block: int = 0
     tail_kernel: str = ""
+    # Elementwise nodes fused into this step, in order (node, its inline constants); the last
+    # is `node`. Values passed between them never reach memory.
+    group: list = field(default_factory=list)
 
 
 @dataclass
@@ -133,10 +141,39 @@ def make_plan(g: Graph, bounds: dict[str, int]) -> Plan:
         for o in n.outputs:
             if o:
                 storage[o] = Storage("arena")
+    steps = _fuse_elementwise(g, steps, storage)
     plan = Plan(g, steps, storage, sorted(dims.symbols_of(_all_shapes(g))), dict(bounds), symbolic=symbolic)
     _place_weights(plan)
     _plan_arena(plan)
     return plan
+
+
+def _fusable(step: Step) -> bool:
+    return (step.node.op in ELEMENTWISE and not step.node.domain and not step.materialize
+            and not step.row_block and len(step.outputs) == 1)
+
+
+def _fuse_elementwise(g: Graph, steps: list[Step], storage: dict[str, Storage]) -> list[Step]:
+    """Chain an elementwise step into the previous one when it is the only reader of its output."""
+    readers: dict[str, int] = {}
+    for n in g.nodes:
+        for name in n.inputs:
+            if name:
+                readers[name] = readers.get(name, 0) + 1
+    outputs = set(g.outputs)
+    fused: list[Step] = []
+    for step in steps:
+        prev = fused[-1] if fused else None
+        link = prev.outputs[0] if prev and _fusable(prev) else None
+        if (link and _fusable(step) and link in step.node.inputs and readers.get(link) == 1
+                and link not in outputs and storage.get(link, Storage("")).kind == "arena"):
+            group = prev.group or [(prev.node, prev.inline)]
+            inputs = prev.inputs + [x for x in step.inputs if x != link and x not in prev.inputs]
+            fused[-1] = Step(step.node, inputs, step.outputs, {}, group=group + [(step.node, step.inline)])
+            del storage[link]      # lives in registers only
+        else:
+            fused.append(step)
+    return fused
 
 
 def _all_shapes(g: Graph):

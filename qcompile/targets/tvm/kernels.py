@@ -47,6 +47,16 @@ def _expr(dim, env: dict[str, tirx.Var]):
     return out
 
 
+def _role(step: Step, name: str) -> str:
+    """How a fused member's operand is wired: a step input (by position) or an earlier member."""
+    if name in step.inputs:
+        return f"in{step.inputs.index(name)}"
+    for i, (node, _) in enumerate(step.group):
+        if name in node.outputs:
+            return f"member{i}"
+    return "const"
+
+
 def _workload_key(plan: Plan, step: Step) -> str:
     g, n = plan.graph, step.node
     parts = [n.op_id, repr(sorted((k, repr(v)) for k, v in n.attrs.items()))]
@@ -55,6 +65,10 @@ def _workload_key(plan: Plan, step: Step) -> str:
         parts.append(f"{v.dtype}{list(v.shape)}")
     for i, arr in sorted(step.inline.items()):
         parts.append(f"inline{i}:{arr.dtype}:{arr.tobytes().hex()}")
+    for node, inline in step.group:       # a fused chain: every member and how they connect
+        parts.append(f"{node.op_id}{sorted(node.attrs.items())}{[_role(step, x) for x in node.inputs]}")
+        parts.extend(f"inline{i}:{a.dtype}:{a.tobytes().hex()}" for i, a in sorted(inline.items()))
+        parts.extend(f"{g.values[x].dtype}{list(g.values[x].shape)}" for x in node.outputs)
     for i, name in enumerate(n.inputs):
         if name and g.values[name].const is not None and name not in step.inputs and i not in step.inline:
             parts.append(f"const{i}:{g.values[name].const.tobytes().hex()}")
@@ -117,6 +131,7 @@ def _make_gemm(plan: Plan, step: Step, name: str, row_block: int) -> Kernel:
 def _make_kernel(plan: Plan, step: Step, name: str) -> Kernel:
     g, n = plan.graph, step.node
     shapes = [g.values[x].shape for x in step.inputs + step.outputs]
+    shapes += [g.values[x].shape for node, _ in step.group for x in node.outputs]
     syms = sorted(set().union(*(dims.symbols_of(s) for s in shapes)) if shapes else set())
     if step.materialize:
         syms = sorted(set(syms) | dims.symbols_of(step.materialize))
@@ -140,6 +155,9 @@ def _make_kernel(plan: Plan, step: Step, name: str) -> Kernel:
     if step.materialize:
         outs = [te_ops.materialize([_expr(d, env) for d in step.materialize], out_dtypes[0])]
         kind = "injective"
+    elif step.group:
+        outs = [_fused_chain(g, step, placeholders, env)]
+        kind = "fused"
     else:
         operands = []
         for i, x in enumerate(n.inputs):
@@ -170,6 +188,31 @@ def _make_kernel(plan: Plan, step: Step, name: str) -> Kernel:
     args = [placeholders[x] for x in step.inputs] + list(outs[:len(step.outputs)]) + [env[s] for s in scalar_syms]
     func = te.create_prim_func(args).with_attr("global_symbol", name)
     return Kernel(name, func, kind, scalar_syms)
+
+
+def _fused_chain(g, step: Step, placeholders: dict, env: dict):
+    """TE of an elementwise chain: each member's output feeds the next without a buffer."""
+    produced: dict = {}
+    for node, inline in step.group:
+        operands = []
+        for i, x in enumerate(node.inputs):
+            if x in produced:
+                operands.append(produced[x])
+            elif x in placeholders:
+                operands.append(placeholders[x])
+            elif i in inline:
+                operands.append(te_ops.Inline(inline[i]))
+            elif x and g.values[x].const is not None:
+                operands.append(te_ops.Inline(g.values[x].const))
+            else:
+                operands.append(None)
+        while operands and operands[-1] is None:
+            operands.pop()
+        out = g.values[node.outputs[0]]
+        shape = [_expr(d, env) for d in out.shape]
+        dtype = out.dtype.np_dtype.name if out.dtype.name != "bool" else "bool"
+        produced[node.outputs[0]] = te_ops.elementwise(node, operands, [shape], [dtype])[0]
+    return produced[step.outputs[0]]
 
 
 def _kind(op_id: str) -> str:

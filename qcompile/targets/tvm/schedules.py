@@ -138,6 +138,15 @@ def _injective(sch) -> str | None:
     return "injective-parallel-vector"
 
 
+def _fused(sch) -> str | None:
+    """An elementwise chain: inline every member into the last, then as injective."""
+    blocks = _blocks(sch)
+    for b in blocks[:-1]:
+        sch.compute_inline(b)
+    name = _injective(sch)
+    return name and f"fused-{len(blocks)}-{name}"
+
+
 def _parallel_outer(sch) -> str | None:
     """Fallback: each block's spatial loops outside any reduction, fused and parallelized."""
     changed = False
@@ -162,4 +171,5 @@ _TEMPLATES = {
     "gemm1": [_gemm(1)],
     "matmul": [_matmul_tiled],
     "injective": [_injective],
+    "fused": [_fused],
 }
