@@ -90,6 +90,23 @@ def is_weight_gemm(g: Graph, step: Step) -> bool:
             and step.inputs == [n.inputs[0], n.inputs[1]] and all(isinstance(d, int) for d in w.shape))
 
 
+def gemm_panel(n: int) -> int:
+    """Columns per weight panel: what the GEMM template keeps in registers (4 or 1 vectors)."""
+    return 64 if n % 64 == 0 else 16 if n % 16 == 0 else 1
+
+
+def _packed_weight(g: Graph, name: str) -> str:
+    """W[K, N] -> W[N/P, K, P]: each panel of P columns is contiguous, streamed once per tile."""
+    packed = f"{name}@panels"
+    if packed not in g.values:
+        w = g.values[name].const
+        k, n = w.shape
+        p = gemm_panel(n)
+        g.add_value(packed, g.values[name].dtype, (n // p, k, p),
+                    const=np.ascontiguousarray(w.reshape(k, n // p, p).transpose(1, 0, 2)))
+    return packed
+
+
 def max_bytes(v: Value, bounds: dict[str, int]) -> int:
     if v.shape is None:
         raise LoweringError(f"value '{v.name}' has an unknown rank", hint="run infer_shapes")
@@ -137,6 +154,7 @@ def make_plan(g: Graph, bounds: dict[str, int]) -> Plan:
         step = Step(n, data, [o for o in n.outputs if o], inline)
         if is_weight_gemm(g, step):
             step.row_block = GEMM_ROW_BLOCK
+            step.inputs[1] = _packed_weight(g, step.inputs[1])
         steps.append(step)
         for o in n.outputs:
             if o:

@@ -48,7 +48,8 @@ def run_plan(plan: Plan, module, feeds: dict[str, np.ndarray]) -> dict[str, np.n
 
 def _run_gemm(module, step, a: np.ndarray, w: np.ndarray, values: dict, g: Graph) -> None:
     """Row-split GEMM: whole blocks of rows through the main kernel, the rest through the tail."""
-    k, n = w.shape
+    panels, k, panel = w.shape          # packed W[N/P, K, P]
+    n = panels * panel
     rows = a.reshape(-1, k)
     out = np.empty((rows.shape[0], n), g.values[step.outputs[0]].dtype.np_dtype)
     full = rows.shape[0] - rows.shape[0] % step.row_block

@@ -34,8 +34,9 @@ def supported(op_id: str) -> bool:
 class Kernel:
     name: str
     func: object                 # tirx.PrimFunc
-    kind: str                    # schedule family: matmul | reduce | injective | multi
+    kind: str                    # schedule family: gemm4 | gemm1 | matmul | reduce | injective | fused | multi
     scalars: list                # symbolic dims (str) passed as trailing int64 params
+    panel: int = 0               # GEMM: columns per packed weight panel
 
 
 def _expr(dim, env: dict[str, tirx.Var]):
@@ -116,16 +117,18 @@ def _make_gemm(plan: Plan, step: Step, name: str, row_block: int) -> Kernel:
     `blocks` comes as a scalar, so tiles of row_block rows need no bounds check."""
     g = plan.graph
     a, w = (g.values[x] for x in step.inputs)
-    k_dim, n_dim = w.shape
+    panels, k_dim, panel = w.shape            # packed W[N/P, K, P]
+    n_dim = panels * panel
     blocks = tirx.Var("blocks", "int64")
     rows = blocks * row_block if row_block > 1 else tirx.Var("rows", "int64")
     A = te.placeholder((rows, k_dim), a.dtype.np_dtype.name, name="in0")
-    W = te.placeholder((k_dim, n_dim), w.dtype.np_dtype.name, name="in1")
+    W = te.placeholder((panels, k_dim, panel), w.dtype.np_dtype.name, name="in1")
     k = te.reduce_axis((0, k_dim), name="k")
-    C = te.compute((rows, n_dim), lambda m, n: te.sum(A[m, k] * W[k, n], axis=k), name="matmul")
+    C = te.compute((rows, n_dim), lambda m, n: te.sum(A[m, k] * W[n // panel, k, n % panel], axis=k),
+                   name="matmul")
     args = [A, W, C] + ([blocks] if row_block > 1 else [])
     func = te.create_prim_func(args).with_attr("global_symbol", name)
-    return Kernel(name, func, f"gemm{row_block}", [])
+    return Kernel(name, func, f"gemm{row_block}", [], panel)
 
 
 def _make_kernel(plan: Plan, step: Step, name: str) -> Kernel:

@@ -24,8 +24,8 @@ def schedule(kernel: Kernel, target) -> tuple[object, str]:
     for template in _TEMPLATES.get(kernel.kind, []) + [_parallel_outer]:
         sch = s_tir.Schedule(tvm.IRModule({"main": kernel.func}))
         try:
-            name = template(sch)
-        except (tvm.error.TVMError, s_tir.ScheduleError, ValueError):
+            name = template(sch, kernel)
+        except Exception:       # the template does not fit this kernel: try the next, simpler one
             continue
         if name:
             return sch.mod["main"], name
@@ -45,14 +45,13 @@ def _extent(sch, loop):
 
 
 def _gemm(rows_per_tile: int):
-    def template(sch) -> str | None:
+    def template(sch, kernel) -> str | None:
         """2-D GEMM: rows_per_tile x NB accumulators in registers, NB vectorized, parallel over N tiles."""
         block = sch.get_sblock("matmul")
         m, n, k = sch.get_loops(block)
-        n_ext = _static(_extent(sch, n))
-        if n_ext is None or n_ext % VECTOR:
+        nb = kernel.panel
+        if nb % VECTOR:
             return None
-        nb = MATMUL_NB if n_ext % MATMUL_NB == 0 else VECTOR
         mo, mi = sch.split(m, [None, rows_per_tile])
         no, ni = sch.split(n, [None, nb])
         nio, nii = sch.split(ni, [None, VECTOR])
@@ -73,7 +72,7 @@ def _gemm(rows_per_tile: int):
     return template
 
 
-def _matmul_tiled(sch) -> str | None:
+def _matmul_tiled(sch, kernel=None) -> str | None:
     """Register-tiled GEMM: MB x NB accumulator tile in registers, NB vectorized, parallel over N tiles."""
     blocks = _blocks(sch)
     mm = [b for b in blocks if sch.get(b).name_hint == "matmul"]
@@ -124,7 +123,7 @@ def _parallel_block(sch, block) -> None:
         return
 
 
-def _injective(sch) -> str | None:
+def _injective(sch, kernel=None) -> str | None:
     """Fuse all output loops; vectorize 16 lanes, parallelize chunks."""
     blocks = _blocks(sch)
     if len(blocks) != 1:
@@ -138,16 +137,16 @@ def _injective(sch) -> str | None:
     return "injective-parallel-vector"
 
 
-def _fused(sch) -> str | None:
+def _fused(sch, kernel=None) -> str | None:
     """An elementwise chain: inline every member into the last, then as injective."""
     blocks = _blocks(sch)
     for b in blocks[:-1]:
         sch.compute_inline(b)
-    name = _injective(sch)
+    name = _injective(sch, kernel)
     return name and f"fused-{len(blocks)}-{name}"
 
 
-def _parallel_outer(sch) -> str | None:
+def _parallel_outer(sch, kernel=None) -> str | None:
     """Fallback: each block's spatial loops outside any reduction, fused and parallelized."""
     changed = False
     for block in _blocks(sch):
