@@ -69,13 +69,14 @@ def default_bounds(graph, opts: BuildOptions) -> dict[str, int]:
 def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
     from .artifact import codegen, link
     from .targets.tvm.compile import compile_kernels, tvm_version
+    from .targets.tvm.host import resolve
     from .targets.tvm.kernels import build_kernels
 
     if opts.precision not in ("fp32",):
         raise QCompileError(f"precision '{opts.precision}' is not available yet (fp32 only in this version)",
                             phase="options", hint="quantized precisions arrive with the next release")
     say = progress or (lambda phase, detail: None)
-    preset = get_preset(opts.target)
+    preset = resolve(get_preset(opts.target))
     start = time.perf_counter()
     phases: list[tuple[str, float]] = []
 

@@ -141,3 +141,16 @@ def test_bad_inputs_get_readable_errors(mlp, feeds, message):
         model(**feeds)
     # the instance still works after a refused call
     assert model(x=np.zeros((2, 64), np.float32))["y"].shape == (2, 10)
+
+
+def test_native_target_names_the_host_cpu(workdir, rng):
+    path = workdir / "mlp_native.onnx"
+    onnx.save(make_mlp(), str(path))
+    result = build(path, BuildOptions(out_dir=workdir / "native", target="native", dim_bounds={"batch": 2}))
+    target = json.loads(result.manifest.read_text())["target"]
+    assert target["tvm_target"]["mcpu"] not in ("<detected>", "native", "generic", "")
+    flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("flags")).split(":", 1)[1].split())
+    assert target["cpu_features"] and set(target["cpu_features"]) <= flags
+    feeds = {"x": rng.standard_normal((2, 64)).astype(np.float32)}
+    assert_close(qcompile.load(result.library)(**feeds), ort_run(path, feeds))

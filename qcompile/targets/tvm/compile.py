@@ -14,9 +14,6 @@ from .schedules import schedule
 
 def tvm_target(preset: Preset, num_cores: int | None = None) -> "tvm.target.Target":
     spec = dict(preset.tvm_target)
-    if spec.get("mcpu") == "<detected>":
-        from .host import detect_host_cpu
-        spec["mcpu"] = detect_host_cpu()
     if num_cores:
         spec["num-cores"] = num_cores
     return tvm.target.Target(spec)

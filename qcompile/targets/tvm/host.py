@@ -1,8 +1,20 @@
-"""Host CPU detection for the `native` preset: an explicit CPU name, never LLVM's 'native'."""
+"""The `native` preset made concrete: the host CPU's LLVM name and the features a library built
+for it will require at load time. Never LLVM's "native", which silently means generic x86-64."""
 
 from __future__ import annotations
 
+import dataclasses
+import platform
+from pathlib import Path
+
 from tvm.target import codegen
+
+from ..presets import Preset
+
+# Features the runtime can check (qc_cpu_missing_features) that change code generation.
+CHECKED_X86 = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd",
+               "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx512vbmi", "amx_tile", "amx_int8", "amx_bf16")
+CHECKED_ARM = ("asimd", "asimddp", "i8mm", "bf16", "sve")
 
 
 def detect_host_cpu() -> str:
@@ -10,3 +22,22 @@ def detect_host_cpu() -> str:
     if not name or name in ("generic", "native"):
         raise RuntimeError("could not detect the host CPU; use an explicit --target preset")
     return name
+
+
+def host_cpu_flags() -> set[str]:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def resolve(preset: Preset) -> Preset:
+    """A preset whose target names a concrete CPU; other presets come back unchanged."""
+    if preset.tvm_target.get("mcpu") != "<detected>":
+        return preset
+    checked = CHECKED_ARM if platform.machine() in ("aarch64", "arm64") else CHECKED_X86
+    flags = host_cpu_flags()
+    target = dict(preset.tvm_target, mcpu=detect_host_cpu())
+    return dataclasses.replace(preset, tvm_target=target, cpu_features=tuple(f for f in checked if f in flags),
+                               summary=f"{preset.summary} ({target['mcpu']})")
