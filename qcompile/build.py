@@ -23,6 +23,8 @@ from .targets.plan import make_plan
 from .targets.presets import get_preset
 
 DEFAULT_MAX_SEQ_LEN = 2048
+# fp32: everything fp32. bf16: GEMM weights stored bf16 (half the bytes), computed in fp32.
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -72,9 +74,10 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     from .targets.tvm.host import resolve
     from .targets.tvm.kernels import build_kernels
 
-    if opts.precision not in ("fp32",):
-        raise QCompileError(f"precision '{opts.precision}' is not available yet (fp32 only in this version)",
-                            phase="options", hint="quantized precisions arrive with the next release")
+    if opts.precision not in PRECISIONS:
+        raise QCompileError(f"precision '{opts.precision}' is not available yet; this version builds "
+                            f"{', '.join(PRECISIONS)}", phase="options",
+                            hint="int8/int4/ternary/mixed arrive with the quantized kernels")
     say = progress or (lambda phase, detail: None)
     preset = resolve(get_preset(opts.target))
     start = time.perf_counter()
@@ -96,7 +99,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     phase("plan")
     bounds = default_bounds(graph, opts)
     graph.dim_bounds.update(bounds)
-    plan = make_plan(graph, bounds)
+    plan = make_plan(graph, bounds, gemm_weights=opts.precision)
     say("plan", f"{len(plan.steps)} steps, arena {plan.arena_bytes / 2**20:.1f} MiB, weights "
                 f"{plan.weight_bytes / 2**20:.1f} MiB")
     phase("lower")

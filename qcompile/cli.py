@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="path to an .onnx file")
     p.add_argument("--target", default="x86_64", metavar="PRESET", help="target preset (`qcompile targets`; "
                    "default: %(default)s)")
-    p.add_argument("--precision", default="fp32", choices=["fp32"], help="numeric precision (default: %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="fp32, or bf16: matmul weights stored as bf16 (half the bytes) and computed in fp32 "
+                        "(default: %(default)s)")
     p.add_argument("-o", "--out", default="out", metavar="DIR", help="output directory (default: %(default)s)")
     p.add_argument("--name", help="library and C symbol prefix (default: the model file's stem)")
     p.add_argument("--max-seq-len", type=int, default=2048, metavar="N",

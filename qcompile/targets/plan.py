@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import QCompileError
-from ..ir import dims
+from ..ir import dims, dtypes
 from ..ir.graph import Graph, Node, Value
 from ..ir.shape_rules import SymValues, propagate_symbolic
 
@@ -95,15 +95,16 @@ def gemm_panel(n: int) -> int:
     return 64 if n % 64 == 0 else 16 if n % 16 == 0 else 1
 
 
-def _packed_weight(g: Graph, name: str) -> str:
+def _packed_weight(g: Graph, name: str, storage: str) -> str:
     """W[K, N] -> W[N/P, K, P]: each panel of P columns is contiguous, streamed once per tile."""
-    packed = f"{name}@panels"
+    packed = f"{name}@panels.{storage}"
     if packed not in g.values:
         w = g.values[name].const
         k, n = w.shape
         p = gemm_panel(n)
-        g.add_value(packed, g.values[name].dtype, (n // p, k, p),
-                    const=np.ascontiguousarray(w.reshape(k, n // p, p).transpose(1, 0, 2)))
+        panels = np.ascontiguousarray(w.reshape(k, n // p, p).transpose(1, 0, 2))
+        dtype = dtypes.BF16 if storage == "bf16" else g.values[name].dtype
+        g.add_value(packed, dtype, (n // p, k, p), const=panels.astype(dtype.np_dtype))
     return packed
 
 
@@ -122,7 +123,8 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def make_plan(g: Graph, bounds: dict[str, int]) -> Plan:
+def make_plan(g: Graph, bounds: dict[str, int], gemm_weights: str = "fp32") -> Plan:
+    """gemm_weights: storage of GEMM weight panels, "fp32" or "bf16" (widened to fp32 in registers)."""
     symbolic: SymValues = {}
     steps: list[Step] = []
     storage: dict[str, Storage] = {name: Storage("input") for name in g.inputs}
@@ -154,7 +156,7 @@ def make_plan(g: Graph, bounds: dict[str, int]) -> Plan:
         step = Step(n, data, [o for o in n.outputs if o], inline)
         if is_weight_gemm(g, step):
             step.row_block = GEMM_ROW_BLOCK
-            step.inputs[1] = _packed_weight(g, step.inputs[1])
+            step.inputs[1] = _packed_weight(g, step.inputs[1], gemm_weights)
         steps.append(step)
         for o in n.outputs:
             if o:

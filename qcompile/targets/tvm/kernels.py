@@ -122,9 +122,11 @@ def _make_gemm(plan: Plan, step: Step, name: str, row_block: int) -> Kernel:
     blocks = tirx.Var("blocks", "int64")
     rows = blocks * row_block if row_block > 1 else tirx.Var("rows", "int64")
     A = te.placeholder((rows, k_dim), a.dtype.np_dtype.name, name="in0")
-    W = te.placeholder((panels, k_dim, panel), w.dtype.np_dtype.name, name="in1")
+    W = te.placeholder((panels, k_dim, panel), "bfloat16" if w.dtype.name == "bf16" else w.dtype.np_dtype.name,
+                       name="in1")
+    acc = a.dtype.np_dtype.name
     k = te.reduce_axis((0, k_dim), name="k")
-    C = te.compute((rows, n_dim), lambda m, n: te.sum(A[m, k] * W[n // panel, k, n % panel], axis=k),
+    C = te.compute((rows, n_dim), lambda m, n: te.sum(A[m, k] * W[n // panel, k, n % panel].astype(acc), axis=k),
                    name="matmul")
     args = [A, W, C] + ([blocks] if row_block > 1 else [])
     func = te.create_prim_func(args).with_attr("global_symbol", name)
