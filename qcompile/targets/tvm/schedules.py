@@ -111,6 +111,23 @@ def _matmul_tiled(sch, kernel=None) -> str | None:
     return f"matmul-tiled-{MATMUL_MB}x{nb}"
 
 
+def _batched_matmul(sch, kernel=None) -> str | None:
+    """Batched A[..., m, k] x B[..., k, n] (attention): rows in parallel, k outside n, n in
+    16-lane vectors accumulated in the output row (which stays in L1)."""
+    blocks = _blocks(sch)
+    if len(blocks) != 1:
+        return None
+    block = blocks[0]
+    *outer, m, n, k = sch.get_loops(block)
+    rows = sch.fuse(*outer, m) if outer else m
+    no, ni = sch.split(n, [None, VECTOR])
+    sch.reorder(rows, k, no, ni)
+    sch.parallel(rows)
+    sch.vectorize(ni)
+    sch.decompose_reduction(block, k)
+    return "batched-matmul-rows"
+
+
 def _parallel_block(sch, block) -> None:
     """Parallelize a block's leading spatial loops (fused)."""
     loops = sch.get_loops(block)
@@ -124,15 +141,23 @@ def _parallel_block(sch, block) -> None:
 
 
 def _injective(sch, kernel=None) -> str | None:
-    """Fuse all output loops; vectorize 16 lanes, parallelize chunks."""
+    """Vectorize the innermost dim when it is a static multiple of 16 lanes (no index math per
+    lane) and run the outer loops in parallel; otherwise fuse everything and vectorize chunks."""
     blocks = _blocks(sch)
     if len(blocks) != 1:
         return None
     loops = sch.get_loops(blocks[0])
+    inner = _static(_extent(sch, loops[-1]))
+    if inner and inner % VECTOR == 0 and len(loops) > 1:
+        outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        sch.parallel(outer)
+        _, lanes = sch.split(loops[-1], [None, VECTOR])
+        sch.vectorize(lanes)
+        return "injective-rows-vector"
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    outer, inner = sch.split(fused, [None, VECTOR * 64])
+    outer, inner_loop = sch.split(fused, [None, VECTOR * 64])
     sch.parallel(outer)
-    _, lanes = sch.split(inner, [None, VECTOR])
+    _, lanes = sch.split(inner_loop, [None, VECTOR])
     sch.vectorize(lanes)
     return "injective-parallel-vector"
 
@@ -168,7 +193,7 @@ def _parallel_outer(sch, kernel=None) -> str | None:
 _TEMPLATES = {
     "gemm4": [_gemm(4)],
     "gemm1": [_gemm(1)],
-    "matmul": [_matmul_tiled],
+    "matmul": [_matmul_tiled, _batched_matmul],
     "injective": [_injective],
     "fused": [_fused],
 }
