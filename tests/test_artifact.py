@@ -184,3 +184,24 @@ def test_bf16_weights_match_a_bf16_rounded_reference(workdir, rng):
     assert 1e-4 < np.abs(got - exact).max() < 0.05 * np.abs(exact).max()   # bf16 changes the numbers a little
     sizes = [json.loads(r.manifest.read_text())["weights"]["bytes"] for r in (bf16, fp32)]
     assert sizes[0] < 0.75 * sizes[1]
+
+
+def test_unaligned_inputs_are_staged(llama_kv, rng):
+    """Kernels use aligned vector loads; inputs at odd addresses must still compute right."""
+    path, result = llama_kv
+    model = qcompile.load(result.library)
+
+    def unaligned(arr):
+        raw = np.empty(arr.nbytes + 64 + arr.itemsize, np.uint8)
+        start = (-raw.ctypes.data) % 64 + arr.itemsize       # 64-aligned + one element: misaligned
+        view = raw[start:start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+        view[...] = arr
+        assert view.ctypes.data % 64 != 0
+        return view
+
+    feeds = {"input_ids": rng.integers(0, 256, (2, 3)).astype(np.int64)}
+    for i in range(2):
+        for kind in ("key", "value"):
+            feeds[f"past_{kind}_{i}"] = rng.standard_normal((2, 2, 5, 16)).astype(np.float32)
+    expected = ort_run(path, feeds)
+    assert_close(model(**{k: unaligned(v) for k, v in feeds.items()}), expected)

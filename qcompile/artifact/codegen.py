@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import __version__
 from ..ir import dims
-from ..targets.plan import LoweringError, Plan, resolve
+from ..targets.plan import LoweringError, Plan, max_bytes, resolve
 from .runtime import checksum64
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -130,6 +130,8 @@ def generate(plan: Plan, prefix: str, model_name: str, target: str, cpu_features
     lines.append(f"static const int32_t STEP_SCALARS[] = {{{', '.join(map(str, step_scalars)) or '0'}}};")
     lines.append("static const qc_step STEPS[] = {\n  " + ",\n  ".join(step_rows or ["{0}"]) + "\n};")
     lines.append(f"static const int32_t INPUT_VALUE[] = {{{', '.join(map(str, input_ids)) or '0'}}};")
+    in_bytes = [str(max_bytes(g.values[x], plan.bounds)) for x in g.inputs]
+    lines.append(f"static const size_t INPUT_MAX_BYTES[] = {{{', '.join(in_bytes) or '0'}}};")
     lines.append(f"static const int32_t OUTPUT_VALUE[] = {{{', '.join(map(str, output_ids)) or '0'}}};")
     sym_rows = []
     for name in g.inputs:

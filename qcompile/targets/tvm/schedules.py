@@ -14,7 +14,6 @@ from tvm import s_tir, tirx
 from .kernels import Kernel
 
 VECTOR = 16          # fp32 lanes in an AVX-512 register
-MATMUL_MB = 4        # rows of the register tile
 MATMUL_NB = 64       # columns of the register tile (4 vectors)
 MATMUL_KU = 4        # k unroll
 
@@ -72,72 +71,19 @@ def _gemm(rows_per_tile: int):
     return template
 
 
-def _matmul_tiled(sch, kernel=None) -> str | None:
-    """Register-tiled GEMM: MB x NB accumulator tile in registers, NB vectorized, parallel over N tiles."""
-    blocks = _blocks(sch)
-    mm = [b for b in blocks if sch.get(b).name_hint == "matmul"]
-    if len(mm) != 1:
-        return None
-    block = mm[0]
-    loops = sch.get_loops(block)
-    if len(loops) < 3:
-        return None
-    *outer, m, n, k = loops
-    n_ext = _static(_extent(sch, n))
-    if n_ext is None or n_ext % VECTOR:
-        return None
-    nb = MATMUL_NB if n_ext % MATMUL_NB == 0 else VECTOR
-    rows = sch.fuse(*outer, m) if outer else m
-    mo, mi = sch.split(rows, [None, MATMUL_MB])
-    no, ni = sch.split(n, [None, nb])
-    nio, nii = sch.split(ni, [None, VECTOR])
-    k_ext = _static(_extent(sch, k))
-    ku = MATMUL_KU if k_ext and k_ext % MATMUL_KU == 0 else 1
-    ko, ki = sch.split(k, [None, ku])
-    sch.reorder(no, mo, ko, ki, mi, nio, nii)
-    acc = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(acc, mo)
-    sch.parallel(no)
-    sch.unroll(ki)
-    sch.unroll(mi)
-    sch.unroll(nio)
-    sch.vectorize(nii)
-    sch.decompose_reduction(block, ko)
-    wl = sch.get_loops(acc)
-    sch.vectorize(sch.split(wl[-1], [None, VECTOR])[1])
-    for b in _blocks(sch):
-        if b != block and sch.get(b).name_hint not in ("matmul", "matmul_local"):
-            _parallel_block(sch, b)
-    return f"matmul-tiled-{MATMUL_MB}x{nb}"
-
-
 def _batched_matmul(sch, kernel=None) -> str | None:
-    """Batched A[..., m, k] x B[..., k, n] (attention): rows in parallel, k outside n, n in
-    16-lane vectors accumulated in the output row (which stays in L1)."""
+    """Batched A[..., m, k] x B[..., k, n] (attention): rows in parallel, k outside n, each row
+    of B added into the output row (which stays in L1)."""
     blocks = _blocks(sch)
     if len(blocks) != 1:
         return None
     block = blocks[0]
     *outer, m, n, k = sch.get_loops(block)
     rows = sch.fuse(*outer, m) if outer else m
-    no, ni = sch.split(n, [None, VECTOR])
-    sch.reorder(rows, k, no, ni)
+    sch.reorder(rows, k, n)
     sch.parallel(rows)
-    sch.vectorize(ni)
     sch.decompose_reduction(block, k)
-    return "batched-matmul-rows"
-
-
-def _parallel_block(sch, block) -> None:
-    """Parallelize a block's leading spatial loops (fused)."""
-    loops = sch.get_loops(block)
-    spatial = []
-    for lp in loops:
-        if sch.get(lp).kind != tirx.ForKind.SERIAL:
-            return
-        spatial.append(lp)
-    if not spatial:
-        return
+    return "batched-matmul-rows"      # n has a run-time extent: LLVM vectorizes it with a remainder
 
 
 def _injective(sch, kernel=None) -> str | None:
@@ -193,7 +139,7 @@ def _parallel_outer(sch, kernel=None) -> str | None:
 _TEMPLATES = {
     "gemm4": [_gemm(4)],
     "gemm1": [_gemm(1)],
-    "matmul": [_matmul_tiled, _batched_matmul],
+    "matmul": [_batched_matmul],
     "injective": [_injective],
     "fused": [_fused],
 }
