@@ -47,6 +47,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="threads for both runtimes (0: all cores)")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--min-seconds", type=float, default=1.0)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="artifact precision")
     ap.add_argument("--out", help="keep the built artifact here")
     args = ap.parse_args()
 
@@ -71,8 +72,8 @@ def main() -> int:
         print(f"model: Llama-style decoder, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, "
               f"{params / 1e6:.1f}M params ({params * 4 / 2**20:.0f} MiB fp32)")
     t = time.perf_counter()
-    result = build(model_path, BuildOptions(out_dir=work, max_seq_len=max(args.tokens)))
-    print(f"build: {time.perf_counter() - t:.1f}s, {result.kernels} kernels, {result.library}")
+    result = build(model_path, BuildOptions(out_dir=work, max_seq_len=max(args.tokens), precision=args.precision))
+    print(f"build ({args.precision}): {time.perf_counter() - t:.1f}s, {result.kernels} kernels, {result.library}")
 
     opts = ort.SessionOptions()
     if args.threads:
