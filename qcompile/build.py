@@ -72,7 +72,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     from .artifact import codegen, link
     from .targets.tvm.compile import compile_kernels, tvm_version
     from .targets.tvm.host import resolve
-    from .targets.tvm.kernels import build_kernels
+    from .targets.tvm.kernels import build_kernels, check_coverage
 
     if opts.precision not in PRECISIONS:
         raise QCompileError(f"precision '{opts.precision}' is not available yet; this version builds "
@@ -103,6 +103,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     say("plan", f"{len(plan.steps)} steps, arena {plan.arena_bytes / 2**20:.1f} MiB, weights "
                 f"{plan.weight_bytes / 2**20:.1f} MiB")
     phase("lower")
+    check_coverage(plan, preset.name)
     kernels = build_kernels(plan, prefix)
     say("lower", f"{len(kernels)} kernels")
     out_dir = Path(opts.out_dir)

@@ -205,3 +205,13 @@ def test_unaligned_inputs_are_staged(llama_kv, rng):
             feeds[f"past_{kind}_{i}"] = rng.standard_normal((2, 2, 5, 16)).astype(np.float32)
     expected = ort_run(path, feeds)
     assert_close(model(**{k: unaligned(v) for k, v in feeds.items()}), expected)
+
+
+def test_ops_without_kernels_are_listed_together(tmp_path):
+    from qcompile.targets.plan import LoweringError
+    from qcompile.testing.model_suite import DATA_DIR
+    with pytest.raises(LoweringError) as info:
+        build(DATA_DIR / "light" / "light_squeezenet.onnx", BuildOptions(out_dir=tmp_path))
+    text = str(info.value)
+    assert "Conv: n0, n3" in text and "MaxPool" in text and "GlobalAveragePool" in text
+    assert not list(tmp_path.glob("*.so")), "nothing is written when the build fails"

@@ -74,6 +74,10 @@ def checksum64(data) -> int:
     if rest:
         tail = int.from_bytes(buf[words * 8 :].tobytes(), "little")
         acc += _mix((tail + (words + 1) * _K) & _MASK)
+    return _finalize(acc, n)
+
+
+def _finalize(acc: int, n: int) -> int:
     h = (acc & _MASK) ^ n ^ _K
     h ^= h >> 33
     h = (h * _M1) & _MASK
@@ -98,10 +102,4 @@ def checksum64_reference(data) -> int:
     for j in range(0, (n + 7) // 8):
         w = int.from_bytes(buf[8 * j : 8 * j + 8], "little")  # short last word: zero-padded
         acc = (acc + _mix((w + (j + 1) * _K) & _MASK)) & _MASK
-    h = acc ^ n ^ _K
-    h ^= h >> 33
-    h = (h * _M1) & _MASK
-    h ^= h >> 33
-    h = (h * _M2) & _MASK
-    h ^= h >> 33
-    return h
+    return _finalize(acc, n)

@@ -78,6 +78,20 @@ def _workload_key(plan: Plan, step: Step) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
+def check_coverage(plan: Plan, target: str) -> None:
+    """One error listing every op in the plan that has no kernel for this target yet."""
+    missing: dict[str, list[str]] = {}
+    for step in plan.steps:
+        if not step.materialize and not step.group and step.node.op_id not in _BUILDERS:
+            missing.setdefault(step.node.op_id, []).append(step.node.name)
+    if missing:
+        lines = [f"  {op}: {', '.join(names[:5])}" + (f", ... ({len(names)} nodes)" if len(names) > 5 else "")
+                 for op, names in sorted(missing.items())]
+        raise LoweringError(f"{len(missing)} op type(s) have no kernel for target {target} yet:\n" + "\n".join(lines),
+                            hint="the reference interpreter runs them (qcompile inspect --ir); kernels for them "
+                                 "are on the roadmap")
+
+
 def build_kernels(plan: Plan, prefix: str) -> dict[str, Kernel]:
     """Create (deduplicated) kernels for every plan step; sets step.kernel and step.scalars."""
     kernels: dict[str, Kernel] = {}

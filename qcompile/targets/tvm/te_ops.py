@@ -138,23 +138,17 @@ def matmul(node, ins, out_shapes, out_dtypes):
     b2 = len(b.shape) >= 2
     batch_rank = len(out) - (1 if a2 else 0) - (1 if b2 else 0)
 
+    def batch_of(t, idx):
+        """t's batch indices for output index idx (numpy broadcasting over the batch dims)."""
+        off = batch_rank - (len(t.shape) - 2)
+        return [0 if _is_one(t.shape[i]) and not _is_one(out[off + i]) else idx[off + i]
+                for i in range(len(t.shape) - 2)]
+
     def read_a(idx, kk):
-        if not a2:
-            return a[kk]
-        batch = idx[:batch_rank]
-        off = batch_rank - (len(a.shape) - 2)
-        sub = [0 if _is_one(a.shape[i]) and not _is_one(out[off + i]) else batch[off + i]
-               for i in range(len(a.shape) - 2)]
-        return a(*sub, idx[batch_rank], kk)
+        return a(*batch_of(a, idx), idx[batch_rank], kk) if a2 else a[kk]
 
     def read_b(idx, kk):
-        if not b2:
-            return b[kk]
-        batch = idx[:batch_rank]
-        off = batch_rank - (len(b.shape) - 2)
-        sub = [0 if _is_one(b.shape[i]) and not _is_one(out[off + i]) else batch[off + i]
-               for i in range(len(b.shape) - 2)]
-        return b(*sub, kk, idx[-1])
+        return b(*batch_of(b, idx), kk, idx[-1]) if b2 else b[kk]
 
     return [te.compute(out, lambda *i: te.sum(read_a(i, k) * read_b(i, k), axis=k), name="matmul")]
 
