@@ -1,0 +1,82 @@
+"""assign_precision: policies, plan files, and the errors that must come before compiling."""
+
+from __future__ import annotations
+
+import pytest
+
+from qcompile.frontend import from_proto
+from qcompile.passes import run_pipeline
+from qcompile.passes.assign_precision import (ATTR, PrecisionConfig, PrecisionError, assign, linear_layers,
+                                              load_plan, table)
+from qcompile.zoo import LlamaConfig, make_llama
+
+
+@pytest.fixture
+def llama():
+    graph, _ = run_pipeline(from_proto(make_llama(LlamaConfig(hidden_size=128, intermediate_size=256))))
+    return graph
+
+
+def test_linear_layers_and_roles(llama):
+    roles = {}
+    for node, role in linear_layers(llama):
+        roles.setdefault(role, []).append(node.name)
+    assert len(roles["embedding"]) == 1
+    assert roles["lm_head"] == ["lm_head/MatMul"]
+    assert len(roles["linear"]) == 2 * 7          # q k v o gate up down per layer
+
+
+def test_mixed_policy(llama):
+    rows = assign(llama, PrecisionConfig("mixed"))
+    formats = {role: {fmt for _, r, fmt, _ in rows if r == role} for role in ("embedding", "lm_head", "linear")}
+    assert formats == {"embedding": {"bf16"}, "lm_head": {"bf16"}, "linear": {"int4-g128"}}
+    rows = assign(llama, PrecisionConfig("mixed", middle="ternary"))
+    assert {fmt for _, r, fmt, _ in rows if r == "linear"} == {"ternary"}
+    assert "int4" not in table(rows) and "policy mixed" in table(rows)
+
+
+def test_plan_overrides_win(llama, tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[layers]\n"*mlp/MatMul_2" = "int8"\n"lm_head/*" = "fp32"\n')
+    rows = assign(llama, PrecisionConfig("mixed", overrides=load_plan(plan)))
+    by_name = {name: (fmt, why) for name, _, fmt, why in rows}
+    assert by_name["lm_head/MatMul"] == ("fp32", "plan 'lm_head/*'")
+    down = [name for name in by_name if name.endswith("mlp/MatMul_2")]
+    assert down and all(by_name[n][0] == "int8" for n in down)
+    node = next(n for n in llama.nodes if n.name == down[0])
+    assert node.attrs[ATTR] == "int8"
+
+
+def test_plan_naming_no_layer_is_an_error(llama, tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"*attn*/Matmul": "int8"}')
+    with pytest.raises(PrecisionError, match=r"'\*attn\*/Matmul' match no linear layer"):
+        assign(llama, PrecisionConfig("mixed", overrides=load_plan(plan)))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"policy": "int3"}, "unknown precision policy 'int3'"),
+    ({"policy": "mixed", "overrides": {"lm_head/*": "fp12"}}, "unknown format 'fp12'"),
+    ({"policy": "int4", "group_size": 48}, "group size 48 is not one of"),
+    ({"policy": "mixed", "middle": "int8"}, "--middle must be int4 or ternary"),
+])
+def test_bad_configurations(kwargs, message):
+    with pytest.raises(PrecisionError, match=message):
+        PrecisionConfig(**kwargs)
+
+
+def test_group_size_must_divide_k():
+    graph, _ = run_pipeline(from_proto(make_llama(LlamaConfig())))        # hidden 64
+    with pytest.raises(PrecisionError, match="group size 128 does not divide K=64") as info:
+        assign(graph, PrecisionConfig("int4"))
+    assert info.value.node
+    assign(graph, PrecisionConfig("int4", group_size=32))
+
+
+def test_unreadable_plan(tmp_path):
+    bad = tmp_path / "plan.toml"
+    bad.write_text("layers = [1, 2")
+    with pytest.raises(PrecisionError, match="does not parse"):
+        load_plan(bad)
+    with pytest.raises(PrecisionError, match="cannot read plan file"):
+        load_plan(tmp_path / "missing.toml")
