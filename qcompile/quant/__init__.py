@@ -1,0 +1,51 @@
+"""Target-neutral weight formats (quantize / dequantize) and their byte packing."""
+
+from .formats import (
+    FORMATS,
+    BF16Format,
+    Int4Grouped,
+    Int8PerChannel,
+    QuantizedWeight,
+    Ternary,
+    WeightFormat,
+    bf16_bits_to_float32,
+    check_weight,
+    describe_formats,
+    detect_ternary,
+    float32_to_bf16_bits,
+    get_format,
+    quantize,
+)
+from .packing import (
+    SUPPORTED_BITS,
+    pack,
+    pack_interleaved,
+    unpack,
+    unpack_interleaved,
+    value_range,
+    values_per_byte,
+)
+
+__all__ = [
+    "FORMATS",
+    "BF16Format",
+    "Int4Grouped",
+    "Int8PerChannel",
+    "QuantizedWeight",
+    "Ternary",
+    "WeightFormat",
+    "bf16_bits_to_float32",
+    "check_weight",
+    "describe_formats",
+    "detect_ternary",
+    "float32_to_bf16_bits",
+    "get_format",
+    "quantize",
+    "SUPPORTED_BITS",
+    "pack",
+    "pack_interleaved",
+    "unpack",
+    "unpack_interleaved",
+    "value_range",
+    "values_per_byte",
+]
