@@ -463,6 +463,7 @@ _RULES = {
     "ArgMax": _arg, "ArgMin": _arg, "Shape": _shape, "Size": lambda g, n, x, sh: (),
     "Gather": _gather, "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Concat": _concat,
     "Slice": _slice, "Split": _split,
+    "qcompile.QLinear": lambda g, n, x, sh: None if x is None or sh(1) is None else tuple(x[:-1]) + (sh(1)[-1],),
     "Flatten": _flatten, "GatherND": _gather_nd, "ScatterND": lambda g, n, x, sh: x, "com.microsoft.MatMulNBits": _matmul_nbits,
     "RMSNormalization": _norm_stats, "SimplifiedLayerNormalization": _norm_stats,
     "com.microsoft.SimplifiedLayerNormalization": _norm_stats,

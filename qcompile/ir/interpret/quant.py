@@ -114,3 +114,20 @@ def _matmul_nbits(node, a, b, scales, zero_points=None, g_idx=None, bias=None):
     if bias is not None:
         y = y + bias.astype(np.float32)
     return y.astype(a.dtype)
+
+
+@kernel("qcompile.QLinear")
+def _qlinear(node, x, q, scales=None, zero_points=None):
+    """y = x @ dequantize(q): the reference for every quantized linear-layer kernel.
+
+    q holds logical values (int8 for int8/int4/ternary, bf16 for bf16) shaped [K, N]; scales and
+    zero points follow the QuantSpec given by the attributes (granularity, axis, group_size)."""
+    from ..quant import QuantSpec
+    if scales is None:
+        w = q.astype(np.float32)
+    else:
+        spec = QuantSpec(node.attrs.get("family", "int8"), int(node.attrs.get("bits", 8)),
+                         node.attrs["granularity"], node.attrs.get("axis"), node.attrs.get("group_size") or None,
+                         scales=scales, zero_points=zero_points)
+        w = spec.dequantize(q)
+    return np.matmul(x.astype(np.float32), w).astype(x.dtype)

@@ -1,0 +1,66 @@
+"""quantize_weights: turn the formats chosen by assign_precision into quantized weights.
+
+  bf16                 the weight is rounded to bf16 (still fp32 in the IR; targets store it as bf16)
+  int8, int4-*, ternary*   MatMul(x, W) -> qcompile.QLinear(x, q, scales[, zero_points]), q holding
+                       logical values with the format's QuantSpec; targets pack q as they need
+
+Weights that are already ternary-valued are kept ternary losslessly whatever was asked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import dtypes
+from ..ir.graph import Graph, Node
+from ..quant import detect_ternary, quantize
+from ..quant.formats import bf16_bits_to_float32, float32_to_bf16_bits
+from .assign_precision import ATTR, PrecisionError
+
+
+def _round_bf16(w: np.ndarray) -> np.ndarray:
+    return bf16_bits_to_float32(float32_to_bf16_bits(w)).astype(np.float32)
+
+
+def quantize_weights(g: Graph) -> list[tuple[str, str]]:
+    """Rewrite g in place; returns (node, what happened) for every layer that changed."""
+    report = []
+    for node in list(g.nodes):
+        fmt = node.attrs.pop(ATTR, None)
+        if fmt is None or fmt == "fp32":
+            continue
+        weight_at = 0 if node.op == "Gather" else 1
+        w_value = g.values[node.inputs[weight_at]]
+        w = np.asarray(w_value.const, np.float32)
+        if fmt == "bf16":
+            rounded = g.add_const(f"{w_value.name}.bf16", _round_bf16(w))
+            node.inputs[weight_at] = rounded.name
+            node.attrs[ATTR] = "bf16"          # targets store this weight as bf16
+            report.append((node.name, "bf16"))
+            continue
+        if node.op != "MatMul":
+            raise PrecisionError(f"format {fmt} is only implemented for MatMul layers yet", node=node.name, op=node.op,
+                                 hint="use a plan file to keep this layer bf16 or fp32")
+        qw = detect_ternary(w)
+        why = "already ternary-valued: kept ternary losslessly" if qw is not None else fmt
+        if qw is None:
+            try:
+                qw = quantize(w, fmt)
+            except ValueError as exc:
+                raise PrecisionError(str(exc), node=node.name, op=node.op) from None
+        _rewrite(g, node, qw)
+        report.append((node.name, why))
+    g.prune_values()
+    return report
+
+
+def _rewrite(g: Graph, node: Node, qw) -> None:
+    spec = qw.spec
+    base = node.inputs[1]
+    q = g.add_const(f"{base}.q", np.asarray(qw.q, np.int8), dtypes.INT8)
+    inputs = [node.inputs[0], q.name, g.add_const(f"{base}.scales", np.asarray(spec.scales, np.float32)).name]
+    if spec.zero_points is not None:
+        inputs.append(g.add_const(f"{base}.zero_points", np.asarray(spec.zero_points)).name)
+    node.op, node.domain, node.inputs = "QLinear", "qcompile", inputs
+    node.attrs = {"format": qw.format, "family": spec.format, "bits": spec.bits, "granularity": spec.granularity,
+                  "axis": spec.axis, "group_size": spec.group_size or 0}
