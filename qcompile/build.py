@@ -23,14 +23,18 @@ from .targets.plan import make_plan
 from .targets.presets import get_preset
 
 DEFAULT_MAX_SEQ_LEN = 2048
-# fp32: everything fp32. bf16: GEMM weights stored bf16 (half the bytes), computed in fp32.
+# Policies with kernels on this target; the others are assigned and quantized, then stop at
+# lowering with the list of ops that have no kernel yet.
 PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
 class BuildOptions:
     target: str = "x86_64"
-    precision: str = "fp32"
+    precision: str = "fp32"          # a policy: fp32 bf16 int8 int4 ternary mixed
+    middle: str = "int4"
+    group_size: int = 128
+    plan: Path | None = None         # per-layer overrides (TOML/JSON)
     out_dir: Path = Path("out")
     name: str | None = None
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
@@ -74,10 +78,10 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     from .targets.tvm.host import resolve
     from .targets.tvm.kernels import build_kernels, check_coverage
 
-    if opts.precision not in PRECISIONS:
-        raise QCompileError(f"precision '{opts.precision}' is not available yet; this version builds "
-                            f"{', '.join(PRECISIONS)}", phase="options",
-                            hint="int8/int4/ternary/mixed arrive with the quantized kernels")
+    from .passes.assign_precision import PrecisionConfig, assign, load_plan, table
+    from .passes.quantize_weights import quantize_weights
+    precision = PrecisionConfig(opts.precision, opts.middle, opts.group_size,
+                                load_plan(opts.plan) if opts.plan else {})    # bad options fail here, first
     say = progress or (lambda phase, detail: None)
     preset = resolve(get_preset(opts.target))
     start = time.perf_counter()
@@ -96,10 +100,14 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     phase("passes")
     say("passes", "default pipeline")
     graph, _report = run_pipeline(graph, "default", dump_ir=opts.dump_ir)
+    phase("precision")
+    layers = assign(graph, precision)
+    quantize_weights(graph)
+    say("precision", f"policy {opts.precision}: {len(layers)} layers\n" + table(layers))
     phase("plan")
     bounds = default_bounds(graph, opts)
     graph.dim_bounds.update(bounds)
-    plan = make_plan(graph, bounds, gemm_weights=opts.precision)
+    plan = make_plan(graph, bounds)
     say("plan", f"{len(plan.steps)} steps, arena {plan.arena_bytes / 2**20:.1f} MiB, weights "
                 f"{plan.weight_bytes / 2**20:.1f} MiB")
     phase("lower")
@@ -134,6 +142,8 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         say("link", f"{library} ({library.stat().st_size / 2**20:.1f} MiB)")
         header = out_dir / f"{prefix}.h"
         header.write_text(src.header)
+        (out_dir / f"{prefix}.plan.json").write_text(json.dumps({name: fmt for name, _, fmt, _ in layers}, indent=2)
+                                                     + "\n")
         manifest = out_dir / f"{prefix}.manifest.json"
         manifest.write_text(json.dumps(_manifest(plan, kernels, schedules, preset, name, prefix, model_hash,
                                                  src.checksum, opts, tvm_version()), indent=2) + "\n")
@@ -180,7 +190,7 @@ def _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, checks
         "model": {"name": name, "sha256": model_hash},
         "symbol_prefix": prefix,
         "target": {"preset": preset.name, "tvm_target": preset.tvm_target, "cpu_features": list(preset.cpu_features)},
-        "precision": opts.precision,
+        "precision": {"policy": opts.precision, "plan_file": f"{prefix}.plan.json"},
         "inputs": _signature(g, g.inputs, plan.bounds),
         "outputs": _signature(g, g.outputs, plan.bounds),
         "dim_bounds": plan.bounds,

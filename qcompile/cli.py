@@ -75,9 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="path to an .onnx file")
     p.add_argument("--target", default="x86_64", metavar="PRESET", help="target preset (`qcompile targets`; "
                    "default: %(default)s)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="fp32, or bf16: matmul weights stored as bf16 (half the bytes) and computed in fp32 "
-                        "(default: %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "int4", "ternary", "mixed"],
+                   help="weight precision policy: fp32; bf16 (weights stored bf16, computed fp32); int8, int4, "
+                        "ternary; mixed (embeddings and LM head bf16, middle layers int4 or ternary). Kernels for "
+                        "int8/int4/ternary are not in this version yet (default: %(default)s)")
+    p.add_argument("--middle", default="int4", choices=["int4", "ternary"], help="mixed: format of the middle layers")
+    p.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128], help="int4 group size")
+    p.add_argument("--plan", metavar="FILE", help="per-layer formats: TOML/JSON mapping node-name globs to formats")
     p.add_argument("-o", "--out", default="out", metavar="DIR", help="output directory (default: %(default)s)")
     p.add_argument("--name", help="library and C symbol prefix (default: the model file's stem)")
     p.add_argument("--max-seq-len", type=int, default=2048, metavar="N",
@@ -154,7 +158,8 @@ def cmd_build(args) -> int:
             print(f"qcompile: error: --dim expects NAME=N with N >= 1, got '{item}'", file=sys.stderr)
             return 2
         bounds[name] = int(value)
-    opts = BuildOptions(target=args.target, precision=args.precision, out_dir=Path(args.out), name=args.name,
+    opts = BuildOptions(target=args.target, precision=args.precision, middle=args.middle, group_size=args.group_size,
+                        plan=Path(args.plan) if args.plan else None, out_dir=Path(args.out), name=args.name,
                         max_seq_len=args.max_seq_len, dim_bounds=bounds,
                         dump_ir=Path(args.dump_ir) if args.dump_ir else None, cc=args.cc, keep_temps=args.keep_temps)
     start = time.perf_counter()

@@ -170,8 +170,8 @@ def test_bf16_weights_match_a_bf16_rounded_reference(workdir, rng):
     fp32 = build(path, BuildOptions(out_dir=workdir / "fp32", precision="fp32", max_seq_len=32))
     graph, _ = run_pipeline(load(path))
     rounded = 0
-    for n in graph.nodes:
-        w = graph.values[n.inputs[1]] if n.op == "MatMul" else None
+    for n in graph.nodes:       # the bf16 policy rounds every matmul weight and the embedding table
+        w = graph.values[n.inputs[1]] if n.op == "MatMul" else graph.values[n.inputs[0]] if n.op == "Gather" else None
         if w is not None and w.const is not None and w.const.ndim == 2:
             w.const = w.const.astype(ml_dtypes.bfloat16).astype(np.float32)
             rounded += 1

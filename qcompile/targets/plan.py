@@ -123,8 +123,9 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def make_plan(g: Graph, bounds: dict[str, int], gemm_weights: str = "fp32") -> Plan:
-    """gemm_weights: storage of GEMM weight panels, "fp32" or "bf16" (widened to fp32 in registers)."""
+def make_plan(g: Graph, bounds: dict[str, int]) -> Plan:
+    """GEMM weight panels are stored as the node's `qcompile.precision` says: bf16 (widened to
+    fp32 in registers) or fp32."""
     symbolic: SymValues = {}
     steps: list[Step] = []
     storage: dict[str, Storage] = {name: Storage("input") for name in g.inputs}
@@ -156,7 +157,8 @@ def make_plan(g: Graph, bounds: dict[str, int], gemm_weights: str = "fp32") -> P
         step = Step(n, data, [o for o in n.outputs if o], inline)
         if is_weight_gemm(g, step):
             step.row_block = GEMM_ROW_BLOCK
-            step.inputs[1] = _packed_weight(g, step.inputs[1], gemm_weights)
+            panel_dtype = "bf16" if n.attrs.get("qcompile.precision") == "bf16" else "fp32"
+            step.inputs[1] = _packed_weight(g, step.inputs[1], panel_dtype)
         steps.append(step)
         for o in n.outputs:
             if o:
