@@ -245,14 +245,18 @@ def _plan_arena(plan: Plan) -> None:
     for name in sorted(arena, key=lambda n: (-plan.storage[n].max_bytes, n)):
         size = _align(max(plan.storage[name].max_bytes, 1))
         lo, hi = first.get(name, 0), last.get(name, first.get(name, 0))
+
+        def clash(offset: int, o: int, s: int, f: int, l: int) -> bool:
+            """Block (o, s) is alive during [lo, hi] and overlaps [offset, offset + size)."""
+            return f <= hi and lo <= l and offset < o + s and o < offset + size
+
         offset = 0
-        for o, s, f, l in sorted(placed):
-            if f <= hi and lo <= l and offset < o + s and o < offset + size:
-                offset = _align(o + s)
-        # a second sweep: offsets moved past one block may now overlap an earlier one
-        while any(f <= hi and lo <= l and offset < o + s and o < offset + size for o, s, f, l in placed):
-            offset = _align(max(o + s for o, s, f, l in placed
-                                if f <= hi and lo <= l and offset < o + s and o < offset + size))
+        for block in sorted(placed):             # first fit, lowest blocks first
+            if clash(offset, *block):
+                offset = _align(block[0] + block[1])
+        # moving past one block may have landed on an earlier one: repeat until clear
+        while ends := [o + s for o, s, f, l in placed if clash(offset, o, s, f, l)]:
+            offset = _align(max(ends))
         placed.append((offset, size, lo, hi))
         plan.storage[name].offset = offset
     plan.arena_bytes = max((o + s for o, s, _, _ in placed), default=0)

@@ -190,7 +190,7 @@ def _make_kernel(plan: Plan, step: Step, name: str) -> Kernel:
         style, builder = _BUILDERS.get(n.op_id, (None, None))
         if builder is None:
             raise NotImplementedError(f"op {n.op_id} has no TE lowering yet")
-        data = [o for o in operands]
+        data = list(operands)
         while data and data[-1] is None:
             data.pop()
         if style == "plain":
