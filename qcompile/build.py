@@ -19,18 +19,16 @@ from .errors import QCompileError
 from .frontend import load
 from .ir import dims
 from .passes import run_pipeline
+from .targets.lower_qlinear import lower_qlinear
 from .targets.plan import make_plan
-from .targets.presets import get_preset
+from .targets.presets import get_preset, isa_flags
 
 DEFAULT_MAX_SEQ_LEN = 2048
-# Policies with kernels on this target; the others are assigned and quantized, then stop at
-# lowering with the list of ops that have no kernel yet.
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
 class BuildOptions:
-    target: str = "x86_64"
+    target: str = "native"
     precision: str = "fp32"          # a policy: fp32 bf16 int8 int4 ternary mixed
     middle: str = "int4"
     group_size: int = 128
@@ -104,6 +102,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     layers = assign(graph, precision)
     quantize_weights(graph)
     say("precision", f"policy {opts.precision}: {len(layers)} layers\n" + table(layers))
+    qlinear = lower_qlinear(graph)
     phase("plan")
     bounds = default_bounds(graph, opts)
     graph.dim_bounds.update(bounds)
@@ -137,7 +136,11 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
             shutil.copy(rt, tmp / rt.name)
         shutil.copy(Path(runtime_sources()[0]).with_suffix(".h"), tmp / "qc_runtime.h")
         library = out_dir / f"{prefix}{preset.shared_suffix}"
-        link.link_shared(library, [obj], [tmp / f"{prefix}_exec.c", tmp / "qc_runtime.c"], [tmp / "weights.S"],
+        objects = [obj]
+        if qlinear:
+            objects.append(link.compile_object(tmp / "qc_qlinear.o", Path(runtime_sources()[0]).with_name("qc_qlinear.c"),
+                                               cc=opts.cc or preset.toolchain, flags=isa_flags(preset)))
+        link.link_shared(library, objects, [tmp / f"{prefix}_exec.c", tmp / "qc_runtime.c"], [tmp / "weights.S"],
                          prefix, cc=opts.cc or preset.toolchain)
         say("link", f"{library} ({library.stat().st_size / 2**20:.1f} MiB)")
         header = out_dir / f"{prefix}.h"
@@ -145,8 +148,10 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         (out_dir / f"{prefix}.plan.json").write_text(json.dumps({name: fmt for name, _, fmt, _ in layers}, indent=2)
                                                      + "\n")
         manifest = out_dir / f"{prefix}.manifest.json"
-        manifest.write_text(json.dumps(_manifest(plan, kernels, schedules, preset, name, prefix, model_hash,
-                                                 src.checksum, opts, tvm_version()), indent=2) + "\n")
+        record = _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, src.checksum, opts,
+                           tvm_version())
+        record["quantized_layers"] = qlinear
+        manifest.write_text(json.dumps(record, indent=2) + "\n")
         if opts.keep_temps:
             keep = out_dir / f"{prefix}_build"
             shutil.rmtree(keep, ignore_errors=True)

@@ -38,7 +38,8 @@ prefixed NAME_) and OUT/NAME.manifest.json (versions, target, model hash, I/O, k
 Symbolic dims (batch, sequence) stay symbolic; the library accepts any size up to its bound:
 --max-seq-len for sequence-like dims, --dim NAME=N for any one dim.
 
-  qcompile build model.onnx --target x86_64 -o out/
+  qcompile build model.onnx -o out/                  (for this machine: --target native)
+  qcompile build model.onnx --target x86_64 -o out/  (any AVX-512 VNNI server)
   qcompile build llama.onnx --max-seq-len 512 --dim batch=4 -o out/"""
 
 RUN_HELP = """\
@@ -73,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="compile a model into a self-contained library", description=BUILD_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="path to an .onnx file")
-    p.add_argument("--target", default="x86_64", metavar="PRESET", help="target preset (`qcompile targets`; "
-                   "default: %(default)s)")
+    p.add_argument("--target", default="native", metavar="PRESET", help="target preset (`qcompile targets`; "
+                   "default: %(default)s, the CPU this command runs on with exactly the features it reports)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "int4", "ternary", "mixed"],
                    help="weight precision policy: fp32; bf16 (weights stored bf16, computed fp32); int8, int4, "
                         "ternary; mixed (embeddings and LM head bf16, middle layers int4 or ternary). Kernels for "

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
@@ -17,6 +16,8 @@ import qcompile
 from qcompile.artifact.loader import ArtifactError
 from qcompile.build import BuildOptions, build
 from qcompile.zoo import BertConfig, LlamaConfig, make_bert, make_llama, make_mlp
+
+from .helpers import ort_run
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +40,6 @@ def mlp(workdir):
 @pytest.fixture(scope="module")
 def llama_kv(workdir):
     return _build(workdir, "llama_kv", make_llama(LlamaConfig(), with_kv_cache=True), batch=2)
-
-
-def ort_run(path, feeds):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
 
 def assert_close(ours, theirs):
@@ -107,7 +103,7 @@ def test_manifest_fields(llama_kv):
     manifest = json.loads(llama_kv[1].manifest.read_text())
     for key in ("qcompile_version", "tvm_version", "target", "model", "inputs", "outputs", "kernels", "weights"):
         assert key in manifest
-    assert manifest["target"]["preset"] == "x86_64"
+    assert manifest["target"]["preset"] == "native"
     assert manifest["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"],
                                      "max_shape": [2, 64]}
     assert len(manifest["model"]["sha256"]) == 64

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 import qcompile
@@ -22,6 +21,8 @@ from qcompile.build import BuildOptions, build
 from qcompile.ir import dims
 from qcompile.targets.presets import PRESETS
 from qcompile.zoo import BertConfig, LlamaConfig, make_bert, make_llama, make_mlp
+
+from .helpers import ort_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "run_model.c"
@@ -93,11 +94,6 @@ def example_feeds(model, env: dict[str, int], modulus=None):
             k = (modulus or {}).get(spec.name, 2 if spec.dtype == np.bool_ else 7)
             feeds[spec.name] = (i % k).astype(spec.dtype).reshape(shape)
     return feeds
-
-
-def ort_run(path, feeds):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
 
 def parse_refs(stdout: str) -> dict[int, np.ndarray]:
@@ -289,7 +285,7 @@ def test_qcompile_num_threads_env(driver, env, option, threads):
 
 
 def test_cpu_feature_refusal(workdir, mlp, monkeypatch):
-    base = PRESETS["x86_64"]
+    base = PRESETS["x86_64-v3"]
     preset = dataclasses.replace(base, name="test-unreal-cpu",
                                  cpu_features=base.cpu_features + ("not_a_real_feature",))
     monkeypatch.setitem(PRESETS, preset.name, preset)

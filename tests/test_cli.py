@@ -64,7 +64,7 @@ def test_inspect_ir_timing_and_dump(llama_path, tmp_path):
 
 def test_targets_and_passes_listings():
     out = qcompile("targets").stdout
-    for name in ("x86_64", "native", "arm64", "arm64-i8mm", "arm64-android", "apple-m", "cuda", "cuda-sm90", "metal"):
+    for name in ("x86_64", "x86_64-v3", "native", "arm64", "arm64-i8mm", "arm64-android", "apple-m", "cuda", "cuda-sm90", "metal"):
         assert f"\n{name} " in "\n" + out
     presets = json.loads(qcompile("targets", "--json").stdout)
     assert presets["x86_64"]["tvm_target"]["mcpu"] == "sapphirerapids"

@@ -10,12 +10,14 @@ from qcompile.frontend import from_proto
 from qcompile.ir.interpret import run
 from qcompile.passes import run_pipeline
 from qcompile.targets.plan import make_plan
+from qcompile.targets.presets import get_preset
 from qcompile.targets.tvm.compile import schedule_all
+from qcompile.targets.tvm.host import resolve
 from qcompile.targets.tvm.jit import run_plan
 from qcompile.targets.tvm.kernels import build_kernels
 from qcompile.zoo import BertConfig, LlamaConfig, make_bert, make_llama, make_mlp
 
-TARGET = {"kind": "llvm", "mcpu": "sapphirerapids"}
+TARGET = resolve(get_preset("native")).tvm_target     # kernels run here, so exactly this CPU
 BOUNDS = {"batch": 2, "seq": 64, "past": 64}
 
 

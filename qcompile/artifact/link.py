@@ -31,3 +31,15 @@ def link_shared(out: Path, objects: list[Path], c_sources: list[Path], asm_sourc
     if proc.returncode != 0:
         raise LinkError(f"linking {out.name} failed ({cc} exited {proc.returncode}):\n{proc.stderr.strip()[:4000]}",
                         hint="this is a qcompile bug; please report it with QCOMPILE_DEBUG=1 output")
+
+
+def compile_object(out: Path, source: Path, cc: str = "gcc", flags: tuple[str, ...] = ()) -> Path:
+    """One C source to an object, with the target's instruction-set flags (micro-kernels)."""
+    if shutil.which(cc) is None:
+        raise LinkError(f"the C compiler '{cc}' is not installed", hint="run tools/setup.sh, or pass --cc")
+    cmd = [cc, "-c", "-fPIC", "-O3", "-std=gnu11", "-Wall", "-fvisibility=hidden", *flags, str(source), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LinkError(f"compiling {source.name} failed ({cc} exited {proc.returncode}):\n{proc.stderr.strip()[:4000]}",
+                        hint="this is a qcompile bug; please report it with QCOMPILE_DEBUG=1 output")
+    return out

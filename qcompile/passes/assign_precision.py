@@ -112,7 +112,7 @@ def assign(g: Graph, cfg: PrecisionConfig) -> list[tuple[str, str, str, str]]:
             if fnmatch.fnmatchcase(node.name, pattern):
                 fmt, why = override, f"plan '{pattern}'"
         if fmt.startswith("int4") and role != "embedding":
-            k = g.values[node.inputs[1]].shape[0]
+            k = g.values[node.inputs[1]].shape[1 if node.op == "Gemm" and node.attrs.get("transB") else 0]
             group = int(fmt.split("-g")[1].split("-")[0])
             if k % group:
                 raise PrecisionError(f"group size {group} does not divide K={k} of this layer", node=node.name,

@@ -2,7 +2,8 @@
 
   bf16                 the weight is rounded to bf16 (still fp32 in the IR; targets store it as bf16)
   int8, int4-*, ternary*   MatMul(x, W) -> qcompile.QLinear(x, q, scales[, zero_points]), q holding
-                       logical values with the format's QuantSpec; targets pack q as they need
+                       logical values with the format's QuantSpec; targets pack q as they need.
+                       Activations are quantized int8 per token at run time (attr activations=int8)
 
 Weights that are already ternary-valued are kept ternary losslessly whatever was asked.
 """
@@ -38,9 +39,11 @@ def quantize_weights(g: Graph) -> list[tuple[str, str]]:
             node.attrs[ATTR] = "bf16"          # targets store this weight as bf16
             report.append((node.name, "bf16"))
             continue
-        if node.op != "MatMul":
-            raise PrecisionError(f"format {fmt} is only implemented for MatMul layers yet", node=node.name, op=node.op,
-                                 hint="use a plan file to keep this layer bf16 or fp32")
+        if node.op == "Gemm":
+            w = _gemm_as_matmul(g, node, w)
+        elif node.op != "MatMul":
+            raise PrecisionError(f"format {fmt} is only implemented for MatMul and Gemm layers yet", node=node.name,
+                                 op=node.op, hint="use a plan file to keep this layer bf16 or fp32")
         qw = detect_ternary(w)
         why = "already ternary-valued: kept ternary losslessly" if qw is not None else fmt
         if qw is None:
@@ -54,6 +57,29 @@ def quantize_weights(g: Graph) -> list[tuple[str, str]]:
     return report
 
 
+def _gemm_as_matmul(g: Graph, node: Node, w: np.ndarray) -> np.ndarray:
+    """Gemm(A, B, C) = alpha * A @ B' + beta * C -> MatMul(A, W) then Add(beta * C): returns W [K, N]."""
+    a = node.attrs
+    if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0:
+        raise PrecisionError("a Gemm with transA or alpha != 1 cannot be quantized yet", node=node.name, op=node.op,
+                             hint="use a plan file to keep this layer bf16 or fp32")
+    w = w.T if a.get("transB", 0) else w
+    bias = node.input(2)
+    if bias:
+        if g.values[bias].const is None:
+            raise PrecisionError("a Gemm whose bias is computed at run time cannot be quantized yet",
+                                 node=node.name, op=node.op)
+        c = np.asarray(g.values[bias].const, np.float32)
+        out = node.outputs[0]
+        y = g.add_value(g.unique_name(f"{out}.nobias"), g.values[out].dtype, g.values[out].shape).name
+        beta_c = g.add_const(f"{bias}.beta", (c * np.float32(a.get("beta", 1.0))).astype(np.float32)).name
+        g.nodes.insert(g.nodes.index(node) + 1, Node(g.unique_name(f"{node.name}/bias"), "Add", [y, beta_c], [out]))
+        node.outputs = [y]
+    node.op, node.inputs = "MatMul", node.inputs[:2]
+    node.attrs = {k: v for k, v in a.items() if k not in ("transA", "transB", "alpha", "beta")}
+    return np.ascontiguousarray(w)
+
+
 def _rewrite(g: Graph, node: Node, qw) -> None:
     spec = qw.spec
     base = node.inputs[1]
@@ -63,4 +89,4 @@ def _rewrite(g: Graph, node: Node, qw) -> None:
         inputs.append(g.add_const(f"{base}.zero_points", np.asarray(spec.zero_points)).name)
     node.op, node.domain, node.inputs = "QLinear", "qcompile", inputs
     node.attrs = {"format": qw.format, "family": spec.format, "bits": spec.bits, "granularity": spec.granularity,
-                  "axis": spec.axis, "group_size": spec.group_size or 0}
+                  "axis": spec.axis, "group_size": spec.group_size or 0, "activations": "int8"}

@@ -57,6 +57,8 @@ class Step:
     # Elementwise nodes fused into this step, in order (node, its inline constants); the last
     # is `node`. Values passed between them never reach memory.
     group: list = field(default_factory=list)
+    # Node inputs passed in another storage format (a bf16 copy of an fp32 table): node name -> stored
+    stored: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -108,6 +110,14 @@ def _packed_weight(g: Graph, name: str, storage: str) -> str:
     return packed
 
 
+def _bf16_table(g: Graph, name: str) -> str:
+    stored = f"{name}@bf16"
+    if stored not in g.values:
+        v = g.values[name]
+        g.add_value(stored, dtypes.BF16, v.shape, const=np.asarray(v.const).astype(dtypes.BF16.np_dtype))
+    return stored
+
+
 def max_bytes(v: Value, bounds: dict[str, int]) -> int:
     if v.shape is None:
         raise LoweringError(f"value '{v.name}' has an unknown rank", hint="run infer_shapes")
@@ -155,6 +165,9 @@ def make_plan(g: Graph, bounds: dict[str, int]) -> Plan:
             elif name not in data:         # an operand read twice is passed once
                 data.append(name)
         step = Step(n, data, [o for o in n.outputs if o], inline)
+        if n.op == "Gather" and n.attrs.get("qcompile.precision") == "bf16" and step.inputs[:1] == n.inputs[:1] \
+                and g.values[n.inputs[0]].const is not None:
+            step.inputs[0] = step.stored[n.inputs[0]] = _bf16_table(g, n.inputs[0])   # widened as rows are read
         if is_weight_gemm(g, step):
             step.row_block = GEMM_ROW_BLOCK
             panel_dtype = "bf16" if n.attrs.get("qcompile.precision") == "bf16" else "fp32"

@@ -27,6 +27,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("x86_64", "x86-64 with AVX-512 (VNNI, BF16); AMX tiles for prefill where present",
            {"kind": "llvm", "mcpu": "sapphirerapids", "mtriple": "x86_64-linux-gnu"},
            ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"), "gcc"),
+    Preset("x86_64-v3", "x86-64 with AVX2 and FMA (Haswell and later, AMD Zen): the portable x86 build",
+           {"kind": "llvm", "mcpu": "x86-64-v3", "mtriple": "x86_64-linux-gnu"}, ("avx2", "fma", "f16c"), "gcc"),
     Preset("native", "the CPU this command runs on, detected explicitly (never LLVM's generic 'native')",
            {"kind": "llvm", "mcpu": "<detected>"}, (), "gcc",
            notes="resolved to a concrete -mcpu and feature list at build time"),
@@ -56,3 +58,18 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise KeyError(f"unknown target '{name}'; known: {', '.join(PRESETS)}") from None
+
+
+# CPU feature (as /proc/cpuinfo and presets name it) -> the C compiler flag that enables it.
+_GCC_FLAGS = {"avx": "-mavx", "avx2": "-mavx2", "fma": "-mfma", "f16c": "-mf16c", "avx512f": "-mavx512f",
+              "avx512bw": "-mavx512bw", "avx512vl": "-mavx512vl", "avx512dq": "-mavx512dq",
+              "avx512_vnni": "-mavx512vnni", "avx512_bf16": "-mavx512bf16", "avx512_fp16": "-mavx512fp16",
+              "avx512vbmi": "-mavx512vbmi", "amx_tile": "-mamx-tile", "amx_int8": "-mamx-int8",
+              "amx_bf16": "-mamx-bf16"}
+
+
+def isa_flags(preset: Preset) -> tuple[str, ...]:
+    """Flags that compile the C micro-kernels for exactly the preset's CPU features."""
+    if "aarch64" in preset.tvm_target.get("mtriple", "") or "arm64" in preset.tvm_target.get("mtriple", ""):
+        return ("-march=armv8.2-a+dotprod" + ("+i8mm" if "i8mm" in preset.cpu_features else ""),)
+    return tuple(_GCC_FLAGS[f] for f in preset.cpu_features if f in _GCC_FLAGS)

@@ -121,7 +121,9 @@ def _qlinear(node, x, q, scales=None, zero_points=None):
     """y = x @ dequantize(q): the reference for every quantized linear-layer kernel.
 
     q holds logical values (int8 for int8/int4/ternary, bf16 for bf16) shaped [K, N]; scales and
-    zero points follow the QuantSpec given by the attributes (granularity, axis, group_size)."""
+    zero points follow the QuantSpec given by the attributes (granularity, axis, group_size).
+    With activations="int8" x is first quantized per token (qcompile.quant.activations), as the
+    kernels do; the products are then exact and summed in float64."""
     from ..quant import QuantSpec
     if scales is None:
         w = q.astype(np.float32)
@@ -130,4 +132,9 @@ def _qlinear(node, x, q, scales=None, zero_points=None):
                          node.attrs["granularity"], node.attrs.get("axis"), node.attrs.get("group_size") or None,
                          scales=scales, zero_points=zero_points)
         w = spec.dequantize(q)
+    if node.attrs.get("activations", "fp32") == "int8":
+        from ...quant.activations import quantize_per_token
+        xq, xscale = quantize_per_token(x)
+        y = np.matmul(xq.astype(np.float64), np.asarray(w, np.float64)) * xscale.astype(np.float64)
+        return y.astype(x.dtype)
     return np.matmul(x.astype(np.float32), w).astype(x.dtype)

@@ -32,12 +32,26 @@ def host_cpu_flags() -> set[str]:
     return set()
 
 
+# /proc/cpuinfo flag -> LLVM feature name, for features a CPU model implies but a host may lack.
+_LLVM_X86 = {"avx2": "avx2", "fma": "fma", "f16c": "f16c", "avx512f": "avx512f", "avx512bw": "avx512bw",
+             "avx512vl": "avx512vl", "avx512dq": "avx512dq", "avx512cd": "avx512cd", "avx512_vnni": "avx512vnni",
+             "avx512_bf16": "avx512bf16", "avx512_fp16": "avx512fp16", "avx512vbmi": "avx512vbmi",
+             "amx_tile": "amx-tile", "amx_int8": "amx-int8", "amx_bf16": "amx-bf16"}
+
+
 def resolve(preset: Preset) -> Preset:
-    """A preset whose target names a concrete CPU; other presets come back unchanged."""
+    """A preset whose target names a concrete CPU; other presets come back unchanged.
+
+    A virtual machine can report a CPU model (say znver4) while its hypervisor hides some of that
+    model's features (AVX-512): every feature the host lacks is switched off explicitly, or LLVM
+    would emit instructions that fault."""
     if preset.tvm_target.get("mcpu") != "<detected>":
         return preset
-    checked = CHECKED_ARM if platform.machine() in ("aarch64", "arm64") else CHECKED_X86
+    arm = platform.machine() in ("aarch64", "arm64")
+    checked = CHECKED_ARM if arm else CHECKED_X86
     flags = host_cpu_flags()
     target = dict(preset.tvm_target, mcpu=detect_host_cpu())
+    if not arm:
+        target["mattr"] = [f"-{llvm}" for flag, llvm in _LLVM_X86.items() if flag not in flags]
     return dataclasses.replace(preset, tvm_target=target, cpu_features=tuple(f for f in checked if f in flags),
                                summary=f"{preset.summary} ({target['mcpu']})")

@@ -9,7 +9,7 @@ from tvm import te, tirx
 
 from ...ir import dims
 from ..plan import LoweringError, Plan, Step
-from . import te_ops
+from . import extern_ops, te_ops
 
 _BUILDERS = {
     **{op: ("plain", te_ops.elementwise) for op in te_ops.ELEMENTWISE_OPS},
@@ -23,6 +23,8 @@ _BUILDERS = {
     "ReduceMax": ("consts", te_ops.reduce), "ReduceMin": ("consts", te_ops.reduce),
     "Slice": ("consts", te_ops.slice_), "Trilu": ("consts", te_ops.trilu),
     "Range": ("range", te_ops.range_),
+    "qcompile.QuantizeRows": ("plain", extern_ops.quantize_rows),
+    "qcompile.QLinearPacked": ("plain", extern_ops.qlinear_packed),
 }
 
 
@@ -165,8 +167,8 @@ def _make_kernel(plan: Plan, step: Step, name: str) -> Kernel:
     placeholders = {}
     for i, x in enumerate(step.inputs):
         v = g.values[x]
-        placeholders[x] = te.placeholder(texpr_shape(v.shape), v.dtype.np_dtype.name
-                                         if v.dtype.name != "bool" else "bool", name=f"in{i}")
+        dtype = {"bool": "bool", "bf16": "bfloat16"}.get(v.dtype.name, v.dtype.np_dtype.name)
+        placeholders[x] = te.placeholder(texpr_shape(v.shape), dtype, name=f"in{i}")
     out_values = [g.values[x] for x in step.outputs]
     out_shapes = [texpr_shape(v.shape) for v in out_values]
     out_dtypes = [v.dtype.np_dtype.name if v.dtype.name != "bool" else "bool" for v in out_values]
@@ -180,6 +182,7 @@ def _make_kernel(plan: Plan, step: Step, name: str) -> Kernel:
     else:
         operands = []
         for i, x in enumerate(n.inputs):
+            x = step.stored.get(x, x)
             if x in placeholders:
                 operands.append(placeholders[x])
             elif i in step.inline:
@@ -235,6 +238,8 @@ def _fused_chain(g, step: Step, placeholders: dict, env: dict):
 
 
 def _kind(op_id: str) -> str:
+    if op_id.startswith("qcompile."):
+        return "extern"
     if op_id in ("MatMul", "Gemm"):
         return "matmul"
     if op_id.startswith("Reduce"):

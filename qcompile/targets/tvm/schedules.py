@@ -136,7 +136,13 @@ def _parallel_outer(sch, kernel=None) -> str | None:
     return "parallel-outer" if changed else None
 
 
+def _extern(sch, kernel=None) -> str:
+    """Loops around a C micro-kernel: built parallel already (extern_ops)."""
+    return "extern-parallel"
+
+
 _TEMPLATES = {
+    "extern": [_extern],
     "gemm4": [_gemm(4)],
     "gemm1": [_gemm(1)],
     "matmul": [_batched_matmul],

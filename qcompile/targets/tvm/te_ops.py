@@ -327,7 +327,7 @@ def gather(node, ins, out_shapes, out_dtypes):
         raw = idx(*i[axis:axis + q]).astype("int64")
         wrapped = tirx.Select(raw < 0, raw + dim, raw)
         safe = tirx.max(tirx.min(wrapped, dim - 1), 0)     # out-of-range ids never read out of bounds
-        return data(*i[:axis], safe, *i[axis + q:])
+        return data(*i[:axis], safe, *i[axis + q:]).astype(out_dtypes[0])    # bf16 tables widen here
     return [te.compute(out_shapes[0], read, name="gather")]
 
 

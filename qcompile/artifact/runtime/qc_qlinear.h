@@ -1,0 +1,70 @@
+/*
+ * qc_qlinear.h - C micro-kernels for quantized linear layers: y[M,N] = x[M,K] @ W[K,N] with
+ * 2/4/8-bit weights and int8 per-token activations.  Plain C11; the packer and a numpy
+ * reference of the same math live in qcompile/targets/qlinear_layout.py.
+ *
+ * ISA paths, chosen at compile time from the compiler's predefined macros:
+ *   __AVX512F__ && __AVX512BW__ && __AVX512VNNI__  zmm, vpdpbusd
+ *   __AVX2__ && __FMA__                            ymm, vpmaddubsw + vpmaddwd
+ *   otherwise                                      portable scalar C
+ * All paths give bit-identical results (same integer dots, same fma order in float).
+ *
+ * Weight formats (logical q[k,n], stored code c, zero point zp):
+ *   QC_QL_INT8     q in [-127,127], one group (G = K), scales [N]; stored as the signed byte q
+ *   QC_QL_INT4     q in [-7,7], groups of G k, scales [K/G,N];   c = q+8, zp = 8
+ *   QC_QL_UINT4    q in [0,15], groups of G k, scales and zero points [K/G,N]; c = q, zp = z[g,n]
+ *   QC_QL_TERNARY  q in {-1,0,1}, one group (G = K), per-column scales [N]; c = q+1, zp = 1
+ *
+ * Packed layout: bits b = 8/4/4/2, v = 8/b codes per byte.  A chunk is 64 bytes = 16 columns
+ * x 4v consecutive k: byte i = nl*4 + j holds in bits [f*b, f*b+b) the code of column
+ * subtile*16 + nl at k = chunk*4v + f*4 + j.  A panel is T subtiles (T = 4 if N % 64 == 0, else 2
+ * if N % 32 == 0, else 1) = columns [p*16T, (p+1)*16T); its bytes are
+ *   for chunk c in K/(4v): for t in T: chunk c of subtile p*T + t      (64*T*K/(4v) bytes)
+ * and the panels follow each other.  scales: float [N/16T][K/G][16T]; zero_points (uint4):
+ * uint8, same shape; colsum (int8): int32 [N/16T][16T] = sum_k q[k,n].
+ * Requirements: N % 16T == 0, K % 4v == 0, G % 4v == 0, K % G == 0.
+ *
+ * Activations (qc_quantize_rows): per row amax = max|x|, inv = 127/amax, xscale = amax/127
+ * (both 0 if amax == 0), xq = rint(clamp(x*inv, -127, 127)) (nearest-even, NaN -> -127),
+ * xsum[m][g] = sum of xq over group g.  xq is never -128, which the no-overflow arguments use.
+ *
+ * Output: I = sum_{k in g} c*xq - zp*xsum (exact int32), acc = fma(s[g,n], (float)I, acc) over
+ * g = 0, 1, ..., y = xscale[m] * acc.
+ *
+ * No pointer needs to be aligned (unaligned loads throughout), though 64-byte-aligned weights
+ * and scales are faster.  No global state: panels may run concurrently on several threads.
+ */
+#ifndef QC_QLINEAR_H_
+#define QC_QLINEAR_H_
+
+#include <stdint.h>
+
+#define QC_QL_INT8 0
+#define QC_QL_INT4 1
+#define QC_QL_UINT4 2
+#define QC_QL_TERNARY 3
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Rows [m0, m1) of x[., K] -> xq[., K], xscale[.], xsum[., K/group] (all indexed by the absolute
+ * row).  Returns 0, or a negative value on bad arguments. */
+int32_t qc_quantize_rows(const float* x, int8_t* xq, float* xscale, int32_t* xsum,
+                         int64_t m0, int64_t m1, int64_t K, int64_t group);
+
+/* y[0:M, panel*16T : (panel+1)*16T] (row stride N) for one panel; w, scales, zero_points and
+ * colsum are the whole packed tensors (the panel is located inside them).  zero_points is
+ * required for uint4 and colsum for int8; both are ignored otherwise.  Returns 0, or a negative
+ * value on bad arguments. */
+int32_t qc_qlinear_panel(float* y, const uint8_t* w, const float* scales,
+                         const uint8_t* zero_points, const int32_t* colsum,
+                         const int8_t* xq, const float* xscale, const int32_t* xsum,
+                         int64_t M, int64_t K, int64_t N, int64_t group, int32_t bits,
+                         int32_t family, int32_t tiles, int64_t panel);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QC_QLINEAR_H_ */

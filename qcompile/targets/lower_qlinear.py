@@ -1,0 +1,121 @@
+"""Lower `qcompile.QLinear` to what the CPU kernels run: quantize the activations once, then a
+packed dot-product GEMV/GEMM.
+
+    y = QLinear(x, q, scales[, zero_points])      (int8 activations, per token)
+ -> xq, xscale, xsum = qcompile.QuantizeRows(x)                   [group]
+    y = qcompile.QLinearPacked(xq, xscale, xsum, w, s, zp, colsum) [family, bits, group, K, N, tiles]
+
+QLinear nodes reading the same activations with the same group size share one QuantizeRows
+(q/k/v projections, gate/up). The packed layout (qlinear_layout) is the dot-product layout every
+CPU kernel uses: 16 output columns x 4 consecutive k per 64-byte field, the shape of both
+AVX-512 `vpdpbusd` and NEON `sdot`. The model file stays target-neutral; the layout is chosen
+here and recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import dtypes
+from ..ir.graph import Graph, Node
+from .plan import LoweringError
+from .qlinear_layout import FAMILY_CODES, pack_qlinear
+
+LAYOUT = "dot4-16x4"
+
+
+def _family(node: Node) -> str:
+    family = node.attrs.get("family")
+    if family not in FAMILY_CODES:
+        raise LoweringError(f"no CPU kernel for weight format family '{family}'", node=node.name, op=node.op_id)
+    return family
+
+
+def _check(g: Graph, node: Node) -> None:
+    acts = node.attrs.get("activations", "int8")
+    if acts != "int8":
+        raise LoweringError(f"QLinear with {acts} activations has no CPU kernel yet (only int8 per-token)",
+                            node=node.name, op=node.op_id, hint="build with the default activations")
+    x = g.values[node.inputs[0]]
+    if x.shape is None or len(x.shape) < 2 or not isinstance(x.shape[-1], int):
+        raise LoweringError(f"the activations must be [rows..., K] with K known at build time, got "
+                            f"{list(x.shape or [])}", node=node.name, op=node.op_id)
+
+
+def _pad_columns(q, scales, zp):
+    """Zero columns up to a multiple of 16 (scale 1, zero point 0): they compute zeros."""
+    n = q.shape[1]
+    n_pad = -(-n // 16) * 16
+    if n_pad == n:
+        return q, scales, zp, n
+    extra = n_pad - n
+    q = np.pad(q, ((0, 0), (0, extra)))
+    if np.ndim(scales):
+        scales = np.pad(scales, [(0, 0)] * (np.ndim(scales) - 1) + [(0, extra)], constant_values=1)
+    if zp is not None:
+        zp = np.pad(zp, [(0, 0)] * (np.ndim(zp) - 1) + [(0, extra)])
+    return q, scales, zp, n_pad
+
+
+def lower_qlinear(g: Graph) -> list[dict]:
+    """Rewrite every QLinear in g in place; returns one manifest record per layer."""
+    records = []
+    shared: dict[tuple[str, int], tuple[str, str, str]] = {}
+    new_nodes: list[Node] = []
+    for node in g.nodes:
+        if node.op_id != "qcompile.QLinear":
+            new_nodes.append(node)
+            continue
+        _check(g, node)
+        x = g.values[node.inputs[0]]
+        q = g.values[node.inputs[1]].const
+        k, n = q.shape
+        family = _family(node)
+        group = int(node.attrs.get("group_size") or 0) or k
+        scales = g.values[node.inputs[2]].const
+        zp = g.values[node.inputs[3]].const if node.input(3) else None
+        q, scales, zp, n_pad = _pad_columns(q, scales, zp)
+        try:
+            packed = pack_qlinear(q, family, scales, zp, group if family in ("int4", "uint4") else None)
+        except ValueError as exc:
+            raise LoweringError(f"cannot pack this weight for the CPU kernels: {exc}", node=node.name,
+                                op=node.op_id, hint="keep this layer bf16 or fp32 with a plan file") from None
+        key = (x.name, group)
+        if key not in shared:
+            lead = tuple(x.shape[:-1])
+            outs = (g.add_value(g.unique_name(f"{x.name}.q8"), dtypes.INT8, x.shape).name,
+                    g.add_value(g.unique_name(f"{x.name}.q8scale"), dtypes.FP32, lead + (1,)).name,
+                    g.add_value(g.unique_name(f"{x.name}.q8sum"), dtypes.INT32, lead + (k // group,)).name)
+            new_nodes.append(Node(g.unique_name(f"{node.name}/quantize_rows"), "QuantizeRows", [x.name], list(outs),
+                                  {"group": group}, "qcompile"))
+            shared[key] = outs
+        base = node.inputs[1]
+
+        def const(suffix, arr):
+            return g.add_const(f"{base}.{LAYOUT}.{suffix}", arr).name if arr is not None else ""
+
+        inputs = [*shared[key], const("weights", packed.weights), const("scales", packed.scales),
+                  const("zero_points", packed.zero_points), const("colsum", packed.colsum)]
+        y = node.outputs[0]
+        if n_pad != n:     # the kernels write whole 16-column tiles: compute padded, keep the first n
+            y_value = g.values[y]
+            y = g.add_value(g.unique_name(f"{y}.padded"), y_value.dtype, tuple(y_value.shape[:-1]) + (n_pad,)).name
+        new_nodes.append(Node(node.name, "QLinearPacked", inputs, [y],
+                              {"family": family, "bits": packed.bits, "group": group, "K": k, "N": n_pad,
+                               "tiles": packed.tiles, "layout": LAYOUT}, "qcompile"))
+        if n_pad != n:
+            ints = [g.add_const(f"{y}.{what}", np.array([v], np.int64)).name for what, v in
+                    (("start", 0), ("end", n), ("axis", -1))]
+            new_nodes.append(Node(g.unique_name(f"{node.name}/unpad"), "Slice", [y, *ints], list(node.outputs)))
+        records.append({"node": node.name, "format": node.attrs.get("format", family), "layout": LAYOUT,
+                        "tiles": packed.tiles, "group": group, "activations": "int8 per token",
+                        "packed_bytes": int(sum(a.nbytes for a in (packed.weights, packed.scales, packed.zero_points,
+                                                                   packed.colsum) if a is not None))})
+    g.nodes = new_nodes
+    g.prune_values()
+    return records
+
+
+def packed_weight_bytes(g: Graph) -> int:
+    return int(sum(np.asarray(g.values[x].const).nbytes for n in g.nodes if n.op_id == "qcompile.QLinearPacked"
+                   for x in n.inputs[3:] if x))
