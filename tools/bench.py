@@ -7,6 +7,8 @@ numbers depend on the machine and on what else runs on it.
   python tools/bench.py                          Llama-style decoder, hidden 1024, 1 and 64 tokens
   python tools/bench.py --hidden 2048 --layers 2 --tokens 1 64 --threads 2
   python tools/bench.py --model path.onnx --feed input_ids=int64:1x64
+  python tools/bench.py model [args]             the same, spelled out
+  python tools/bench.py kernels --quick          one linear layer per precision vs onnxruntime (bench_kernels.py)
 """
 
 from __future__ import annotations
@@ -93,4 +95,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["kernels"]:          # one linear layer, qcompile vs onnxruntime: tools/bench_kernels.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_kernels import main as kernels_main
+        sys.exit(kernels_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["model"]:            # the whole-model benchmark below (also the default)
+        del sys.argv[1]
     sys.exit(main())
