@@ -103,6 +103,10 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     quantize_weights(graph)
     say("precision", f"policy {opts.precision}: {len(layers)} layers\n" + table(layers))
     qlinear = lower_qlinear(graph)
+    if qlinear:
+        packed = sum(r["packed_bytes"] for r in qlinear)
+        say("precision", f"{len(qlinear)} layers packed ({qlinear[0]['layout']} layout, {packed / 2**20:.2f} MiB); "
+                         "activations quantized to int8 per token at run time")
     phase("plan")
     bounds = default_bounds(graph, opts)
     graph.dim_bounds.update(bounds)

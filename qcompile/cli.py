@@ -40,7 +40,13 @@ Symbolic dims (batch, sequence) stay symbolic; the library accepts any size up t
 
   qcompile build model.onnx -o out/                  (for this machine: --target native)
   qcompile build model.onnx --target x86_64 -o out/  (any AVX-512 VNNI server)
-  qcompile build llama.onnx --max-seq-len 512 --dim batch=4 -o out/"""
+  qcompile build llama.onnx --max-seq-len 512 --dim batch=4 -o out/
+  qcompile build llama.onnx --precision mixed -o out/  (bf16 embeddings and LM head, int4 g128 middle)
+  qcompile build llama.onnx --precision mixed --middle ternary --plan plan.toml -o out/
+
+Quantized layers (int8, int4, ternary) keep packed weights and run integer dot-product kernels on
+activations quantized to int8 per token; OUT/NAME.plan.json records each layer's format and the
+manifest's quantized_layers the packed layout."""
 
 RUN_HELP = """\
 Load a library built by `qcompile build` (no TVM needed) and run it on inputs given as .npy

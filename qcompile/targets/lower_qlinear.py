@@ -115,7 +115,3 @@ def lower_qlinear(g: Graph) -> list[dict]:
     g.prune_values()
     return records
 
-
-def packed_weight_bytes(g: Graph) -> int:
-    return int(sum(np.asarray(g.values[x].const).nbytes for n in g.nodes if n.op_id == "qcompile.QLinearPacked"
-                   for x in n.inputs[3:] if x))

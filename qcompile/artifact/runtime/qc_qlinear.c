@@ -155,58 +155,107 @@ static inline int subtile_batch(int R, int T) { return R * T <= 16 ? T : 16 / R;
 /* ------------------------------------------------------------------ AVX2 + FMA */
 #elif QL_AVX2
 #define QL_SIMD 1
+#ifndef QL_TS
+#define QL_TS 2
+#endif
+/* 2-/4-bit: one chunk row (TB subtiles x 2 halves) against R rows, summed into int16 sums
+ * s16[t][h][r] (the caller widens them every NB chunks, see top).  2-bit decodes 4 fields with
+ * 1 shift + 4 ands: with s = raw >> 4 (16-bit shift), fields 0, 2 are raw & 3, s & 3, and fields
+ * 1, 3 come pre-scaled by 4 as raw & 0xC, s & 0xC; their products are summed apart (exactly
+ * divisible by 4) and shifted back before going into s16. */
+QL_INLINE void narrow_chunk(const uint8_t* wp, const int8_t* xk, int64_t K, __m256i s16[4][2][4],
+                            const int R, const int TB, const int B) {
+    const __m256i m3 = _mm256_set1_epi8(B == 2 ? 0x03 : 0x0F), m12 = _mm256_set1_epi8(0x0C);
+#pragma GCC unroll 4
+    for (int t = 0; t < TB; t++)
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i*)(wp + t * 64 + h * 32));
+            const __m256i s = _mm256_srli_epi16(raw, 4);
+            if (B == 4) {
+                const __m256i f0 = _mm256_and_si256(raw, m3), f1 = _mm256_and_si256(s, m3);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    const int8_t* xr = xk + r * K;
+                    __m256i a = _mm256_add_epi16(s16[t][h][r], _mm256_maddubs_epi16(f0, _mm256_set1_epi32(ld32(xr))));
+                    s16[t][h][r] = _mm256_add_epi16(a, _mm256_maddubs_epi16(f1, _mm256_set1_epi32(ld32(xr + 4))));
+                }
+            } else {
+                const __m256i f0 = _mm256_and_si256(raw, m3), f2 = _mm256_and_si256(s, m3);
+                const __m256i f1x4 = _mm256_and_si256(raw, m12), f3x4 = _mm256_and_si256(s, m12);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) {
+                    const int8_t* xr = xk + r * K;
+                    const __m256i lo = _mm256_add_epi16(_mm256_maddubs_epi16(f0, _mm256_set1_epi32(ld32(xr))),
+                                                        _mm256_maddubs_epi16(f2, _mm256_set1_epi32(ld32(xr + 8))));
+                    const __m256i hi = _mm256_add_epi16(_mm256_maddubs_epi16(f1x4, _mm256_set1_epi32(ld32(xr + 4))),
+                                                        _mm256_maddubs_epi16(f3x4, _mm256_set1_epi32(ld32(xr + 12))));
+                    s16[t][h][r] = _mm256_add_epi16(s16[t][h][r], _mm256_add_epi16(lo, _mm256_srai_epi16(hi, 2)));
+                }
+            }
+        }
+}
+
 QL_INLINE void simd_rows(const panel_t* P, const int8_t* x, const float* xscale,
                          const int32_t* xsum, float* y, const int R, const int TB, const int B) {
     const int V = 8 / B, KC = 4 * V;
+    const int NB = B == 2 ? 16 : 4; /* chunks per int16 block (2-/4-bit), see top */
+    const int TS = TB < QL_TS ? TB : QL_TS;
     const int64_t K = P->K, rowb = (int64_t)P->T * 64;
-    const __m256i mask = _mm256_set1_epi8((char)((1 << B) - 1));
     const __m256i ones = _mm256_set1_epi16(1);
     float yacc[4][64];
     for (int r = 0; r < R; r++) memset(yacc[r], 0, sizeof(float) * P->W);
 
     for (int64_t g = 0; g < P->ng; g++) {
         for (int t0 = 0; t0 < P->T; t0 += TB) {
-            __m256i acc[4][4][2]; /* [row][subtile][half: columns 0-7, 8-15] */
+            __m256i acc[4][2][4]; /* [subtile][half: columns 0-7, 8-15][row] */
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
+            for (int t = 0; t < TB; t++)
 #pragma GCC unroll 4
-                for (int t = 0; t < TB; t++) acc[r][t][0] = acc[r][t][1] = _mm256_setzero_si256();
+                for (int r = 0; r < R; r++) acc[t][0][r] = acc[t][1][r] = _mm256_setzero_si256();
             const uint8_t* wp = P->w + g * P->gchunks * rowb + t0 * 64;
             const int8_t* xk = x + g * P->gchunks * KC;
-            for (int64_t c = 0; c < P->gchunks; c++, wp += rowb, xk += KC) {
+            if (B == 8) {
+                for (int64_t c = 0; c < P->gchunks; c++, wp += rowb, xk += KC) {
 #pragma GCC unroll 4
-                for (int t = 0; t < TB; t++) QL_PREFETCH(wp + QL_PREFETCH_ROWS * rowb + t * 64);
-#pragma GCC unroll 4
-                for (int t = 0; t < TB; t++)
+                    for (int t = 0; t < TB; t++)
 #pragma GCC unroll 2
-                    for (int h = 0; h < 2; h++) {
-                        const __m256i raw = _mm256_loadu_si256((const __m256i*)(wp + t * 64 + h * 32));
-                        if (B == 8) {
+                        for (int h = 0; h < 2; h++) {
                             /* sign trick: |w| is the unsigned operand, x takes w's sign */
+                            const __m256i raw = _mm256_loadu_si256((const __m256i*)(wp + t * 64 + h * 32));
                             const __m256i aw = _mm256_abs_epi8(raw);
 #pragma GCC unroll 4
                             for (int r = 0; r < R; r++) {
                                 __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(ld32(xk + r * K)), raw);
-                                acc[r][t][h] = _mm256_add_epi32(
-                                    acc[r][t][h], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones));
-                            }
-                        } else {
-                            __m256i fld[4];
-#pragma GCC unroll 4
-                            for (int f = 0; f < V; f++)
-                                fld[f] = _mm256_and_si256(f ? _mm256_srli_epi16(raw, f * B) : raw, mask);
-#pragma GCC unroll 4
-                            for (int r = 0; r < R; r++) {
-                                /* fields summed in int16 (<= 7620, see top), one madd per half */
-                                __m256i p = _mm256_maddubs_epi16(fld[0], _mm256_set1_epi32(ld32(xk + r * K)));
-#pragma GCC unroll 4
-                                for (int f = 1; f < V; f++)
-                                    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(
-                                                                fld[f], _mm256_set1_epi32(ld32(xk + r * K + 4 * f))));
-                                acc[r][t][h] = _mm256_add_epi32(acc[r][t][h], _mm256_madd_epi16(p, ones));
+                                acc[t][h][r] = _mm256_add_epi32(
+                                    acc[t][h][r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones));
                             }
                         }
+                }
+            } else {
+                /* blocks of NB chunks in stream order, summed in int16 and widened once per block */
+                for (int64_t c0 = 0; c0 < P->gchunks; c0 += NB) {
+                    const int64_t nc = P->gchunks - c0 < NB ? P->gchunks - c0 : NB;
+#pragma GCC unroll 4
+                    for (int ts = 0; ts < TB; ts += TS) {
+                        __m256i s16[4][2][4];
+#pragma GCC unroll 4
+                        for (int t = 0; t < TS; t++)
+#pragma GCC unroll 4
+                            for (int r = 0; r < R; r++) s16[t][0][r] = s16[t][1][r] = _mm256_setzero_si256();
+                        for (int64_t c = 0; c < nc; c++)
+                            narrow_chunk(wp + c * rowb + ts * 64, xk + c * KC, K, s16, R, TS, B);
+#pragma GCC unroll 4
+                        for (int t = 0; t < TS; t++)
+#pragma GCC unroll 2
+                            for (int h = 0; h < 2; h++)
+#pragma GCC unroll 4
+                                for (int r = 0; r < R; r++)
+                                    acc[ts + t][h][r] = _mm256_add_epi32(acc[ts + t][h][r], _mm256_madd_epi16(s16[t][h][r], ones));
                     }
+                    wp += nc * rowb;
+                    xk += nc * KC;
+                }
             }
             /* group end: I = D - zp*xsum, then yacc += s * I */
             const float* sg = P->s + g * P->W;
@@ -218,7 +267,7 @@ QL_INLINE void simd_rows(const panel_t* P, const int8_t* x, const float* xscale,
 #pragma GCC unroll 2
                     for (int h = 0; h < 2; h++) {
                         const int col = (t0 + t) * 16 + h * 8;
-                        __m256i I = acc[r][t][h];
+                        __m256i I = acc[t][h][r];
                         if (P->family == QC_QL_UINT4)
                             I = _mm256_sub_epi32(I, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
                                                         (const __m128i*)(P->zp + g * P->W + col))),
