@@ -8,6 +8,7 @@ numbers depend on the machine and on what else runs on it.
   python tools/bench.py --hidden 2048 --layers 2 --tokens 1 64 --threads 2
   python tools/bench.py --model path.onnx --feed input_ids=int64:1x64
   python tools/bench.py model [args]             the same, spelled out
+  python tools/bench.py model --precision mixed --ort-int4    int4 middle layers vs onnxruntime fp32 and int4
   python tools/bench.py kernels --quick          one linear layer per precision vs onnxruntime (bench_kernels.py)
 """
 
@@ -49,7 +50,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="threads for both runtimes (0: all cores)")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--min-seconds", type=float, default=1.0)
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="artifact precision")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "int4", "ternary", "mixed"],
+                    help="artifact precision policy (qcompile build --precision)")
+    ap.add_argument("--middle", default="int4", choices=["int4", "ternary"], help="mixed: the middle layers' format")
+    ap.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128])
+    ap.add_argument("--ort-int4", action="store_true",
+                    help="also time onnxruntime on the same model quantized to int4 MatMulNBits (block = --group-size, "
+                         "accuracy_level 4)")
     ap.add_argument("--out", help="keep the built artifact here")
     args = ap.parse_args()
 
@@ -74,23 +81,41 @@ def main() -> int:
         print(f"model: Llama-style decoder, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}, "
               f"{params / 1e6:.1f}M params ({params * 4 / 2**20:.0f} MiB fp32)")
     t = time.perf_counter()
-    result = build(model_path, BuildOptions(out_dir=work, max_seq_len=max(args.tokens), precision=args.precision))
-    print(f"build ({args.precision}): {time.perf_counter() - t:.1f}s, {result.kernels} kernels, {result.library}")
+    result = build(model_path, BuildOptions(out_dir=work, max_seq_len=max(args.tokens), precision=args.precision,
+                                            middle=args.middle, group_size=args.group_size))
+    print(f"build ({args.precision}): {time.perf_counter() - t:.1f}s, {result.kernels} kernels, {result.library} "
+          f"({result.library.stat().st_size / 2**20:.1f} MiB)")
 
     opts = ort.SessionOptions()
     if args.threads:
         opts.intra_op_num_threads = args.threads
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    sessions = {"ort fp32": ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])}
+    if args.ort_int4:
+        import logging
+
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        logging.disable(logging.INFO)          # the quantizer logs every node
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(model_path)), block_size=args.group_size, is_symmetric=True,
+                                         accuracy_level=4)
+        quantizer.process()
+        int4_path = work / "ort_int4.onnx"
+        onnx.save(quantizer.model.model, str(int4_path))
+        sessions[f"ort int4 b{args.group_size}"] = ort.InferenceSession(str(int4_path), opts,
+                                                                         providers=["CPUExecutionProvider"])
     ours = qcompile.load(result.library, num_threads=args.threads)
     rng = np.random.default_rng(0)
-    print(f"{'tokens':>6} {'onnxruntime ms':>15} {'qcompile ms':>12} {'ratio (ort/qc)':>15} {'max abs diff':>13}")
+    names = list(sessions)
+    print(f"{'tokens':>6} " + " ".join(f"{n + ' ms':>17}" for n in names) + f" {'qcompile ms':>12} "
+          + " ".join(f"{'x vs ' + n:>19}" for n in names) + f" {'rel err vs fp32':>16}")
     for n in args.tokens:
         feeds = {"input_ids": rng.integers(0, args.vocab, (1, n)).astype(np.int64)}
-        ref = sess.run(None, feeds)[0]
+        ref = sessions["ort fp32"].run(None, feeds)[0]
         got = ours(**feeds)["logits"]
-        t_ort = timeit(lambda: sess.run(None, feeds), 2, args.repeat, args.min_seconds)
+        times = [timeit(lambda s=s: s.run(None, feeds), 2, args.repeat, args.min_seconds) for s in sessions.values()]
         t_qc = timeit(lambda: ours(**feeds), 2, args.repeat, args.min_seconds)
-        print(f"{n:>6} {t_ort * 1e3:>15.2f} {t_qc * 1e3:>12.2f} {t_ort / t_qc:>15.2f} {np.abs(got - ref).max():>13.2e}")
+        err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        print(f"{n:>6} " + " ".join(f"{t * 1e3:>17.2f}" for t in times) + f" {t_qc * 1e3:>12.2f} "
+              + " ".join(f"{t / t_qc:>19.2f}" for t in times) + f" {err:>16.2e}")
     return 0
 
 
