@@ -300,3 +300,32 @@ def test_aarch64_cross_compile(tmp_path):
     proc = subprocess.run([cc, "-std=c11", "-O2", "-Wall", "-Werror", "-c", str(SRC),
                            "-o", str(tmp_path / "q.o")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("family, K, G", [("ternary", 16 * 37, None), ("int4", 40 * 7, 40),
+                                          ("int4", 128 * 3, 128), ("uint4", 40 * 3, 40)])
+@pytest.mark.parametrize("M", [1, 2, 5])
+def test_int16_block_extremes(lib, family, K, G, M):
+    """AVX2 sums 2-/4-bit products in int16 over blocks of chunks (16 for ternary, 4 for 4-bit),
+    with a partial block at the end here: extreme codes against +-127 activations reach the
+    int16 bounds argued in qc_qlinear.c, and the result must stay exact."""
+    rng = np.random.default_rng(K + M)
+    N = 64
+    lo, hi = ql.Q_RANGE[family]
+    q = rng.integers(lo, hi + 1, size=(K, N)).astype(np.int8)
+    q[:, 0:8], q[:, 8:16] = hi, lo  # largest / smallest code in every k
+    ng = K // G if G else 1
+    shape = (N,) if family == "ternary" else (ng, N)
+    scales = (2.0 ** -rng.integers(0, 4, size=shape)).astype(np.float32)
+    zp = rng.integers(0, 16, size=(ng, N)) if family == "uint4" else None
+    p = ql.pack_qlinear(q, family, scales, zp, G)
+    xi = rng.integers(-127, 128, size=(M, K)).astype(np.float32)
+    xi[:, 0] = 127  # amax = 127: xq == xi exactly
+    xi[0] = 127
+    if M > 1:
+        xi[1] = -127
+    x = (xi * (2.0 ** rng.integers(-4, 5, size=(M, 1)))).astype(np.float32)
+    xq, xscale, xsum = c_quantize(lib, x, p.group)
+    assert np.array_equal(xq, xi.astype(np.int8))
+    y = c_qlinear(lib, p, xq, xscale, xsum)
+    assert np.array_equal(y, ql.reference_qlinear(p, xq, xscale, xsum))

@@ -6,16 +6,20 @@
  *   row block, each group g is walked once per batch of TB subtiles: per chunk, load the TB
  *   subtiles' 64 bytes, split each into its v bit fields with constant shift + and, and
  *   dot-accumulate every field against the broadcast 4 activation bytes it pairs with into
- *   int32 accumulators acc[R][TB](x2 ymm halves).  TB is T when the accumulators fit in
+ *   int32 accumulators acc[R][TB](x2 ymm halves); AVX2 2-/4-bit (4-bit only for R = 1) first sum
+ *   the products of NB chunks in int16 and widen once per block (bounds below).  TB is T when the accumulators fit in
  *   registers (always for R = 1, so decode reads the panel exactly once, in stream order);
  *   otherwise the panel is walked in TB-subtile passes, which re-read it from cache: a panel is
  *   re-read per row block anyway.  At each group end the zero-point correction and the scale
  *   fma go into a small float accumulator on the stack; the last step multiplies by xscale.
  *
  * No-overflow arguments (xq is in [-127,127], never -128):
- *   AVX2 4-/2-bit: one vpmaddubsw lane is c0*x0 + c1*x1 with c <= 2^b-1, so |lane| <= 2*15*127
- *   = 3810 (b = 4) or 2*3*127 = 762 (b = 2): no saturation, and the v fields of a chunk summed in
- *   int16 stay <= 2*3810 = 7620 or 4*762 = 3048 < 32767, so one vpmaddwd per chunk half suffices.
+ *   AVX2 4-/2-bit: one vpmaddubsw lane is c0*x0 + c1*x1 with c <= 15 (4-bit) or c <= 2 (ternary
+ *   codes are 0..2), so |lane| <= 2*15*127 = 3810 or 2*2*127 = 508: no saturation.  A chunk's v
+ *   fields sum to <= 2*3810 = 7620 (4-bit) or 4*508 = 2032 (ternary) per int16 lane, so int16 sums
+ *   over NB = 4 chunks (30480) or 16 chunks (32512) stay < 32767 and need one vpmaddwd per NB
+ *   chunks.  Ternary fields 1, 3 enter pre-scaled by 4 (<= 2*8*127 = 2032 per lane, two of them
+ *   4064 < 32767) and their exact multiple-of-4 sum is shifted back before joining the rest.
  *   AVX2 int8: maddubs(|w|, sign(x, w)) lane is w0*x0 + w1*x1, |.| <= 2*127*127 = 32258 < 32767.
  *   int32 dots: |D| <= G*255*127 fits for any practical K; vpdpbusd wraps, and since the
  *   corrected value fits in int32 the wrap-around cancels (int8 AVX-512: (x+128)*w - 128*colsum).
@@ -155,21 +159,19 @@ static inline int subtile_batch(int R, int T) { return R * T <= 16 ? T : 16 / R;
 /* ------------------------------------------------------------------ AVX2 + FMA */
 #elif QL_AVX2
 #define QL_SIMD 1
-#ifndef QL_TS
-#define QL_TS 2
-#endif
 /* 2-/4-bit: one chunk row (TB subtiles x 2 halves) against R rows, summed into int16 sums
  * s16[t][h][r] (the caller widens them every NB chunks, see top).  2-bit decodes 4 fields with
  * 1 shift + 4 ands: with s = raw >> 4 (16-bit shift), fields 0, 2 are raw & 3, s & 3, and fields
  * 1, 3 come pre-scaled by 4 as raw & 0xC, s & 0xC; their products are summed apart (exactly
  * divisible by 4) and shifted back before going into s16. */
-QL_INLINE void narrow_chunk(const uint8_t* wp, const int8_t* xk, int64_t K, __m256i s16[4][2][4],
-                            const int R, const int TB, const int B) {
+QL_INLINE void narrow_chunk(const uint8_t* wp, int64_t rowb, const int8_t* xk, int64_t K,
+                            __m256i s16[4][2][4], const int R, const int TB, const int B) {
     const __m256i m3 = _mm256_set1_epi8(B == 2 ? 0x03 : 0x0F), m12 = _mm256_set1_epi8(0x0C);
 #pragma GCC unroll 4
     for (int t = 0; t < TB; t++)
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
+            if (h == 0) QL_PREFETCH(wp + QL_PREFETCH_ROWS * rowb + t * 64);
             const __m256i raw = _mm256_loadu_si256((const __m256i*)(wp + t * 64 + h * 32));
             const __m256i s = _mm256_srli_epi16(raw, 4);
             if (B == 4) {
@@ -200,7 +202,6 @@ QL_INLINE void simd_rows(const panel_t* P, const int8_t* x, const float* xscale,
                          const int32_t* xsum, float* y, const int R, const int TB, const int B) {
     const int V = 8 / B, KC = 4 * V;
     const int NB = B == 2 ? 16 : 4; /* chunks per int16 block (2-/4-bit), see top */
-    const int TS = TB < QL_TS ? TB : QL_TS;
     const int64_t K = P->K, rowb = (int64_t)P->T * 64;
     const __m256i ones = _mm256_set1_epi16(1);
     float yacc[4][64];
@@ -215,20 +216,36 @@ QL_INLINE void simd_rows(const panel_t* P, const int8_t* x, const float* xscale,
                 for (int r = 0; r < R; r++) acc[t][0][r] = acc[t][1][r] = _mm256_setzero_si256();
             const uint8_t* wp = P->w + g * P->gchunks * rowb + t0 * 64;
             const int8_t* xk = x + g * P->gchunks * KC;
-            if (B == 8) {
+            if (B == 8 || (B == 4 && R > 1)) {
+                /* one vpmaddwd per chunk half and row: for 4-bit with R > 1, int16 sums over chunks
+                 * (8 of them for R = 4) measured slower than this, from the spills */
+                const __m256i m15 = _mm256_set1_epi8(0x0F);
                 for (int64_t c = 0; c < P->gchunks; c++, wp += rowb, xk += KC) {
 #pragma GCC unroll 4
                     for (int t = 0; t < TB; t++)
 #pragma GCC unroll 2
                         for (int h = 0; h < 2; h++) {
-                            /* sign trick: |w| is the unsigned operand, x takes w's sign */
                             const __m256i raw = _mm256_loadu_si256((const __m256i*)(wp + t * 64 + h * 32));
-                            const __m256i aw = _mm256_abs_epi8(raw);
+                            if (B == 8) {
+                                /* sign trick: |w| is the unsigned operand, x takes w's sign */
+                                const __m256i aw = _mm256_abs_epi8(raw);
 #pragma GCC unroll 4
-                            for (int r = 0; r < R; r++) {
-                                __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(ld32(xk + r * K)), raw);
-                                acc[t][h][r] = _mm256_add_epi32(
-                                    acc[t][h][r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones));
+                                for (int r = 0; r < R; r++) {
+                                    __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(ld32(xk + r * K)), raw);
+                                    acc[t][h][r] = _mm256_add_epi32(
+                                        acc[t][h][r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones));
+                                }
+                            } else {
+                                const __m256i f0 = _mm256_and_si256(raw, m15);
+                                const __m256i f1 = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m15);
+#pragma GCC unroll 4
+                                for (int r = 0; r < R; r++) {
+                                    /* both fields summed in int16 (<= 7620, see top) */
+                                    const __m256i p = _mm256_add_epi16(
+                                        _mm256_maddubs_epi16(f0, _mm256_set1_epi32(ld32(xk + r * K))),
+                                        _mm256_maddubs_epi16(f1, _mm256_set1_epi32(ld32(xk + r * K + 4))));
+                                    acc[t][h][r] = _mm256_add_epi32(acc[t][h][r], _mm256_madd_epi16(p, ones));
+                                }
                             }
                         }
                 }
@@ -236,25 +253,19 @@ QL_INLINE void simd_rows(const panel_t* P, const int8_t* x, const float* xscale,
                 /* blocks of NB chunks in stream order, summed in int16 and widened once per block */
                 for (int64_t c0 = 0; c0 < P->gchunks; c0 += NB) {
                     const int64_t nc = P->gchunks - c0 < NB ? P->gchunks - c0 : NB;
+                    __m256i s16[4][2][4];
 #pragma GCC unroll 4
-                    for (int ts = 0; ts < TB; ts += TS) {
-                        __m256i s16[4][2][4];
+                    for (int t = 0; t < TB; t++)
 #pragma GCC unroll 4
-                        for (int t = 0; t < TS; t++)
+                        for (int r = 0; r < R; r++) s16[t][0][r] = s16[t][1][r] = _mm256_setzero_si256();
+                    for (int64_t c = 0; c < nc; c++, wp += rowb, xk += KC) narrow_chunk(wp, rowb, xk, K, s16, R, TB, B);
 #pragma GCC unroll 4
-                            for (int r = 0; r < R; r++) s16[t][0][r] = s16[t][1][r] = _mm256_setzero_si256();
-                        for (int64_t c = 0; c < nc; c++)
-                            narrow_chunk(wp + c * rowb + ts * 64, xk + c * KC, K, s16, R, TS, B);
-#pragma GCC unroll 4
-                        for (int t = 0; t < TS; t++)
+                    for (int t = 0; t < TB; t++)
 #pragma GCC unroll 2
-                            for (int h = 0; h < 2; h++)
+                        for (int h = 0; h < 2; h++)
 #pragma GCC unroll 4
-                                for (int r = 0; r < R; r++)
-                                    acc[ts + t][h][r] = _mm256_add_epi32(acc[ts + t][h][r], _mm256_madd_epi16(s16[t][h][r], ones));
-                    }
-                    wp += nc * rowb;
-                    xk += nc * KC;
+                            for (int r = 0; r < R; r++)
+                                acc[t][h][r] = _mm256_add_epi32(acc[t][h][r], _mm256_madd_epi16(s16[t][h][r], ones));
                 }
             }
             /* group end: I = D - zp*xsum, then yacc += s * I */
