@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """Kernel benchmark: one linear layer y = x[M,K] @ W[K,N], qcompile artifacts against onnxruntime.
 
-For each shape (K x N), M, thread count and cache state (hot: the same call repeated; cold: the caches
-are evicted by reading a large buffer before each timed call, the eviction itself not timed) it times:
+For each shape (K x N), M, thread count and cache state it times one call. Hot: the same instance
+again and again. Cold (--cold rotate, the default): calls go round-robin over distinct copies of the
+same layer (separate library files for qcompile, separate sessions for onnxruntime) whose weights add
+up to at least --rotate-mib, so each call's weights come from DRAM while the Python, ctypes and
+onnxruntime code paths stay warm, as in a real decode loop. --cold flush instead reads a large buffer
+before each call; that also evicts the interpreter's own state and adds a few hundred µs to every
+implementation alike.
 
   qcompile  fp32, int8 (per channel), int4 group 128 and 32, ternary   (timed as model(x=x))
   ORT       fp32 MatMul, MatMulNBits int4 block 128 and 32 (accuracy_level 4), dynamic int8 (per channel)
@@ -113,21 +118,41 @@ class Flusher:
         return self.buf.nbytes / best / 1e9
 
 
-def time_call(fn, cache: str, repeat: int, flusher: Flusher | None) -> list[float]:
-    """Seconds per call: WARMUP untimed calls, then `repeat` timed ones (cold: flush before each, untimed)."""
+def time_call(fns: list, cache: str, repeat: int, flusher: Flusher | None) -> list[float]:
+    """Seconds per call: WARMUP untimed calls, then `repeat` timed ones. fns: one callable per copy of the
+    layer; hot calls the first again and again, cold (rotate) goes round-robin over all of them, cold
+    with a flusher flushes (untimed) before each call of the first."""
     cold = cache == "cold"
-    for _ in range(WARMUP):
-        if cold:
+    rotate = fns if cold and flusher is None else fns[:1]
+    calls = 0
+
+    def call():
+        nonlocal calls
+        if cold and flusher is not None:
             flusher.flush()
-        fn()
-    times = []
-    for _ in range(repeat):
-        if cold:
-            flusher.flush()
+        fn = rotate[calls % len(rotate)]
+        calls += 1
         t = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t)
-    return times
+        return time.perf_counter() - t
+    for _ in range(WARMUP * len(rotate) if cold and flusher is None else WARMUP):
+        call()
+    return [call() for _ in range(repeat)]
+
+
+def rotate_copies(weight_bytes: int, rotate_mib: int) -> int:
+    """Copies of a layer whose weights together exceed rotate_mib (3 to 64)."""
+    return max(3, min(64, -(-rotate_mib * 2**20 // max(weight_bytes, 1))))
+
+
+def copy_artifact(lib: Path, dest: Path) -> Path:
+    """The library and its manifest in another folder: another file, so its own page-cache pages."""
+    import shutil
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in lib.parent.glob(lib.stem + ".*"):
+        if f.is_file():
+            shutil.copy(f, dest / f.name)
+    return dest / lib.name
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -393,7 +418,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: 1 2)")
     ap.add_argument("--cache", nargs="+", choices=["hot", "cold"], default=None, help="default: hot cold")
     ap.add_argument("--repeat", type=int, default=None, help="timed calls (default: 20 hot, 10 cold)")
-    ap.add_argument("--flush-mib", type=int, default=1024, help="size of the cache-evicting buffer")
+    ap.add_argument("--cold", choices=["rotate", "flush"], default="rotate",
+                    help="how cold calls find their weights outside the caches (see above; default rotate)")
+    ap.add_argument("--rotate-mib", type=int, default=256, help="cold rotate: total weight bytes of the copies")
+    ap.add_argument("--flush-mib", type=int, default=1024,
+                    help="size of the buffer read to measure bandwidth (and, with --cold flush, to evict caches)")
     ap.add_argument("--precisions", nargs="+", choices=list(OURS), default=list(OURS), help="qcompile rows")
     ap.add_argument("--ort", nargs="+", choices=list(ORT), default=list(ORT), help="onnxruntime rows")
     ap.add_argument("--quick", action="store_true",
@@ -501,19 +530,23 @@ def run(args: argparse.Namespace, header: str, cpu: dict, bandwidth: float, flus
         for threads in args.threads:
             # every implementation loaded at once, timed side by side per (M, cache), so that a change in
             # machine load hits neighbouring rows alike
-            runners: dict[str, object] = {}
+            runners: dict[str, list] = {}
             errors: dict[str, str | None] = {}
             for impl, family, ours, path, wbytes, err in impls:
                 errors[impl] = err
                 if err is not None:
                     continue
+                copies = rotate_copies(wbytes, args.rotate_mib) if "cold" in args.cache and args.cold == "rotate" else 1
                 try:
-                    if ours:
-                        model = qcompile.load(path, num_threads=threads)
-                        runners[impl] = (lambda mdl: lambda x: next(iter(mdl(x=x).values())))(model)
-                    else:
-                        sess = ort_session(path, threads)
-                        runners[impl] = (lambda s: lambda x: s.run(None, {"x": x})[0])(sess)
+                    runners[impl] = []
+                    for c in range(copies):
+                        if ours:
+                            lib = path if c == 0 else copy_artifact(path, shape_dir / "rotate" / f"{impl}.{c}")
+                            model = qcompile.load(lib, num_threads=threads)
+                            runners[impl].append((lambda mdl: lambda x: next(iter(mdl(x=x).values())))(model))
+                        else:
+                            sess = ort_session(path, threads)
+                            runners[impl].append((lambda s: lambda x: s.run(None, {"x": x})[0])(sess))
                 except Exception as exc:   # noqa: BLE001
                     log(f"{k}x{n} {impl} threads {threads}: load FAILED: {one_line(exc, 2000)}")
                     errors[impl] = f"load failed: {one_line(exc)}"
@@ -525,7 +558,7 @@ def run(args: argparse.Namespace, header: str, cpu: dict, bandwidth: float, flus
                     if errs_m[impl] is not None:
                         continue
                     try:
-                        y = runners[impl](x)
+                        y = runners[impl][0](x)
                         if y.shape != (m, n):
                             raise RuntimeError(f"output shape {y.shape}, expected {(m, n)}")
                         rels[impl] = rel_error(y, refs[m])
@@ -539,8 +572,9 @@ def run(args: argparse.Namespace, header: str, cpu: dict, bandwidth: float, flus
                                   error=errs_m[impl])
                         if row.error is None:
                             try:
-                                fn = (lambda f, a: lambda: f(a))(runners[impl], x)
-                                times = time_call(fn, cache, repeats[cache], flusher)
+                                fns = [(lambda f, a: lambda: f(a))(r, x) for r in runners[impl]]
+                                times = time_call(fns, cache, repeats[cache],
+                                                  flusher if args.cold == "flush" else None)
                                 row.times_us = [t * 1e6 for t in times]
                                 row.median_us = statistics.median(row.times_us)
                                 row.min_us = min(row.times_us)
@@ -559,7 +593,7 @@ def run(args: argparse.Namespace, header: str, cpu: dict, bandwidth: float, flus
     print()
     print(render(rows))
     print()
-    print("median/min: µs per call incl. the Python call (3 warmups; cold: caches evicted before each call, untimed). "
+    print(f"median/min: µs per call incl. the Python call (3 warmups; cold: {args.cold}). "
           "weight MB: bytes streamed (qc: manifest packed_bytes, else K*N*4). GB/s: weight bytes / median (M=1). "
           "GOP/s: 2*M*K*N / median (M=64). speedup: ORT median / qc median vs the 'vs' row. "
           "x DRAM: median / (weight bytes / measured bandwidth), M=1 cold. rel err: ||y - x@W|| / ||x@W||.")
