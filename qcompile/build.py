@@ -110,7 +110,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     phase("plan")
     bounds = default_bounds(graph, opts)
     graph.dim_bounds.update(bounds)
-    plan = make_plan(graph, bounds)
+    plan = make_plan(graph, bounds, simd_bits=512 if "avx512f" in preset.cpu_features else 256)
     say("plan", f"{len(plan.steps)} steps, arena {plan.arena_bytes / 2**20:.1f} MiB, weights "
                 f"{plan.weight_bytes / 2**20:.1f} MiB")
     phase("lower")

@@ -73,7 +73,7 @@ def main() -> int:
         model_path = Path(args.model)
     else:
         heads = args.hidden // 64
-        cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3 // 64 * 64,
+        cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=-(-args.hidden * 8 // 3 // 256) * 256,
                           num_layers=args.layers, num_heads=heads, num_kv_heads=max(heads // 4, 1), max_position=4096)
         model_path = work / f"llama_h{args.hidden}_l{args.layers}.onnx"
         onnx.save(make_llama(cfg), str(model_path))

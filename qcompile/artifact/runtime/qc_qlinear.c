@@ -29,7 +29,12 @@
 #include <math.h>
 #include <string.h>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if defined(QL_EMULATE_X86)
+/* Test build: the AVX-512 path on plain-C emulations of its intrinsics (tests/c/emu_x86.h, on the
+ * include path), so it runs bit-exactly on any host; -DQL_EMULATE_AMX also forces the AMX path. */
+#define QL_AVX512 1
+#include "emu_x86.h"
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define QL_AVX512 1
 #include <immintrin.h>
 #elif defined(__AVX2__) && defined(__FMA__)
