@@ -2,7 +2,8 @@
 reference (targets/qlinear_layout.py).
 
 qc_qlinear.c is compiled once per session for every ISA path this host can run (scalar, AVX2,
-and AVX-512 VNNI when present) and loaded with ctypes; each test runs on every build.
+and AVX-512 VNNI when present), plus the AVX-512 path on emulated intrinsics (tests/c/emu_x86.h)
+without and with its AMX path forced, and loaded with ctypes; each test runs on every build.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ if {"avx2", "fma", "f16c"} <= FLAGS:
     BUILDS["avx2"] = ["-mavx2", "-mfma", "-mf16c"]
 if {"avx512f", "avx512bw", "avx512_vnni"} <= FLAGS:
     BUILDS["avx512"] = ["-march=sapphirerapids"]
+# The AVX-512 VNNI path (and its AMX prefill path) on the plain-C intrinsics of tests/c/emu_x86.h:
+# no -m flags, so they run on every host, and must agree with the scalar build bit for bit.
+EMU_DIR = Path(__file__).resolve().parent / "c"
+BUILDS["avx512-emulated"] = ["-DQL_EMULATE_X86", f"-I{EMU_DIR}"]
+BUILDS["amx-emulated"] = ["-DQL_EMULATE_X86", "-DQL_EMULATE_AMX", f"-I{EMU_DIR}"]
 
 
 def _load(path: Path):
@@ -56,13 +62,17 @@ def _load(path: Path):
 @pytest.fixture(scope="module")
 def all_libs(tmp_path_factory):
     out = tmp_path_factory.mktemp("qlinear")
-    libs = {}
-    for name, flags in BUILDS.items():
+    procs = {}
+    for name, flags in BUILDS.items():  # compiled in parallel: the emulated builds take seconds
         so = out / f"qc_qlinear_{name}.so"
         cmd = ["gcc", "-std=c11", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", *flags,
                str(SRC), "-o", str(so), "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
+        procs[name] = (cmd, so, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                 text=True))
+    libs = {}
+    for name, (cmd, so, proc) in procs.items():
+        _, err = proc.communicate()
+        assert proc.returncode == 0, f"{' '.join(cmd)}\n{err}"
         libs[name] = _load(so)
     return libs
 
@@ -199,7 +209,7 @@ def test_general(lib, family, kmul, nmul, M, seed):
 
 
 @settings(deadline=None, max_examples=10)
-@given(family=family_st, kmul=kmul_st, nmul=nmul_st, M=m_st, seed=seed_st)
+@given(family=family_st, kmul=kmul_st, nmul=nmul_st, M=st.one_of(m_st, st.integers(16, 40)), seed=seed_st)
 def test_builds_agree_bitwise(all_libs, family, kmul, nmul, M, seed):
     """Every ISA path does the same integer dots and the same fma sequence."""
     p, _, rng = _problem(family, kmul, nmul, seed, exact=False)
@@ -208,9 +218,52 @@ def test_builds_agree_bitwise(all_libs, family, kmul, nmul, M, seed):
     for name, lib_ in all_libs.items():
         xq, xscale, xsum = c_quantize(lib_, x, p.group)
         outs[name] = c_qlinear(lib_, p, xq, xscale, xsum)
-    first = next(iter(outs.values()))
     for name, y in outs.items():
-        assert np.array_equal(y.view(np.int32), first.view(np.int32)), name
+        assert np.array_equal(y.view(np.int32), outs["scalar"].view(np.int32)), name
+
+
+# (family, K, G): the group sizes 32/64/128 (int8 and ternary: one group, K = G), and groups that
+# leave a remainder of K after the 64-k AMX tiles (tiles 6/7 of the AMX path: 96 = 64 + 32, ...)
+AMX_CASES = [(f, 2 * G if f in ("int4", "uint4") else G, G) for f in FAMILIES for G in (32, 64, 128)]
+AMX_CASES += [("int4", 96 * 2, 96), ("uint4", 40 * 3, 40), ("int8", 100, 100), ("ternary", 80, 80),
+              ("int8", 4, 4), ("ternary", 16, 16)]
+
+
+@pytest.mark.parametrize("family, K, G", AMX_CASES)
+@pytest.mark.parametrize("M", [16, 17, 33, 64])
+def test_amx_rows_bitwise(all_libs, family, K, G, M):
+    """M >= 16: whole 16-row blocks take the AMX path where it runs (the amx-emulated build forces
+    it; real AMX hosts in the avx512 build), the rest the VNNI / AVX2 / scalar code.  Every build
+    must give the scalar build's bits, and with power-of-two scales the reference's bits too;
+    extreme codes against +-127 activations hit the largest dots."""
+    rng = np.random.default_rng(K * 1000 + M * 7 + FAMILIES.index(family))
+    N = {16: 64, 17: 48, 33: 32, 64: 16}[M]  # T = 4, 1 (3 panels), 2, 1
+    lo, hi = ql.Q_RANGE[family]
+    q = rng.integers(lo, hi + 1, size=(K, N)).astype(np.int8)
+    q[:, 0:4], q[:, 4:8] = hi, lo
+    ng = K // G
+    shape = {"int8": (N,), "ternary": (N,)}.get(family, (ng, N))
+    outs = {}
+    for exact in (True, False):
+        if exact:
+            scales = (2.0 ** -rng.integers(0, 4, size=shape)).astype(np.float32)
+        else:
+            scales = rng.lognormal(-4, 1, size=shape).astype(np.float32)
+        zp = rng.integers(0, 16, size=(ng, N)) if family == "uint4" else None
+        p = ql.pack_qlinear(q, family, scales, zp, G if family in ("int4", "uint4") else None)
+        xi = rng.integers(-127, 128, size=(M, K)).astype(np.float32)
+        xi[:, 0] = 127  # amax = 127: xq == xi exactly
+        xi[0], xi[M - 1] = 127, -127
+        x = (xi * (2.0 ** rng.integers(-4, 5, size=(M, 1)))).astype(np.float32)
+        outs = {}
+        for name, lib_ in all_libs.items():
+            xq, xscale, xsum = c_quantize(lib_, x, p.group)
+            assert np.array_equal(xq, xi.astype(np.int8))
+            outs[name] = c_qlinear(lib_, p, xq, xscale, xsum)
+        for name, y in outs.items():
+            assert np.array_equal(y.view(np.int32), outs["scalar"].view(np.int32)), (name, exact)
+        if exact:
+            assert np.array_equal(outs["scalar"], ql.reference_qlinear(p, xq, xscale, xsum))
 
 
 def test_panel_bad_arguments(lib):
@@ -284,13 +337,53 @@ def test_packer_errors(args, match):
 
 # ------------------------------------------------------------------ other targets
 
-def test_avx512_build(tmp_path):
-    """The AVX-512 VNNI path must at least compile (it only runs where the host has VNNI)."""
-    proc = subprocess.run(["gcc", "-std=c11", "-O2", "-Wall", "-Werror", "-march=sapphirerapids", "-c",
-                           str(SRC), "-o", str(tmp_path / "q.o")], capture_output=True, text=True)
+AMX_INSNS = ("tdpbsud", "tdpbssd", "tileloadd", "tilestored", "ldtilecfg", "tilerelease")
+
+
+def _amx_insns_by_function(obj: Path) -> dict[str, set[str]]:
+    """{function: AMX mnemonics in it} from objdump -d."""
+    dis = subprocess.run(["objdump", "-d", str(obj)], capture_output=True, text=True, check=True).stdout
+    found: dict[str, set[str]] = {}
+    fn = None
+    for line in dis.splitlines():
+        if line.endswith(">:"):
+            fn = line.split("<", 1)[1][:-2]
+        elif "\t" in line:
+            mnemonic = line.split("\t")[-1].split(" ")[0]
+            if mnemonic in AMX_INSNS:
+                found.setdefault(fn, set()).add(mnemonic)
+    return found
+
+
+@pytest.mark.parametrize("march", ["sapphirerapids", "icelake-server"])
+def test_avx512_build(tmp_path, march):
+    """The AVX-512 VNNI path (-march=icelake-server: VNNI, no AMX) and its AMX prefill path (compiled
+    with a target attribute in both) must compile for real, with tdpbsud / tdpbssd in the AMX
+    functions only.  They only run where the host has them; the emulated builds run them here."""
+    obj = tmp_path / "q.o"
+    proc = subprocess.run(["gcc", "-std=c11", "-O2", "-Wall", "-Werror", f"-march={march}", "-c",
+                           str(SRC), "-o", str(obj)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    if "avx512" not in BUILDS:
-        pytest.skip("host has no avx512_vnni: the AVX-512 path was compiled but not run")
+    if shutil.which("objdump"):
+        found = _amx_insns_by_function(obj)
+        assert set().union(*found.values()) >= {"tdpbsud", "tdpbssd", "tileloadd", "ldtilecfg"}, found
+        assert all(fn.startswith("amx_rows") for fn in found), found
+
+
+def test_emulation_matches_hardware(tmp_path):
+    """tests/c/emu_x86.h against the real intrinsics, for every op this host can run (see
+    tests/c/emu_check.c): random and special inputs, bit for bit."""
+    if not {"avx2", "fma"} <= FLAGS:
+        pytest.skip("host has no AVX2 + FMA")
+    check = Path(__file__).resolve().parent / "c" / "emu_check.c"
+    base = ["gcc", "-std=c11", "-O2", "-Wall", "-Werror"]
+    for cmd in ([*base, "-DEMU_SIDE", f"-I{EMU_DIR}", "-c", str(check), "-o", str(tmp_path / "emu.o")],
+                [*base, "-mavx2", "-mfma", str(check), str(tmp_path / "emu.o"), "-o",
+                 str(tmp_path / "emu_check"), "-lm"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([str(tmp_path / "emu_check")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("ok"), proc.stdout + proc.stderr
 
 
 def test_aarch64_cross_compile(tmp_path):

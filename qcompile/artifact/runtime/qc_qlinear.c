@@ -24,6 +24,9 @@
  *   int32 dots: |D| <= G*255*127 fits for any practical K; vpdpbusd wraps, and since the
  *   corrected value fits in int32 the wrap-around cancels (int8 AVX-512: (x+128)*w - 128*colsum).
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE 1 /* syscall(), for the AMX tile-state permission request */
+#endif
 #include "qc_qlinear.h"
 
 #include <math.h>
@@ -160,6 +163,210 @@ QL_INLINE void simd_rows(const panel_t* P, const int8_t* x, const float* xscale,
 
 /* 16 zmm accumulators leave room for fields, broadcasts and temporaries in 32 registers. */
 static inline int subtile_batch(int R, int T) { return R * T <= 16 ? T : 16 / R; }
+
+/* ------------------------------------------------------------------ AMX int8 prefill (AVX-512 build)
+ * Whole 16-row blocks when the CPU has AMX-TILE + AMX-INT8 and Linux granted the tile state
+ * (checked once per process; VNNI for good otherwise); the rows left over go through simd_rows.
+ * Tiles (palette 1): tmm0-3 C of subtile t (16 rows x 16 int32), tmm4/5 A/B for 64 k (A: 16 rows
+ * of xq, row stride K; B: 16 k-quad rows x 64 bytes), tmm6/7 A/B for the G % 64 k left in a group.
+ * A field f of chunk c is exactly one B row in VNNI layout (byte nl*4 + j = column nl, k-quad
+ * c*v + f), so 2-/4-bit chunks are split into fields in a 1 KiB buffer and int8 chunks are loaded
+ * in place (row stride T*64).  C = sum c*xq exactly (tdpbsud: signed xq x unsigned codes;
+ * tdpbssd for int8: signed x signed, so no colsum term), then per group the same zero-point
+ * correction and fma as simd_rows, in the same order: bit-identical to the VNNI and scalar paths. */
+#if defined(QL_EMULATE_X86) || (defined(__x86_64__) && defined(__linux__) &&                      \
+                                (defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11))
+#define QL_AMX 1
+#if defined(QL_EMULATE_X86)
+#define QL_AMX_TARGET
+/* the emulated build runs the AMX path only when asked to (tests) */
+static int amx_usable(void) {
+#if defined(QL_EMULATE_AMX)
+    return 1;
+#else
+    return 0;
+#endif
+}
+#else
+#include <cpuid.h>
+#include <stdatomic.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+/* the plain -march=icelake-server (etc.) build stays loadable on CPUs without AMX: only these
+ * functions are compiled for it, and only called after amx_usable() */
+#define QL_AMX_TARGET __attribute__((target("amx-tile,amx-int8")))
+#define QL_ARCH_GET_XCOMP_PERM 0x1022
+#define QL_ARCH_REQ_XCOMP_PERM 0x1023
+#define QL_XFEATURE_XTILEDATA 18
+static int amx_probe(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    if (!(d & (1u << 24)) || !(d & (1u << 25))) return 0; /* AMX-TILE, AMX-INT8 */
+    if (syscall(SYS_arch_prctl, QL_ARCH_REQ_XCOMP_PERM, QL_XFEATURE_XTILEDATA) != 0) return 0;
+    unsigned long perm = 0;
+    if (syscall(SYS_arch_prctl, QL_ARCH_GET_XCOMP_PERM, &perm) != 0) return 0;
+    return (perm >> QL_XFEATURE_XTILEDATA) & 1;
+}
+/* 0: not probed yet, 2: being probed (by one thread; the others use VNNI meanwhile), 1: usable,
+ * -1: not usable.  The probe, and so the permission request, runs once per process. */
+static atomic_int amx_state;
+static int amx_usable(void) {
+    int s = atomic_load_explicit(&amx_state, memory_order_acquire);
+    if (s == 0) {
+        int expected = 0;
+        if (!atomic_compare_exchange_strong(&amx_state, &expected, 2)) return expected == 1;
+        s = amx_probe() ? 1 : -1;
+        atomic_store_explicit(&amx_state, s, memory_order_release);
+    }
+    return s == 1;
+}
+#endif
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} ql_tilecfg_t;
+
+/* The compilers' tile intrinsics are asm statements that do not tell the compiler they read
+ * memory (ldtilecfg claims 8 bytes, tileloadd none): make the pointed-to memory escape and order
+ * all memory accesses around them. */
+#define QL_MEM_FENCE(p) __asm__ volatile("" : : "r"(p) : "memory")
+#define QL_TLOAD(tile, p, stride)                                                                  \
+    do {                                                                                           \
+        QL_MEM_FENCE(p);                                                                           \
+        _tile_loadd(tile, p, stride);                                                              \
+        QL_MEM_FENCE(p);                                                                           \
+    } while (0)
+/* tile numbers must be literals: one case per C tile */
+#define QL_TDP(B, c, a, b)                                                                         \
+    do {                                                                                           \
+        if ((B) == 8) _tile_dpbssd(c, a, b);                                                       \
+        else _tile_dpbsud(c, a, b);                                                                \
+    } while (0)
+#define QL_AMX_FN static __attribute__((noinline)) QL_AMX_TARGET
+#define QL_ON_CTILE(t, OP, ...)                                                                    \
+    do {                                                                                           \
+        switch (t) {                                                                               \
+        case 0: OP(0, __VA_ARGS__); break;                                                         \
+        case 1: OP(1, __VA_ARGS__); break;                                                         \
+        case 2: OP(2, __VA_ARGS__); break;                                                         \
+        default: OP(3, __VA_ARGS__); break;                                                        \
+        }                                                                                          \
+    } while (0)
+#define QL_TZERO(c, unused) _tile_zero(c)
+#define QL_TSTORE(c, p) _tile_stored(c, p, 64)
+#define QL_TDP_FULL(c, B) QL_TDP(B, c, 4, 5)
+#define QL_TDP_REM(c, B) QL_TDP(B, c, 6, 7)
+
+/* B rows for nch chunks of one subtile from wp on (chunk stride rowb): field f of chunk i goes to
+ * row i*V + f of buf; int8 chunks are used in place.  Returns the rows and sets their stride. */
+QL_INLINE const uint8_t* amx_b_rows(const uint8_t* wp, int64_t rowb, int nch, uint8_t* buf,
+                                    int64_t* stride, const int B) {
+    if (B == 8) {
+        *stride = rowb;
+        return wp;
+    }
+    const int V = 8 / B;
+    const __m512i mask = _mm512_set1_epi8((char)((1 << B) - 1));
+    for (int i = 0; i < nch; i++) {
+        const __m512i raw = _mm512_loadu_si512((const void*)(wp + i * rowb));
+#pragma GCC unroll 4
+        for (int f = 0; f < V; f++)
+            _mm512_storeu_si512((void*)(buf + (i * V + f) * 64),
+                                _mm512_and_si512(f ? _mm512_srli_epi16(raw, f * B) : raw, mask));
+    }
+    *stride = 64;
+    return buf;
+}
+
+/* rows [0, M16) (M16 % 16 == 0) of the panel */
+QL_INLINE QL_AMX_TARGET void amx_rows(const panel_t* P, const int8_t* xq, const float* xscale, const int32_t* xsum,
+                        float* y, int64_t M16, const int B) {
+    const int V = 8 / B, KC = 4 * V;
+    const int64_t K = P->K, G = P->gchunks * KC, rowb = (int64_t)P->T * 64;
+    const int64_t nfull = G / 64;
+    const int rem = (int)(G % 64); /* a multiple of KC (G % KC == 0) and so of 4 */
+    ql_tilecfg_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < P->T; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    if (nfull) cfg.rows[4] = 16, cfg.colsb[4] = 64, cfg.rows[5] = 16, cfg.colsb[5] = 64;
+    if (rem) cfg.rows[6] = 16, cfg.colsb[6] = (uint16_t)rem, cfg.rows[7] = (uint8_t)(rem / 4), cfg.colsb[7] = 64;
+    QL_MEM_FENCE(&cfg);
+    _tile_loadconfig(&cfg);
+
+    _Alignas(64) uint8_t bbuf[16 * 64];
+    _Alignas(64) int32_t cbuf[4][16][16];
+    _Alignas(64) float yacc[16][64];
+    for (int64_t m = 0; m < M16; m += 16) {
+        const int8_t* x = xq + m * K;
+        memset(yacc, 0, sizeof yacc);
+        for (int64_t g = 0; g < P->ng; g++) {
+            for (int t = 0; t < P->T; t++) QL_ON_CTILE(t, QL_TZERO, 0);
+            const uint8_t* wg = P->w + g * P->gchunks * rowb;
+            const int8_t* xg = x + g * G;
+            for (int64_t s = 0; s < nfull; s++) {
+                QL_TLOAD(4, xg + s * 64, K);
+                for (int t = 0; t < P->T; t++) {
+                    int64_t stride;
+                    const uint8_t* b = amx_b_rows(wg + s * (64 / KC) * rowb + t * 64, rowb, 64 / KC, bbuf, &stride, B);
+                    QL_TLOAD(5, b, stride);
+                    QL_ON_CTILE(t, QL_TDP_FULL, B);
+                }
+            }
+            if (rem) {
+                QL_TLOAD(6, xg + nfull * 64, K);
+                for (int t = 0; t < P->T; t++) {
+                    int64_t stride;
+                    const uint8_t* b = amx_b_rows(wg + nfull * (64 / KC) * rowb + t * 64, rowb, rem / KC, bbuf, &stride, B);
+                    QL_TLOAD(7, b, stride);
+                    QL_ON_CTILE(t, QL_TDP_REM, B);
+                }
+            }
+            for (int t = 0; t < P->T; t++) QL_ON_CTILE(t, QL_TSTORE, cbuf[t]);
+            QL_MEM_FENCE(cbuf);
+            /* group end, as in simd_rows: I = D - zp*xsum (int8: D already is sum q*xq), yacc += s*I */
+            const float* sg = P->s + g * P->W;
+            for (int r = 0; r < 16; r++) {
+                const int32_t xs = xsum[(m + r) * P->ng + g];
+                for (int t = 0; t < P->T; t++) {
+                    const int col = t * 16;
+                    __m512i I = _mm512_loadu_si512((const void*)cbuf[t][r]);
+                    if (P->family == QC_QL_UINT4)
+                        I = _mm512_sub_epi32(I, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                                    (const __m128i*)(P->zp + g * P->W + col))),
+                                                _mm512_set1_epi32(xs)));
+                    else if (P->family != QC_QL_INT8)
+                        I = _mm512_sub_epi32(I, _mm512_set1_epi32(zero_point(P, g, col) * xs));
+                    _mm512_storeu_ps(yacc[r] + col,
+                                     _mm512_fmadd_ps(_mm512_loadu_ps(sg + col), _mm512_cvtepi32_ps(I),
+                                                     _mm512_loadu_ps(yacc[r] + col)));
+                }
+            }
+        }
+        for (int r = 0; r < 16; r++) {
+            const __m512 xs = _mm512_set1_ps(xscale[m + r]);
+            for (int col = 0; col < P->W; col += 16)
+                _mm512_storeu_ps(y + (m + r) * P->N + col, _mm512_mul_ps(xs, _mm512_loadu_ps(yacc[r] + col)));
+        }
+    }
+    _tile_release();
+}
+
+QL_AMX_FN void amx_rows_b2(const panel_t* P, const int8_t* xq, const float* xscale,
+                           const int32_t* xsum, float* y, int64_t M16) {
+    amx_rows(P, xq, xscale, xsum, y, M16, 2);
+}
+QL_AMX_FN void amx_rows_b4(const panel_t* P, const int8_t* xq, const float* xscale,
+                           const int32_t* xsum, float* y, int64_t M16) {
+    amx_rows(P, xq, xscale, xsum, y, M16, 4);
+}
+QL_AMX_FN void amx_rows_b8(const panel_t* P, const int8_t* xq, const float* xscale,
+                           const int32_t* xsum, float* y, int64_t M16) {
+    amx_rows(P, xq, xscale, xsum, y, M16, 8);
+}
+#endif /* AMX */
 
 /* ------------------------------------------------------------------ AVX2 + FMA */
 #elif QL_AVX2
@@ -337,6 +544,12 @@ static rows_fn pick_rows(int R, int TB, int bits) {
 static void panel_rows(const panel_t* P, const int8_t* xq, const float* xscale, const int32_t* xsum,
                        float* y, int64_t M, int bits) {
     int64_t m = 0;
+#if QL_AMX
+    if (M >= 16 && amx_usable()) {
+        m = M / 16 * 16;
+        (bits == 2 ? amx_rows_b2 : bits == 4 ? amx_rows_b4 : amx_rows_b8)(P, xq, xscale, xsum, y, m);
+    }
+#endif
     for (int R = 4; R >= 1; R /= 2) {
         const rows_fn fn = pick_rows(R, subtile_batch(R, P->T), bits);
         for (; m + R <= M; m += R) fn(P, xq + m * P->K, xscale + m, xsum + m * P->ng, y + m * P->N);

@@ -4,10 +4,17 @@
  * reference of the same math live in qcompile/targets/qlinear_layout.py.
  *
  * ISA paths, chosen at compile time from the compiler's predefined macros:
- *   __AVX512F__ && __AVX512BW__ && __AVX512VNNI__  zmm, vpdpbusd
+ *   __AVX512F__ && __AVX512BW__ && __AVX512VNNI__  zmm, vpdpbusd; plus, for whole 16-row blocks
+ *                                                  (M >= 16) on x86-64 Linux, AMX int8 tiles
+ *                                                  (tdpbsud/tdpbssd) when CPUID has AMX-TILE and
+ *                                                  AMX-INT8 and the kernel grants the tile state
+ *                                                  (checked once per process, at the first call
+ *                                                  with M >= 16; VNNI otherwise)
  *   __AVX2__ && __FMA__                            ymm, vpmaddubsw + vpmaddwd
  *   otherwise                                      portable scalar C
  * All paths give bit-identical results (same integer dots, same fma order in float).
+ * QL_EMULATE_X86 (tests only, with tests/c on the include path) builds the AVX-512 path on plain-C
+ * emulations of its intrinsics; QL_EMULATE_AMX additionally forces its AMX path.
  *
  * Weight formats (logical q[k,n], stored code c, zero point zp):
  *   QC_QL_INT8     q in [-127,127], one group (G = K), scales [N]; stored as the signed byte q
@@ -32,7 +39,8 @@
  * g = 0, 1, ..., y = xscale[m] * acc.
  *
  * No pointer needs to be aligned (unaligned loads throughout), though 64-byte-aligned weights
- * and scales are faster.  No global state: panels may run concurrently on several threads.
+ * and scales are faster.  No global state besides the AMX probe's once-per-process flag (atomic):
+ * panels may run concurrently on several threads (tile state is per thread).
  */
 #ifndef QC_QLINEAR_H_
 #define QC_QLINEAR_H_
