@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import onnxruntime as ort
+
+from qcompile.ir import dims
 
 
 def ort_run(path, feeds) -> dict:
     """Run an ONNX file with onnxruntime's CPU provider; outputs by name."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+def parse_outputs(stdout: str) -> dict[str, dict]:
+    """run_model's result blocks: 'NAME: DTYPE [d0, d1]' / '  values: ...' / '  sum: S'."""
+    assert "\nrun ok in " in stdout, stdout
+    body = stdout.split("\nrun ok in ", 1)[1]
+    found = {}
+    for name, dtype, shape, values, total in re.findall(
+            r"^(\S+): (\w+) \[([^\]]*)\]\n  values:(.*)\n  sum: (\S+)$", body, re.M):
+        found[name] = {"dtype": dtype, "shape": tuple(int(d) for d in shape.split(", ") if d),
+                       "values": values.split(), "sum": float(total)}
+    return found
+
+
+def example_feeds(model, env: dict[str, int], modulus=None):
+    """What run_model fills: element i of each input is sin(i) for floats, i % K for integers."""
+    feeds = {}
+    for spec in model.inputs:
+        shape = tuple(d if isinstance(d, int) else dims.parse(d).evaluate(env) for d in spec.shape)
+        i = np.arange(int(np.prod(shape, dtype=np.int64)))
+        if spec.dtype.kind == "f":
+            feeds[spec.name] = np.sin(i.astype(np.float64)).astype(spec.dtype).reshape(shape)
+        else:
+            k = (modulus or {}).get(spec.name, 2 if spec.dtype == np.bool_ else 7)
+            feeds[spec.name] = (i % k).astype(spec.dtype).reshape(shape)
+    return feeds

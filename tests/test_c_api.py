@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import subprocess
 from pathlib import Path
 
@@ -18,11 +17,10 @@ import pytest
 import qcompile
 from qcompile.artifact.loader import ArtifactError
 from qcompile.build import BuildOptions, build
-from qcompile.ir import dims
 from qcompile.targets.presets import PRESETS
 from qcompile.zoo import BertConfig, LlamaConfig, make_bert, make_llama, make_mlp
 
-from .helpers import ort_run
+from .helpers import example_feeds, ort_run, parse_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "run_model.c"
@@ -68,32 +66,6 @@ def _build(workdir: Path, stem: str, model, out: str = "out", **kw):
         onnx.save(model, str(path))
     result = build(path, BuildOptions(out_dir=workdir / out, **kw))
     return path, result.library
-
-
-def parse_outputs(stdout: str) -> dict[str, dict]:
-    """run_model's result blocks: 'NAME: DTYPE [d0, d1]' / '  values: ...' / '  sum: S'."""
-    assert "\nrun ok in " in stdout, stdout
-    body = stdout.split("\nrun ok in ", 1)[1]
-    found = {}
-    for name, dtype, shape, values, total in re.findall(
-            r"^(\S+): (\w+) \[([^\]]*)\]\n  values:(.*)\n  sum: (\S+)$", body, re.M):
-        found[name] = {"dtype": dtype, "shape": tuple(int(d) for d in shape.split(", ") if d),
-                       "values": values.split(), "sum": float(total)}
-    return found
-
-
-def example_feeds(model, env: dict[str, int], modulus=None):
-    """What run_model fills: element i of each input is sin(i) for floats, i % K for integers."""
-    feeds = {}
-    for spec in model.inputs:
-        shape = tuple(d if isinstance(d, int) else dims.parse(d).evaluate(env) for d in spec.shape)
-        i = np.arange(int(np.prod(shape, dtype=np.int64)))
-        if spec.dtype.kind == "f":
-            feeds[spec.name] = np.sin(i.astype(np.float64)).astype(spec.dtype).reshape(shape)
-        else:
-            k = (modulus or {}).get(spec.name, 2 if spec.dtype == np.bool_ else 7)
-            feeds[spec.name] = (i % k).astype(spec.dtype).reshape(shape)
-    return feeds
 
 
 def parse_refs(stdout: str) -> dict[int, np.ndarray]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import tvm
 
 from qcompile.frontend import from_proto

@@ -52,9 +52,9 @@ BUILDS["amx-emulated"] = ["-DQL_EMULATE_X86", "-DQL_EMULATE_AMX", f"-I{EMU_DIR}"
 def _load(path: Path):
     lib = ctypes.CDLL(str(path))
     P, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
-    lib.qc_quantize_rows.argtypes = [P, P, P, P, i64, i64, i64, i64]
+    lib.qc_quantize_rows.argtypes = [P, P, P, P, i32, i32, i64, i64]
     lib.qc_quantize_rows.restype = i32
-    lib.qc_qlinear_panel.argtypes = [P] * 8 + [i64, i64, i64, i64, i32, i32, i32, i64]
+    lib.qc_qlinear_panel.argtypes = [P] * 8 + [i64, i64, i64, i64, i32, i32, i32, i32]
     lib.qc_qlinear_panel.restype = i32
     return lib
 
@@ -171,6 +171,17 @@ def test_quantize_rows_ties_round_to_even(lib):
     assert xq.tolist() == [[127, 0, 2, 2, 0, -2, -2, 126, -126, 4, 4]]
     assert xscale[0] == 1 and xsum[0, 0] == xq.sum()
     assert np.array_equal(xq, ql.quantize_rows(x, x.shape[1])[0])
+
+
+def test_quantize_rows_nan_never_becomes_the_scale(all_libs):
+    """Outputs are specified for finite x only, but every build treats a NaN the same way: it
+    never becomes the row's max (maxps returns its second operand on NaN; the order matters)."""
+    x = np.array([[1, 2, 3, 4, 5, 6, 7, np.nan] + [0.5] * 8 + [2, np.nan, -3, 1, 0, 0, 0, 9]], np.float32)
+    outs = {name: [c_quantize(lib_, x[:, :k], k) for k in (8, 24)] for name, lib_ in all_libs.items()}
+    for name, per_k in outs.items():
+        for (xq, xscale, _), (xq0, xscale0, _) in zip(per_k, outs["scalar"]):
+            assert np.array_equal(xq, xq0) and np.array_equal(xscale, xscale0), name
+    assert outs["scalar"][0][1][0] == np.float32(7) / np.float32(127)
 
 
 # ------------------------------------------------------------------ kernels

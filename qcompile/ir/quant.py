@@ -8,7 +8,7 @@ consecutive elements along `axis`, for each other index).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

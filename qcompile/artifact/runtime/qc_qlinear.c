@@ -1,7 +1,7 @@
 /*
  * qc_qlinear.c - quantized linear micro-kernels; layout, math and API in qc_qlinear.h.
  *
- * Kernel shape (both SIMD paths)
+ * Kernel shape (the SIMD paths: AVX-512, AVX2, NEON)
  *   Rows go in blocks of R = 4, then 2, then 1, so a decoded weight chunk feeds R rows.  For a
  *   row block, each group g is walked once per batch of TB subtiles: per chunk, load the TB
  *   subtiles' 64 bytes, split each into its v bit fields with constant shift + and, and
@@ -23,6 +23,8 @@
  *   AVX2 int8: maddubs(|w|, sign(x, w)) lane is w0*x0 + w1*x1, |.| <= 2*127*127 = 32258 < 32767.
  *   int32 dots: |D| <= G*255*127 fits for any practical K; vpdpbusd wraps, and since the
  *   corrected value fits in int32 the wrap-around cancels (int8 AVX-512: (x+128)*w - 128*colsum).
+ *   NEON sdot sums 4 int8 x int8 products straight into int32 (codes <= 15 or the int8 weight
+ *   itself), so there is no narrow intermediate at all.
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE 1 /* syscall(), for the AMX tile-state permission request */
@@ -43,6 +45,12 @@
 #elif defined(__AVX2__) && defined(__FMA__)
 #define QL_AVX2 1
 #include <immintrin.h>
+#elif defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD) && defined(__ARM_NEON) &&            \
+    defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* e.g. -march=armv8.2-a+dotprod, -mcpu=neoverse-n1: the binary then needs the dot product
+ * instructions (sdot) at run time -- the artifact checks the CPU features when it is loaded */
+#define QL_NEON 1
+#include <arm_neon.h>
 #endif
 
 #define QL_INLINE static inline __attribute__((always_inline))
@@ -513,6 +521,150 @@ QL_INLINE void simd_rows(const panel_t* P, const int8_t* x, const float* xscale,
 
 /* 8 ymm accumulators leave room for fields, constants and temporaries in 16 registers. */
 static inline int subtile_batch(int R, int T) { return R * T <= 4 ? T : 4 / R; }
+/* ------------------------------------------------------------------ AArch64 NEON + dot product
+ * sdot (vdotq_s32) is signed x signed: the 2-/4-bit codes (0..15, 0..2) are valid int8 values, so
+ * fields are dotted as they are and the zero-point correction stays as in the other paths; int8
+ * weights are dotted as their raw signed bytes (zp = 0, no colsum term).  One 64-byte chunk is
+ * four q-registers, register i = columns 4i..4i+3 x 4 k (byte 4*l + j: column 4i + l, k-quad j),
+ * exactly one sdot operand: field f of register i against the 4 activations of k-quad f (an
+ * indexed sdot picks that quad from the chunk's activations loaded once per row: 16 bytes for
+ * 2-bit, 8 for 4-bit; int8 broadcasts its 4 bytes) adds into acc[r][t][i] (4 columns, int32).
+ * Exact: |D| <= G*127*127 per lane as in the scalar path.  Accumulators: 4 per (row, subtile);
+ * R*TB <= 4 keeps them at 16 of the 32 q-registers, leaving room for the activations (R), a
+ * chunk's raw registers, its fields and the masks.  Group end: I = D - zp*xsum, yacc = fma(s, I,
+ * yacc) (vfmaq_f32 is fused, like fmaf), y = xscale * yacc: the scalar path's operations, in its
+ * order, so the results are bit-identical. */
+#elif QL_NEON
+#define QL_SIMD 1
+/* Compiler-only barrier (no instruction) at the end of each subtile of a chunk row, and for 2-bit
+ * after each register's 4 fields: without it GCC 12's scheduler hoists the loads of all TB
+ * subtiles (up to 16 q-registers), or decodes all 16 fields of a subtile, ahead of the sdots and
+ * spills accumulators in the inner loop (none with it, at -O2, -O3 and -Os). */
+#define QL_NEON_SUBTILE_FENCE() __asm__ volatile("" ::: "memory")
+QL_INLINE void simd_rows(const panel_t* P, const int8_t* x, const float* xscale,
+                         const int32_t* xsum, float* y, const int R, const int TB, const int B) {
+    const int KC = 4 * (8 / B); /* k per chunk */
+    const int64_t K = P->K, rowb = (int64_t)P->T * 64;
+    const uint8x16_t m15 = vdupq_n_u8(0x0F), m3 = vdupq_n_u8(0x03);
+    float yacc[4][64];
+    for (int r = 0; r < R; r++) memset(yacc[r], 0, sizeof(float) * P->W);
+
+    for (int64_t g = 0; g < P->ng; g++) {
+        for (int t0 = 0; t0 < P->T; t0 += TB) {
+            int32x4_t acc[4][4][4]; /* [row][subtile][register: columns 4i..4i+3] */
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+                for (int t = 0; t < TB; t++)
+#pragma GCC unroll 4
+                    for (int i = 0; i < 4; i++) acc[r][t][i] = vdupq_n_s32(0);
+            const uint8_t* wp = P->w + g * P->gchunks * rowb + t0 * 64;
+            const int8_t* xk = x + g * P->gchunks * KC;
+            for (int64_t c = 0; c < P->gchunks; c++, wp += rowb, xk += KC) {
+#pragma GCC unroll 4
+                for (int t = 0; t < TB; t++) QL_PREFETCH(wp + QL_PREFETCH_ROWS * rowb + t * 64);
+                if (B == 8) {
+                    int8x16_t xb[4];
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; r++) xb[r] = vreinterpretq_s8_s32(vdupq_n_s32(ld32(xk + r * K)));
+#pragma GCC unroll 4
+                    for (int t = 0; t < TB; t++)
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++) {
+                            const int8x16_t w8 = vld1q_s8((const int8_t*)wp + t * 64 + i * 16);
+#pragma GCC unroll 4
+                            for (int r = 0; r < R; r++) acc[r][t][i] = vdotq_s32(acc[r][t][i], w8, xb[r]);
+                            if (i == 3) QL_NEON_SUBTILE_FENCE();
+                        }
+                } else if (B == 4) {
+                    int8x8_t xb[4]; /* k-quads 0, 1 of the chunk = lanes 0, 1 */
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; r++) xb[r] = vld1_s8(xk + r * K);
+#pragma GCC unroll 4
+                    for (int t = 0; t < TB; t++)
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++) {
+                            const uint8x16_t raw = vld1q_u8(wp + t * 64 + i * 16);
+                            const int8x16_t f0 = vreinterpretq_s8_u8(vandq_u8(raw, m15));
+                            const int8x16_t f1 = vreinterpretq_s8_u8(vshrq_n_u8(raw, 4));
+#pragma GCC unroll 4
+                            for (int r = 0; r < R; r++) {
+                                int32x4_t a = vdotq_lane_s32(acc[r][t][i], f0, xb[r], 0);
+                                acc[r][t][i] = vdotq_lane_s32(a, f1, xb[r], 1);
+                            }
+                            if (i == 3) QL_NEON_SUBTILE_FENCE();
+                        }
+                } else {
+                    int8x16_t xb[4]; /* k-quads 0..3 of the chunk = lanes 0..3 */
+#pragma GCC unroll 4
+                    for (int r = 0; r < R; r++) xb[r] = vld1q_s8(xk + r * K);
+#pragma GCC unroll 4
+                    for (int t = 0; t < TB; t++) {
+                        /* the subtile's 4 registers are loaded first (ldp pairs), then
+                         * decoded and dotted one at a time, fenced */
+                        uint8x16_t raw[4];
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++) raw[i] = vld1q_u8(wp + t * 64 + i * 16);
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++) {
+                            const int8x16_t f0 = vreinterpretq_s8_u8(vandq_u8(raw[i], m3));
+                            const int8x16_t f1 = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(raw[i], 2), m3));
+                            const int8x16_t f2 = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(raw[i], 4), m3));
+                            const int8x16_t f3 = vreinterpretq_s8_u8(vshrq_n_u8(raw[i], 6));
+#pragma GCC unroll 4
+                            for (int r = 0; r < R; r++) {
+                                int32x4_t a = vdotq_laneq_s32(acc[r][t][i], f0, xb[r], 0);
+                                a = vdotq_laneq_s32(a, f1, xb[r], 1);
+                                a = vdotq_laneq_s32(a, f2, xb[r], 2);
+                                acc[r][t][i] = vdotq_laneq_s32(a, f3, xb[r], 3);
+                            }
+                            QL_NEON_SUBTILE_FENCE();
+                        }
+                    }
+                }
+            }
+            /* group end: I = D - zp*xsum, then yacc += s * I */
+            const float* sg = P->s + g * P->W;
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                const int32_t xs = xsum[r * P->ng + g];
+#pragma GCC unroll 4
+                for (int t = 0; t < TB; t++) {
+                    const int col0 = (t0 + t) * 16;
+                    int32x4_t zpx[4]; /* zp * xsum of the 4 registers' columns (int8: 0) */
+                    if (P->family == QC_QL_UINT4) {
+                        const uint8x16_t z8 = vld1q_u8(P->zp + g * P->W + col0);
+                        const uint16x8_t lo = vmovl_u8(vget_low_u8(z8)), hi = vmovl_high_u8(z8);
+                        zpx[0] = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(lo)));
+                        zpx[1] = vreinterpretq_s32_u32(vmovl_high_u16(lo));
+                        zpx[2] = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(hi)));
+                        zpx[3] = vreinterpretq_s32_u32(vmovl_high_u16(hi));
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++) zpx[i] = vmulq_n_s32(zpx[i], xs);
+                    } else {
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++) zpx[i] = vdupq_n_s32(zero_point(P, g, col0) * xs);
+                    }
+#pragma GCC unroll 4
+                    for (int i = 0; i < 4; i++) {
+                        const int col = col0 + i * 4;
+                        const int32x4_t I = vsubq_s32(acc[r][t][i], zpx[i]);
+                        vst1q_f32(yacc[r] + col,
+                                  vfmaq_f32(vld1q_f32(yacc[r] + col), vld1q_f32(sg + col), vcvtq_f32_s32(I)));
+                    }
+                }
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        const float32x4_t xs = vdupq_n_f32(xscale[r]);
+        for (int col = 0; col < P->W; col += 4)
+            vst1q_f32(y + r * P->N + col, vmulq_f32(xs, vld1q_f32(yacc[r] + col)));
+    }
+}
+
+/* 4*R*TB accumulator q-registers: at most 16 of the 32. */
+static inline int subtile_batch(int R, int T) { return R * T <= 4 ? T : 4 / R; }
 #endif
 
 #if QL_SIMD
@@ -595,7 +747,7 @@ static void panel_rows(const panel_t* P, const int8_t* xq, const float* xscale, 
 int32_t qc_qlinear_panel(float* y, const uint8_t* w, const float* scales, const uint8_t* zero_points,
                          const int32_t* colsum, const int8_t* xq, const float* xscale,
                          const int32_t* xsum, int64_t M, int64_t K, int64_t N, int64_t group,
-                         int32_t bits, int32_t family, int32_t tiles, int64_t panel) {
+                         int32_t bits, int32_t family, int32_t tiles, int32_t panel) {
     static const int32_t family_bits[4] = {8, 4, 4, 2};
     if (family < 0 || family > 3 || bits != family_bits[family]) return -2;
     const int64_t kc = 4 * (8 / bits);
@@ -620,20 +772,32 @@ int32_t qc_qlinear_panel(float* y, const uint8_t* w, const float* scales, const 
     return 0;
 }
 
-/* ------------------------------------------------------------------ activations */
+/* ------------------------------------------------------------------ activations
+ * x86 (AVX-512 and AVX2 builds) and NEON vector loops for whole 8-/4-float blocks, scalar tails;
+ * the same IEEE operations as the scalar code, so every build quantizes bit-identically. */
 static void quantize_row(const float* x, int8_t* xq, float* xscale, int32_t* xsum, int64_t K,
                          int64_t group) {
     float amax = 0.0f;
     int64_t k = 0;
-#if QL_SIMD
-    /* max is exact, so the lane order does not matter */
+#if QL_AVX512 || QL_AVX2
+    /* max is exact, so the lane order does not matter. maxps returns its second operand when
+     * either is NaN: with the running max second, a NaN input never enters, as in the scalar loop */
     __m256 vmax = _mm256_setzero_ps();
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    for (; k + 8 <= K; k += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(x + k), absmask));
+    for (; k + 8 <= K; k += 8) vmax = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + k), absmask), vmax);
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
     amax = _mm_cvtss_f32(m4);
+#elif QL_NEON
+    /* lane-wise "if (a > amax) amax = a", as below: a NaN never enters (the compare is false), so
+     * every lane is +0 or a number and the exact across-lane max is the scalar loop's amax */
+    float32x4_t vmax = vdupq_n_f32(0.0f);
+    for (; k + 4 <= K; k += 4) {
+        const float32x4_t a = vabsq_f32(vld1q_f32(x + k));
+        vmax = vbslq_f32(vcgtq_f32(a, vmax), a, vmax);
+    }
+    amax = vmaxvq_f32(vmax);
 #endif
     for (; k < K; k++) {
         const float a = fabsf(x[k]);
@@ -643,7 +807,7 @@ static void quantize_row(const float* x, int8_t* xq, float* xscale, int32_t* xsu
     *xscale = amax == 0.0f ? 0.0f : amax / 127.0f;
 
     k = 0;
-#if QL_SIMD
+#if QL_AVX512 || QL_AVX2
     /* clamp before rounding (same result since +-127 are integers); max_ps(p, lo) maps NaN to lo */
     const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
     for (; k + 8 <= K; k += 8) {
@@ -652,6 +816,21 @@ static void quantize_row(const float* x, int8_t* xq, float* xscale, int32_t* xsu
         const __m256i q = _mm256_cvtps_epi32(p); /* round half to even (default MXCSR) */
         const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
         _mm_storel_epi64((__m128i*)(xq + k), _mm_packs_epi16(q16, q16));
+    }
+#elif QL_NEON
+    /* "if (!(p >= -127)) p = -127" as a select (NaN -> -127), then min (no NaN left), then
+     * fcvtns: round to nearest, ties to even, like rintf in the default rounding mode; the values
+     * are in [-127, 127], so the narrowing moves are exact */
+    const float32x4_t vinv = vdupq_n_f32(inv), lo = vdupq_n_f32(-127.0f), hi = vdupq_n_f32(127.0f);
+    for (; k + 8 <= K; k += 8) {
+        int32x4_t q[2];
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            float32x4_t p = vmulq_f32(vld1q_f32(x + k + 4 * h), vinv);
+            p = vminq_f32(vbslq_f32(vcgeq_f32(p, lo), p, lo), hi);
+            q[h] = vcvtnq_s32_f32(p);
+        }
+        vst1_s8(xq + k, vmovn_s16(vcombine_s16(vmovn_s32(q[0]), vmovn_s32(q[1]))));
     }
 #endif
     for (; k < K; k++) {
@@ -667,8 +846,8 @@ static void quantize_row(const float* x, int8_t* xq, float* xscale, int32_t* xsu
     }
 }
 
-int32_t qc_quantize_rows(const float* x, int8_t* xq, float* xscale, int32_t* xsum, int64_t m0,
-                         int64_t m1, int64_t K, int64_t group) {
+int32_t qc_quantize_rows(const float* x, int8_t* xq, float* xscale, int32_t* xsum, int32_t m0,
+                         int32_t m1, int64_t K, int64_t group) {
     if (m0 < 0 || m1 < m0 || K < 0 || group <= 0 || K % group) return -3;
     if (m1 > m0 && (!x || !xq || !xscale || !xsum)) return -1;
     for (int64_t m = m0; m < m1; m++)

@@ -11,8 +11,14 @@
  *                                                  (checked once per process, at the first call
  *                                                  with M >= 16; VNNI otherwise)
  *   __AVX2__ && __FMA__                            ymm, vpmaddubsw + vpmaddwd
- *   otherwise                                      portable scalar C
- * All paths give bit-identical results (same integer dots, same fma order in float).
+ *   __aarch64__ && __ARM_FEATURE_DOTPROD           NEON q-registers, sdot (signed x signed: codes
+ *     (little-endian; e.g. -march=armv8.2-a+dotprod) and int8 weights dotted as stored); such a
+ *                                                  binary raises SIGILL on CPUs without the dot
+ *                                                  product extension (e.g. Cortex-A72), so the
+ *                                                  loader must check the CPU features first
+ *   otherwise                                      portable scalar C (e.g. -march=armv8-a)
+ * All paths give bit-identical results (same integer dots, same fma order in float); the
+ * activation quantizer too (vector loops on x86 and NEON builds, the same IEEE operations).
  * QL_EMULATE_X86 (tests only, with tests/c on the include path) builds the AVX-512 path on plain-C
  * emulations of its intrinsics; QL_EMULATE_AMX additionally forces its AMX path.
  *
@@ -56,10 +62,14 @@
 extern "C" {
 #endif
 
+/* Loop indices (m0, m1, panel) are int32: TIR may narrow a parallel loop variable to int32, and
+ * an int32 argument is read correctly by an int32 parameter whatever the ABI (an int64 parameter
+ * on the stack would read an undefined upper half, as seen on AArch64).  Sizes stay int64. */
+
 /* Rows [m0, m1) of x[., K] -> xq[., K], xscale[.], xsum[., K/group] (all indexed by the absolute
  * row).  Returns 0, or a negative value on bad arguments. */
 int32_t qc_quantize_rows(const float* x, int8_t* xq, float* xscale, int32_t* xsum,
-                         int64_t m0, int64_t m1, int64_t K, int64_t group);
+                         int32_t m0, int32_t m1, int64_t K, int64_t group);
 
 /* y[0:M, panel*16T : (panel+1)*16T] (row stride N) for one panel; w, scales, zero_points and
  * colsum are the whole packed tensors (the panel is located inside them).  zero_points is
@@ -69,7 +79,7 @@ int32_t qc_qlinear_panel(float* y, const uint8_t* w, const float* scales,
                          const uint8_t* zero_points, const int32_t* colsum,
                          const int8_t* xq, const float* xscale, const int32_t* xsum,
                          int64_t M, int64_t K, int64_t N, int64_t group, int32_t bits,
-                         int32_t family, int32_t tiles, int64_t panel);
+                         int32_t family, int32_t tiles, int32_t panel);
 
 #ifdef __cplusplus
 }

@@ -24,6 +24,12 @@ def _i32(v):
     return tirx.const(int(v), "int32")
 
 
+def _index(expr):
+    """Loop indices go to C as int32 (see qc_qlinear.h): TVM may narrow a parallel loop's variable
+    to int32, and an int32 parameter reads either width correctly."""
+    return tirx.Cast("int32", expr)
+
+
 def _rows(shape) -> object:
     return reduce(lambda a, b: a * b, shape[:-1], _i64(1))
 
@@ -39,7 +45,7 @@ def quantize_rows(node, data, out_shapes, out_dtypes):
         lo = t * ROWS_PER_TASK
         hi = tirx.min(lo + ROWS_PER_TASK, rows)
         call = tirx.call_extern("int32", "qc_quantize_rows", ins[0].data, outs[0].data, outs[1].data, outs[2].data,
-                                lo, hi, _i64(k), _i64(group))
+                                _index(lo), _index(hi), _i64(k), _i64(group))
         tasks = tirx.floordiv(rows + ROWS_PER_TASK - 1, _i64(ROWS_PER_TASK))
         return tirx.For(t, _i64(0), tasks, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
 
@@ -64,9 +70,9 @@ def qlinear_packed(node, data, out_shapes, out_dtypes):
         colsum_ptr = extra.pop(0).data if colsum is not None else by["s"].data
         p = tirx.Var("panel", "int64")
         call = tirx.call_extern("int32", "qc_qlinear_panel", outs[0].data, by["w"].data, by["s"].data, zp_ptr,
-                                colsum_ptr, by["xq"].data, by["xs"].data, by["xsum"].data, rows, _i64(a["K"]),
-                                _i64(n_dim), _i64(a["group"]), _i32(a["bits"]), _i32(FAMILY_CODES[a["family"]]),
-                                _i32(tiles), p)
+                                colsum_ptr, by["xq"].data, by["xs"].data, by["xsum"].data, rows,
+                                _i64(a["K"]), _i64(n_dim), _i64(a["group"]), _i32(a["bits"]),
+                                _i32(FAMILY_CODES[a["family"]]), _i32(tiles), _index(p))
         return tirx.For(p, _i64(0), _i64(panels), tirx.ForKind.PARALLEL, tirx.Evaluate(call))
 
     return [te.extern(out_shapes[0], ins, body, dtype=out_dtypes[0], name="qlinear")]

@@ -1,0 +1,241 @@
+/*
+ * qlinear_neon_check.c - the AArch64 NEON (sdot) path of qc_qlinear.c against its scalar path.
+ * Built twice with the same source and flags but for -march, and run under qemu-aarch64:
+ *
+ *   aarch64-linux-gnu-gcc -std=c11 -O2 -Wall -Werror -march=armv8.2-a+dotprod -I <runtime> \
+ *       tests/c/qlinear_neon_check.c <runtime>/qc_qlinear.c -o check_neon -lm      (NEON path)
+ *   ... -march=armv8-a ... -o check_scalar                                         (scalar path)
+ *   qemu-aarch64 -cpu max -L /usr/aarch64-linux-gnu ./check_neon > neon.txt   (same for scalar)
+ *
+ * Each build packs deterministic pseudo-random weights itself, following the layout contract of
+ * qc_qlinear.h, quantizes activations with qc_quantize_rows, runs qc_qlinear_panel on every panel
+ * and prints one line per case: the shape, FNV-1a hashes of y and of (xq, xscale, xsum), and the
+ * bits of a few outputs.  The two builds' outputs must be identical (tests/test_qlinear_neon.py):
+ * the scalar build is the reference.  Each build also checks its outputs against a direct
+ * evaluation of the header's math from the unpacked codes (which also checks this file's packer)
+ * and exits 1 on a difference.  Cases: all four families, G = 32/64/128 (4-bit), N = 16/32/48/
+ * 64/96/128 (T = 1/2/1/4/2/4, 1-3 panels), M = 1,2,3,4,5,9,17 (every row block 4/2/1 and subtile
+ * batch), several K, and activation/weight modes: random, extreme codes in some columns against
+ * +-127 rows, and all codes extreme against all +127 or all -127.  Then quantizer cases with NaN,
+ * infinities, signed zeros, denormals, .5 ties, all-zero rows and lengths that leave vector tails.
+ *
+ *   ./check sigill   quantizes, prints "kernel" and runs one kernel call (for the SIGILL test)
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qc_qlinear.h"
+
+static uint64_t rng_s = 0x243F6A8885A308D3ull;
+static uint64_t rnext(void) { /* splitmix64 */
+    uint64_t z = (rng_s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static int rint_in(int lo, int hi) { return lo + (int)(rnext() % (uint64_t)(hi - lo + 1)); }
+/* a float in (-1, 1) with a full random mantissa, times 2^e */
+static float rfloat(int e) {
+    const int32_t u = (int32_t)(rnext() >> 40) - (1 << 23); /* [-2^23, 2^23) */
+    return ldexpf((float)u, e - 23);
+}
+
+static uint64_t fnv(uint64_t h, const void* p, size_t n) {
+    const uint8_t* b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001B3ull;
+    return h;
+}
+#define FNV0 0xCBF29CE484222325ull
+
+static uint32_t fbits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static const int BITS[4] = {8, 4, 4, 2};
+static const int CLO[4] = {-127, 1, 0, 0}, CHI[4] = {127, 15, 15, 2}; /* stored code ranges */
+static const char* NAMES[4] = {"int8", "int4", "uint4", "ternary"};
+
+/* zero point of (g, n) for codes c: I = sum (c - zp) * xq */
+static int zp_of(int fam, const uint8_t* zp, int64_t g, int64_t N, int64_t n) {
+    return fam == QC_QL_INT4 ? 8 : fam == QC_QL_TERNARY ? 1 : fam == QC_QL_UINT4 ? zp[g * N + n] : 0;
+}
+
+/* Pack codes c[K][N] (int8 for int8, else 0..15 / 0..2) per qc_qlinear.h. */
+static void pack(int fam, const int* c, const float* s, const uint8_t* zp, int64_t K, int64_t N,
+                 int64_t G, int T, uint8_t* w, float* sp, uint8_t* zpp, int32_t* colsum) {
+    const int b = BITS[fam], v = 8 / b, kc = 4 * v, W = 16 * T;
+    const int64_t nch = K / kc, ng = K / G, npan = N / W;
+    memset(w, 0, (size_t)(K * N * b / 8));
+    for (int64_t p = 0; p < npan; p++)
+        for (int64_t ch = 0; ch < nch; ch++)
+            for (int t = 0; t < T; t++) {
+                uint8_t* chunk = w + ((p * nch + ch) * T + t) * 64;
+                for (int nl = 0; nl < 16; nl++)
+                    for (int j = 0; j < 4; j++)
+                        for (int f = 0; f < v; f++) {
+                            const int64_t n = (p * T + t) * 16 + nl, k = ch * kc + f * 4 + j;
+                            const unsigned code = (unsigned)c[k * N + n] & ((1u << b) - 1);
+                            chunk[nl * 4 + j] |= (uint8_t)(code << (f * b));
+                        }
+            }
+    for (int64_t p = 0; p < npan; p++)
+        for (int64_t g = 0; g < ng; g++)
+            for (int l = 0; l < W; l++) {
+                sp[(p * ng + g) * W + l] = s[g * N + p * W + l];
+                zpp[(p * ng + g) * W + l] = zp[g * N + p * W + l];
+            }
+    for (int64_t n = 0; n < N; n++) { /* [N/W][W] = column n; int8 codes are q (ignored otherwise) */
+        int32_t cs = 0;
+        for (int64_t k = 0; k < K; k++) cs += c[k * N + n];
+        colsum[n] = cs;
+    }
+}
+
+static int failures = 0;
+
+/* mode 0: random; 1: extreme codes in columns 0-15 (highest) and 16-31 (lowest) against rows of
+ * integers with amax 127 (xq == x), row 0 all +127, row 1 all -127; 2: every code the highest,
+ * every activation +127; 3: every code the lowest, activations -127 */
+static void run_case(int id, int fam, int64_t K, int64_t N, int64_t G, int64_t M, int mode,
+                     int sigill_only) {
+    const int T = N % 64 == 0 ? 4 : N % 32 == 0 ? 2 : 1, W = 16 * T, b = BITS[fam];
+    const int64_t ng = K / G;
+    int* c = malloc(sizeof(int) * K * N);
+    float* s = malloc(sizeof(float) * ng * N);
+    uint8_t* zp = malloc(ng * N);
+    float* x = malloc(sizeof(float) * M * K);
+    uint8_t* w = malloc(K * N * b / 8 + 64);
+    float* sp = malloc(sizeof(float) * ng * N);
+    uint8_t* zpp = malloc(ng * N);
+    int32_t* colsum = malloc(sizeof(int32_t) * N);
+    int8_t* xq = malloc(M * K + 1);
+    float* xscale = malloc(sizeof(float) * (M + 1));
+    int32_t* xsum = malloc(sizeof(int32_t) * (M * ng + 1));
+    float* y = malloc(sizeof(float) * (M * N + 1));
+
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t n = 0; n < N; n++) {
+            int code = rint_in(CLO[fam], CHI[fam]);
+            if (mode == 1 && n < 16) code = CHI[fam];
+            if (mode == 1 && n >= 16 && n < 32) code = CLO[fam];
+            if (mode == 2) code = CHI[fam];
+            if (mode == 3) code = CLO[fam];
+            c[k * N + n] = code;
+        }
+    for (int64_t i = 0; i < ng * N; i++) {
+        s[i] = rfloat(rint_in(-6, 2));
+        zp[i] = fam == QC_QL_UINT4 ? (uint8_t)(mode >= 2 ? (mode == 2 ? 0 : 15) : rint_in(0, 15)) : 0;
+    }
+    for (int64_t m = 0; m < M; m++) {
+        const float sc = ldexpf(1.0f, rint_in(-10, 10));
+        for (int64_t k = 0; k < K; k++) {
+            float v;
+            if (mode == 0) v = rfloat(0) + rfloat(-1) + rfloat(-2);
+            else if (mode == 1) v = (float)(m == 0 ? 127 : m == 1 ? -127 : k == 0 ? 127 : rint_in(-127, 127));
+            else v = mode == 2 ? 127.0f : -127.0f;
+            x[m * K + k] = v * sc;
+        }
+        if (mode == 0 && M > 2 && m == M - 2) memset(x + m * K, 0, sizeof(float) * K); /* xscale 0 */
+    }
+    pack(fam, c, s, zp, K, N, G, T, w, sp, zpp, colsum);
+
+    int32_t rc = qc_quantize_rows(x, xq, xscale, xsum, 0, M, K, G);
+    if (sigill_only) {
+        printf("kernel\n");
+        fflush(stdout);
+    }
+    for (int64_t p = 0; rc == 0 && p < N / W; p++)
+        rc = qc_qlinear_panel(y, w, sp, zpp, colsum, xq, xscale, xsum, M, K, N, G, b, fam, T, p);
+    if (rc != 0) {
+        printf("case %d: return code %d\n", id, (int)rc);
+        failures++;
+    }
+    if (sigill_only) return;
+
+    /* direct evaluation of the header's math from the codes */
+    int mism = 0;
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            float acc = 0.0f;
+            for (int64_t g = 0; g < ng; g++) {
+                int32_t I = 0;
+                for (int64_t k = g * G; k < (g + 1) * G; k++)
+                    I += (c[k * N + n] - zp_of(fam, zp, g, N, n)) * xq[m * K + k];
+                acc = fmaf(s[g * N + n], (float)I, acc);
+            }
+            const float want = xscale[m] * acc;
+            if (fbits(want) != fbits(y[m * N + n]) && mism++ < 3)
+                printf("case %d: y[%lld][%lld] = %a, header math gives %a\n", id, (long long)m,
+                       (long long)n, y[m * N + n], want);
+        }
+    if (mism) failures++;
+    uint64_t hx = fnv(fnv(fnv(FNV0, xq, M * K), xscale, sizeof(float) * M), xsum, sizeof(int32_t) * M * ng);
+    printf("case %d %s K=%lld N=%lld G=%lld T=%d M=%lld mode=%d y=%016llx xq=%016llx "
+           "y0=%08x ylast=%08x mismatches=%d\n",
+           id, NAMES[fam], (long long)K, (long long)N, (long long)G, T, (long long)M, mode,
+           (unsigned long long)fnv(FNV0, y, sizeof(float) * M * N), (unsigned long long)hx,
+           (unsigned)fbits(y[0]), (unsigned)fbits(y[M * N - 1]), mism);
+    free(c), free(s), free(zp), free(x), free(w), free(sp), free(zpp), free(colsum), free(xq);
+    free(xscale), free(xsum), free(y);
+}
+
+/* qc_quantize_rows on special values; prints every output hashed, plus the first row's xq */
+static void quant_cases(void) {
+    static const float specials[] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1e-45f, -3e-39f,
+                                     0.5f, 1.5f, 2.5f, -2.5f, 126.5f, -126.5f, 127.0f, 3.4e38f};
+    for (int id = 0; id < 60; id++) {
+        const int64_t K = 1 + id % 37, M = 1 + id % 5;
+        const int64_t G = id % 3 == 0 ? K : 1;
+        float* x = malloc(sizeof(float) * M * K);
+        int8_t* xq = malloc(M * K);
+        float* xs = malloc(sizeof(float) * M);
+        int32_t* xsum = malloc(sizeof(int32_t) * M * K);
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t k = 0; k < K; k++) {
+                const int r = rint_in(0, 15);
+                float v = rfloat(rint_in(-130, 100));
+                if (id % 4 == 1 && r < 4) v = specials[rint_in(0, 15)]; /* sprinkled specials */
+                if (id % 4 == 2) v = (float)rint_in(-254, 254) * 0.5f;  /* ties once amax = 127 */
+                if (id % 4 == 2 && k == 0) v = 127.0f;
+                if (id % 4 == 3) v = m == 0 ? 0.0f : m == 1 ? NAN : m == 2 ? specials[k % 16] : ldexpf(v, -20);
+                x[m * K + k] = v;
+            }
+        const int32_t rc = qc_quantize_rows(x, xq, xs, xsum, 0, M, K, G);
+        uint64_t h = fnv(fnv(fnv(FNV0, xq, M * K), xs, sizeof(float) * M), xsum, sizeof(int32_t) * M * (K / G));
+        printf("quant %d K=%lld M=%lld G=%lld rc=%d h=%016llx xs0=%08x xq0=", id, (long long)K,
+               (long long)M, (long long)G, (int)rc, (unsigned long long)h, (unsigned)fbits(xs[0]));
+        for (int64_t k = 0; k < K; k++) printf("%d%c", xq[k], k + 1 < K ? ',' : '\n');
+        free(x), free(xq), free(xs), free(xsum);
+    }
+}
+
+int main(int argc, char** argv) {
+    const int sigill_only = argc > 1 && strcmp(argv[1], "sigill") == 0;
+    if (sigill_only) {
+        run_case(0, QC_QL_INT4, 64, 64, 32, 1, 0, 1);
+        return 0;
+    }
+    static const int64_t NS[] = {16, 32, 48, 64, 96, 128}, MS[] = {1, 2, 3, 4, 5, 9, 17};
+    static const int64_t K8[] = {4, 12, 64, 132}, K2[] = {16, 48, 160, 256};
+    int id = 0;
+    for (int fam = 0; fam < 4; fam++)
+        for (int gi = 0; gi < (fam == QC_QL_INT4 || fam == QC_QL_UINT4 ? 3 : 1); gi++)
+            for (int ni = 0; ni < 6; ni++)
+                for (int mi = 0; mi < 7; mi++, id++) {
+                    const int64_t G4 = 32 << gi;
+                    int64_t K, G;
+                    if (fam == QC_QL_INT8) K = G = K8[id % 4];
+                    else if (fam == QC_QL_TERNARY) K = G = K2[id % 4];
+                    else G = G4, K = G4 * (1 + id % 3);
+                    const int mode = id % 5 == 4 ? 2 + (id / 5) % 2 : id % 5 >= 2 ? 1 : 0;
+                    run_case(id, fam, K, NS[ni], G, MS[mi], mode, 0);
+                }
+    quant_cases();
+    printf("%s %d cases\n", failures ? "FAILED" : "ok", id);
+    return failures ? 1 : 0;
+}
