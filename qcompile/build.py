@@ -82,6 +82,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
                                 load_plan(opts.plan) if opts.plan else {})    # bad options fail here, first
     say = progress or (lambda phase, detail: None)
     preset = resolve(get_preset(opts.target))
+    link.require_compiler(opts.cc or preset.toolchain)      # before hours of work, not after
     start = time.perf_counter()
     phases: list[tuple[str, float]] = []
 

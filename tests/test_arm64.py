@@ -91,10 +91,19 @@ def test_arm64_library_matches_x86(workdir, name, precision, group):
         assert np.abs(got - want).max() <= tol * max(1.0, float(np.abs(want).max())), out
 
 
-def test_cpu_without_dotprod_is_refused_with_a_message(workdir):
+@pytest.mark.parametrize("target, cpu, missing", [("arm64", "cortex-a72", "asimddp"),
+                                                  ("arm64-i8mm", "cortex-a76", "i8mm")])
+def test_cpu_without_a_feature_is_refused_with_a_message(workdir, target, cpu, missing):
+    """The load-time check reads HWCAP: a CPU without a feature the library was built for gets
+    ERR_CPU and a sentence, never SIGILL in a kernel."""
     path = onnx_file(workdir, "mlp")
-    arm = build(path, BuildOptions(out_dir=workdir / "arm-gate", target="arm64", precision="int8",
+    arm = build(path, BuildOptions(out_dir=workdir / f"gate-{target}", target=target, precision="int8",
                                    dim_bounds={"batch": 2}, name="mlp"))
-    proc = qemu(cross_compile_runner(arm.library), "batch=1", cpu="cortex-a72")
-    assert proc.returncode == 1 and proc.returncode != -4, proc.stderr     # an error, not SIGILL
-    assert "create failed" in proc.stderr and "lacks" in proc.stderr and "asimddp" in proc.stderr, proc.stderr
+    disassembly = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(arm.library)], capture_output=True,
+                                 text=True).stdout
+    assert "\tsdot\t" in disassembly          # the quantized kernels use the dot-product instructions
+    runner = cross_compile_runner(arm.library)
+    proc = qemu(runner, "batch=1", cpu=cpu)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)     # an error exit, not a signal
+    assert "create failed" in proc.stderr and "lacks" in proc.stderr and missing in proc.stderr, proc.stderr
+    assert qemu(runner, "batch=1").returncode == 0                  # -cpu max has everything

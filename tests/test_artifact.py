@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -211,3 +212,16 @@ def test_ops_without_kernels_are_listed_together(tmp_path):
     text = str(info.value)
     assert "Conv: n0, n3" in text and "MaxPool" in text and "GlobalAveragePool" in text
     assert not list(tmp_path.glob("*.so")), "nothing is written when the build fails"
+
+
+def test_missing_toolchain_is_named_before_any_work(workdir, monkeypatch):
+    from qcompile.artifact.link import LinkError
+    from qcompile.targets.presets import PRESETS
+    path = workdir / "mlp_cc.onnx"
+    onnx.save(make_mlp(), str(path))
+    with pytest.raises(LinkError, match="'aarch64-linux-android-clang' that this target needs") as info:
+        build(path, BuildOptions(out_dir=workdir / "android", target="arm64-android", cc="aarch64-linux-android-clang"))
+    assert "NDK" in info.value.hint and not (workdir / "android").exists()
+    monkeypatch.setitem(PRESETS, "arm64", dataclasses.replace(PRESETS["arm64"], toolchain="aarch64-linux-gnu-gcc-none"))
+    with pytest.raises(LinkError, match="aarch64-linux-gnu-gcc-none"):
+        build(path, BuildOptions(out_dir=workdir / "arm", target="arm64"))

@@ -14,10 +14,23 @@ class LinkError(QCompileError):
     phase = "link"
 
 
+# Debian/Ubuntu packages that provide each preset's compiler.
+_PACKAGES = {"gcc": "gcc", "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu", "clang": "clang"}
+
+
+def require_compiler(cc: str) -> None:
+    """Fail before any work when the target's C compiler is missing, naming what to install."""
+    if shutil.which(cc) is None:
+        package = _PACKAGES.get(cc)
+        where = (f"install it with: apt-get install {package} (tools/setup.sh does)" if package else
+                 "for Android, point --cc at the NDK's aarch64-linux-android<API>-clang" if "android" in cc else
+                 "pass --cc with the compiler to use")
+        raise LinkError(f"the C compiler '{cc}' that this target needs is not installed", hint=where)
+
+
 def link_shared(out: Path, objects: list[Path], c_sources: list[Path], asm_sources: list[Path], prefix: str,
                 cc: str = "gcc", extra_flags: tuple[str, ...] = ()) -> None:
-    if shutil.which(cc) is None:
-        raise LinkError(f"the C compiler '{cc}' is not installed", hint="run tools/setup.sh, or pass --cc")
+    require_compiler(cc)
     out = out.resolve()
     version_script = out.with_suffix(".map")
     version_script.write_text(f"{{ global: {prefix}_*; local: *; }};\n")
@@ -35,8 +48,7 @@ def link_shared(out: Path, objects: list[Path], c_sources: list[Path], asm_sourc
 
 def compile_object(out: Path, source: Path, cc: str = "gcc", flags: tuple[str, ...] = ()) -> Path:
     """One C source to an object, with the target's instruction-set flags (micro-kernels)."""
-    if shutil.which(cc) is None:
-        raise LinkError(f"the C compiler '{cc}' is not installed", hint="run tools/setup.sh, or pass --cc")
+    require_compiler(cc)
     cmd = [cc, "-c", "-fPIC", "-O3", "-std=gnu11", "-Wall", "-fvisibility=hidden", *flags, str(source), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
