@@ -6,7 +6,7 @@
 #   bash tools/setup.sh --torch    ... plus the optional torch extra (torch==2.13.0, transformers)
 #
 # System tools: gcc-aarch64-linux-gnu (+ its libc headers) and qemu-user (ARM64 cross builds, run under emulation),
-# clang (Metal/CUDA shims and syntax checks). Installed with apt-get when missing.
+# clang (Metal/CUDA shims and syntax checks), binutils and file (tests inspect the built libraries). Installed with apt-get when missing.
 # Set QCOMPILE_SKIP_APT=1 to skip them (the IR, frontend and passes do not need them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +27,8 @@ command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-
 [ -f /usr/aarch64-linux-gnu/include/stdio.h ] || missing+=(libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
 command -v clang >/dev/null 2>&1 || missing+=(clang)
+command -v objdump >/dev/null 2>&1 || missing+=(binutils)     # tests read the libraries' instructions
+command -v file >/dev/null 2>&1 || missing+=(file)
 if [ "${#missing[@]}" -gt 0 ] && [ "${QCOMPILE_SKIP_APT:-0}" != 1 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else sudo="none"; fi
   if [ "$sudo" = none ] || ! command -v apt-get >/dev/null 2>&1; then
