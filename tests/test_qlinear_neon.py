@@ -1,12 +1,16 @@
-"""The AArch64 NEON (sdot) path of qc_qlinear.c against its scalar path, under qemu-aarch64.
+"""The AArch64 NEON (sdot) and i8mm (smmla) paths of qc_qlinear.c against its scalar path, under
+qemu-aarch64.
 
-tests/c/qlinear_neon_check.c is compiled with qc_qlinear.c twice, with the same flags but for
--march: armv8.2-a+dotprod selects the NEON path, armv8-a the portable scalar one (the reference).
-Both builds pack the same deterministic weights, run all four families over many shapes (see the
-C file) plus quantizer edge cases, self-check against the header's math, and print one line per
-case; the two outputs must be identical byte for byte.  Also: the NEON object really contains
-sdot, and the NEON build dies with SIGILL on a CPU without the dot product extension -- why the
-artifact checks CPU features when it is loaded, before any kernel can run.
+tests/c/qlinear_neon_check.c is compiled with qc_qlinear.c three times, with the same flags but for
+-march: armv8.2-a+dotprod selects the NEON path, armv8.2-a+dotprod+i8mm adds the smmla row-pair
+kernels (prefill, M >= 2), armv8-a the portable scalar one (the reference).  All builds pack the
+same deterministic weights, run all four families over many shapes (see the C file) plus
+quantizer edge cases, self-check against the header's math, and print one line per case; the
+outputs must be identical byte for byte.  Also: the NEON object really contains sdot (and no
+smmla), the i8mm object smmla; the NEON build dies with SIGILL on a CPU without the dot product
+extension, and the i8mm build on one with dotprod but without i8mm (Cortex-A76) as soon as a
+kernel call has a row pair -- why the artifact checks CPU features when it is loaded, before any
+kernel can run.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ SYSROOT = Path("/usr/aarch64-linux-gnu")
 _missing = [tool for tool in (CC, QEMU) if shutil.which(tool) is None]
 pytestmark = pytest.mark.skipif(bool(_missing), reason=f"{' and '.join(_missing)} not installed")
 
-MARCH = {"neon": "-march=armv8.2-a+dotprod", "scalar": "-march=armv8-a"}
+MARCH = {"neon": "-march=armv8.2-a+dotprod", "i8mm": "-march=armv8.2-a+dotprod+i8mm",
+         "scalar": "-march=armv8-a"}
 # the flags the brief asks for, and the ones the artifact builds qc_qlinear.c with (artifact/link.py)
 OPTS = {"O2-c11": ["-std=c11", "-O2"], "O3-gnu11": ["-std=gnu11", "-O3", "-fPIC"]}
 
@@ -64,10 +69,13 @@ def test_neon_build_matches_scalar_build(binaries, opt):
     for isa, proc in runs.items():
         assert proc.returncode == 0, f"{isa} build:\n{proc.stdout[-3000:]}\n{proc.stderr}"
         assert proc.stdout.rstrip().splitlines()[-1].startswith("ok "), proc.stdout[-2000:]
-    neon, scalar = (runs[isa].stdout.splitlines() for isa in ("neon", "scalar"))
-    assert len(neon) == len(scalar) > 300
-    for a, b in zip(neon, scalar):
-        assert a == b, f"NEON and scalar builds differ:\n  neon:   {a}\n  scalar: {b}"
+    scalar = runs["scalar"].stdout.splitlines()
+    assert len(scalar) > 300
+    for isa in ("neon", "i8mm"):
+        lines = runs[isa].stdout.splitlines()
+        assert len(lines) == len(scalar), isa
+        for a, b in zip(lines, scalar):
+            assert a == b, f"{isa} and scalar builds differ:\n  {isa}: {a}\n  scalar: {b}"
 
 
 def _disassemble(tmp_path: Path, isa: str) -> str:
@@ -82,8 +90,18 @@ def _disassemble(tmp_path: Path, isa: str) -> str:
 @pytest.mark.skipif(shutil.which(OBJDUMP) is None, reason=f"{OBJDUMP} not installed")
 def test_neon_object_uses_sdot(tmp_path):
     neon, scalar = _disassemble(tmp_path, "neon"), _disassemble(tmp_path, "scalar")
+    i8mm = _disassemble(tmp_path, "i8mm")
     assert "\tsdot\t" in neon and "<rows_r1_t4_b2>:" in neon  # the NEON row-block kernels
+    assert "\tsmmla\t" not in neon
     assert "\tsdot\t" not in scalar and "<rows_r1_t4_b2>:" not in scalar
+    assert "\tsmmla\t" not in scalar
+    # i8mm: smmla for the row pairs, sdot still for single rows (M = 1, odd last row)
+    assert "\tsmmla\t" in i8mm and "\tsdot\t" in i8mm
+    for fn in ("rows_r4_t1_b2", "rows_r4_t1_b4", "rows_r4_t1_b8", "rows_r2_t2_b8"):
+        body = i8mm.split(f"<{fn}>:", 1)[1].split("\n\n", 1)[0]
+        assert "\tsmmla\t" in body and "\tsdot\t" not in body, fn
+    body = i8mm.split("<rows_r1_t4_b4>:", 1)[1].split("\n\n", 1)[0]
+    assert "\tsdot\t" in body and "\tsmmla\t" not in body
 
 
 def test_neon_build_sigill_without_dotprod(binaries):
@@ -95,4 +113,18 @@ def test_neon_build_sigill_without_dotprod(binaries):
     ok = _qemu("cortex-a72", binaries["O2-c11", "scalar"], "sigill")
     assert ok.returncode == 0 and ok.stdout == "kernel\n", (ok.returncode, ok.stderr)
     ok = _qemu("max", binaries["O2-c11", "neon"], "sigill")
+    assert ok.returncode == 0 and ok.stdout == "kernel\n", (ok.returncode, ok.stderr)
+
+
+def test_i8mm_build_sigill_without_i8mm(binaries):
+    # cortex-a76 has dotprod but not i8mm: the i8mm build runs M = 1 (sdot only) there, and dies
+    # at the first kernel call with a row pair (M = 4: smmla); -cpu max runs it.
+    exe = binaries["O2-c11", "i8mm"]
+    proc = _qemu("cortex-a76", exe, "sigill", "4")
+    assert proc.returncode == -signal.SIGILL, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stdout == "kernel\n"
+    for cpu, m in (("cortex-a76", "1"), ("max", "4")):
+        ok = _qemu(cpu, exe, "sigill", m)
+        assert ok.returncode == 0 and ok.stdout == "kernel\n", (cpu, m, ok.returncode, ok.stderr)
+    ok = _qemu("cortex-a76", binaries["O2-c11", "neon"], "sigill", "4")
     assert ok.returncode == 0 and ok.stdout == "kernel\n", (ok.returncode, ok.stderr)

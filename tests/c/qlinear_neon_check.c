@@ -1,25 +1,29 @@
 /*
- * qlinear_neon_check.c - the AArch64 NEON (sdot) path of qc_qlinear.c against its scalar path.
- * Built twice with the same source and flags but for -march, and run under qemu-aarch64:
+ * qlinear_neon_check.c - the AArch64 NEON (sdot) and i8mm (smmla) paths of qc_qlinear.c against
+ * its scalar path.  Built three times with the same source and flags but for -march, and run under
+ * qemu-aarch64:
  *
  *   aarch64-linux-gnu-gcc -std=c11 -O2 -Wall -Werror -march=armv8.2-a+dotprod -I <runtime> \
  *       tests/c/qlinear_neon_check.c <runtime>/qc_qlinear.c -o check_neon -lm      (NEON path)
+ *   ... -march=armv8.2-a+dotprod+i8mm ... -o check_i8mm       (smmla row pairs, sdot otherwise)
  *   ... -march=armv8-a ... -o check_scalar                                         (scalar path)
  *   qemu-aarch64 -cpu max -L /usr/aarch64-linux-gnu ./check_neon > neon.txt   (same for scalar)
  *
  * Each build packs deterministic pseudo-random weights itself, following the layout contract of
  * qc_qlinear.h, quantizes activations with qc_quantize_rows, runs qc_qlinear_panel on every panel
  * and prints one line per case: the shape, FNV-1a hashes of y and of (xq, xscale, xsum), and the
- * bits of a few outputs.  The two builds' outputs must be identical (tests/test_qlinear_neon.py):
+ * bits of a few outputs.  The builds' outputs must be identical (tests/test_qlinear_neon.py):
  * the scalar build is the reference.  Each build also checks its outputs against a direct
  * evaluation of the header's math from the unpacked codes (which also checks this file's packer)
  * and exits 1 on a difference.  Cases: all four families, G = 32/64/128 (4-bit), N = 16/32/48/
  * 64/96/128 (T = 1/2/1/4/2/4, 1-3 panels), M = 1,2,3,4,5,9,17 (every row block 4/2/1 and subtile
- * batch), several K, and activation/weight modes: random, extreme codes in some columns against
- * +-127 rows, and all codes extreme against all +127 or all -127.  Then quantizer cases with NaN,
+ * batch), several K (int8: odd and even chunk counts, for smmla's chunk pairs), and
+ * activation/weight modes: random, extreme codes in some columns against +-127 rows, and all
+ * codes extreme against all +127 or all -127.  Then quantizer cases with NaN,
  * infinities, signed zeros, denormals, .5 ties, all-zero rows and lengths that leave vector tails.
  *
- *   ./check sigill   quantizes, prints "kernel" and runs one kernel call (for the SIGILL test)
+ *   ./check sigill [M]   quantizes M rows (default 1), prints "kernel" and runs one kernel call
+ *                        (for the SIGILL tests; M = 4 reaches the i8mm build's smmla rows)
  */
 #include <math.h>
 #include <stdint.h>
@@ -217,7 +221,7 @@ static void quant_cases(void) {
 int main(int argc, char** argv) {
     const int sigill_only = argc > 1 && strcmp(argv[1], "sigill") == 0;
     if (sigill_only) {
-        run_case(0, QC_QL_INT4, 64, 64, 32, 1, 0, 1);
+        run_case(0, QC_QL_INT4, 64, 64, 32, argc > 2 ? atoi(argv[2]) : 1, 0, 1);
         return 0;
     }
     static const int64_t NS[] = {16, 32, 48, 64, 96, 128}, MS[] = {1, 2, 3, 4, 5, 9, 17};

@@ -24,7 +24,7 @@
  *   int32 dots: |D| <= G*255*127 fits for any practical K; vpdpbusd wraps, and since the
  *   corrected value fits in int32 the wrap-around cancels (int8 AVX-512: (x+128)*w - 128*colsum).
  *   NEON sdot sums 4 int8 x int8 products straight into int32 (codes <= 15 or the int8 weight
- *   itself), so there is no narrow intermediate at all.
+ *   itself), so there is no narrow intermediate at all; i8mm smmla (row pairs) likewise, 8 at a time.
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE 1 /* syscall(), for the AMX tile-state permission request */
@@ -541,8 +541,219 @@ static inline int subtile_batch(int R, int T) { return R * T <= 4 ? T : 4 / R; }
  * subtiles (up to 16 q-registers), or decodes all 16 fields of a subtile, ahead of the sdots and
  * spills accumulators in the inner loop (none with it, at -O2, -O3 and -Os). */
 #define QL_NEON_SUBTILE_FENCE() __asm__ volatile("" ::: "memory")
+/* Group end for one row and the 16 columns col0.. of one subtile, D[i] = columns col0+4i..+3:
+ * I = D - zp*xsum (int8: zp = 0), yacc = fma(s, I, yacc). */
+QL_INLINE void neon_group_end(const panel_t* P, int64_t g, int col0, int32_t xs, const int32x4_t D[4],
+                              float* yr) {
+    const float* sg = P->s + g * P->W;
+    int32x4_t zpx[4]; /* zp * xsum of the 4 registers' columns (int8: 0) */
+    if (P->family == QC_QL_UINT4) {
+        const uint8x16_t z8 = vld1q_u8(P->zp + g * P->W + col0);
+        const uint16x8_t lo = vmovl_u8(vget_low_u8(z8)), hi = vmovl_high_u8(z8);
+        zpx[0] = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(lo)));
+        zpx[1] = vreinterpretq_s32_u32(vmovl_high_u16(lo));
+        zpx[2] = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(hi)));
+        zpx[3] = vreinterpretq_s32_u32(vmovl_high_u16(hi));
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) zpx[i] = vmulq_n_s32(zpx[i], xs);
+    } else {
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) zpx[i] = vdupq_n_s32(zero_point(P, g, col0) * xs);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        const int col = col0 + i * 4;
+        const int32x4_t I = vsubq_s32(D[i], zpx[i]);
+        vst1q_f32(yr + col, vfmaq_f32(vld1q_f32(yr + col), vld1q_f32(sg + col), vcvtq_f32_s32(I)));
+    }
+}
+
+#if defined(__ARM_FEATURE_MATMUL_INT8)
+/* ---------------- i8mm prefill: row pairs through smmla (-march=...+i8mm)
+ * vmmlaq_s32(acc, a, b): acc (int32 2x2: [r0c0, r0c1, r1c0, r1c1]) += a (2 rows x 8 k, int8)
+ * times b (2 columns x 8 k, int8) transposed; signed x signed like sdot, so codes and int8 weights
+ * go in as they are and D is the same exact integer dot.  Operands per row pair p and 8 k:
+ *   a: the two rows' 8 activation bytes side by side (two 8-byte loads; 2-bit: one 16-byte load
+ *      per row, then vzip1/vzip2 on 64-bit lanes give k 0..7 and k 8..15 of the chunk);
+ *   b: register i of a field holds columns 4i..4i+3 x one k-quad (32-bit lane l = column 4i+l);
+ *      the two fields with consecutive k-quads (4-bit: lo, hi nibble; 2-bit: fields 0,1 and 2,3;
+ *      int8: register i of chunks c, c+1) go through vtrn1/vtrn2 on 32-bit lanes: e = columns
+ *      4i, 4i+2 x 8 k, o = columns 4i+1, 4i+3.  An odd last int8 chunk has a's upper k-quads 0.
+ * acc[p][t][2i] / [2i+1] are the tiles of e / o: [r0 c, r0 c+2, r1 c, r1 c+2]; at group end
+ * vzip1/vzip2 on 32-bit lanes of the two give rows 2p / 2p+1 x columns 4i..4i+3, which go through
+ * neon_group_end like the sdot accumulators: bit-identical output.  8 accumulators per (pair,
+ * subtile) = the sdot path's 4*R*TB q-registers, so subtile_batch and the instances are shared.
+ *
+ * Used where its inner loop is shorter than the sdot one (GCC 12, -O2 and -O3; instructions per
+ * chunk row of the (R, TB) instance, loop overhead included, sdot -> smmla):
+ *   R = 4 (TB = 1):  int8 62 -> 42 (per 8 k), 4-bit 51 -> 45, 2-bit 100 -> 88
+ *   R = 2, int8:     TB = 1 40 -> 31, TB = 2 64 -> 51 (per 8 k)
+ *   R = 2, TB = 1:   4-bit 39 -> 34, 2-bit 71 -> 69
+ *   R = 2, TB = 2:   4-bit 59 -> 60, 2-bit 126 -> 128: kept on sdot
+ * For one pair the 2-/4-bit interleave costs one trn per smmla, exactly the sdots it saves (per
+ * 2 rows x 16 columns x 8 k: 4-bit 8 and/ushr + 16 sdot vs 8 and/ushr + 8 trn + 8 smmla), so
+ * R = 2 only gains from a cheaper activation side (int8: one 8-byte load per row per 8 k instead
+ * of a 4-byte broadcast per chunk) or from register moves GCC adds to the sdot loop (TB = 1);
+ * two pairs share the interleaved weights.  M = 1 rows and an odd last row always use sdot. */
+#define QL_MMLA 1
+QL_INLINE void mmla_rows(const panel_t* P, const int8_t* x, const float* xscale,
+                         const int32_t* xsum, float* y, const int R, const int TB, const int B) {
+    const int KC = 4 * (8 / B), NP = R / 2;
+    const int64_t K = P->K, rowb = (int64_t)P->T * 64;
+    const uint8x16_t m15 = vdupq_n_u8(0x0F), m3 = vdupq_n_u8(0x03);
+    float yacc[4][64];
+    for (int r = 0; r < R; r++) memset(yacc[r], 0, sizeof(float) * P->W);
+
+    for (int64_t g = 0; g < P->ng; g++) {
+        for (int t0 = 0; t0 < P->T; t0 += TB) {
+            int32x4_t acc[2][4][8]; /* [pair][subtile][2x2 tile j: columns 4(j/2) + j%2 and +2] */
+#pragma GCC unroll 2
+            for (int p = 0; p < NP; p++)
+#pragma GCC unroll 4
+                for (int t = 0; t < TB; t++)
+#pragma GCC unroll 8
+                    for (int j = 0; j < 8; j++) acc[p][t][j] = vdupq_n_s32(0);
+            const uint8_t* wp = P->w + g * P->gchunks * rowb + t0 * 64;
+            const int8_t* xk = x + g * P->gchunks * KC;
+            if (B == 8) {
+                int64_t c = 0;
+                for (; c + 2 <= P->gchunks; c += 2, wp += 2 * rowb, xk += 8) {
+                    int8x16_t a[2];
+#pragma GCC unroll 2
+                    for (int p = 0; p < NP; p++)
+                        a[p] = vcombine_s8(vld1_s8(xk + 2 * p * K), vld1_s8(xk + (2 * p + 1) * K));
+#pragma GCC unroll 4
+                    for (int t = 0; t < TB; t++)
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++) {
+                            const int32x4_t q0 = vreinterpretq_s32_u8(vld1q_u8(wp + t * 64 + i * 16));
+                            const int32x4_t q1 = vreinterpretq_s32_u8(vld1q_u8(wp + rowb + t * 64 + i * 16));
+                            const int8x16_t e = vreinterpretq_s8_s32(vtrn1q_s32(q0, q1));
+                            const int8x16_t o = vreinterpretq_s8_s32(vtrn2q_s32(q0, q1));
+#pragma GCC unroll 2
+                            for (int p = 0; p < NP; p++) {
+                                acc[p][t][2 * i] = vmmlaq_s32(acc[p][t][2 * i], a[p], e);
+                                acc[p][t][2 * i + 1] = vmmlaq_s32(acc[p][t][2 * i + 1], a[p], o);
+                            }
+                            if (i == 3) QL_NEON_SUBTILE_FENCE();
+                        }
+                }
+                if (c < P->gchunks) { /* odd last chunk: a's second k-quads are 0, b's are unused */
+                    int8x16_t a[2];
+#pragma GCC unroll 2
+                    for (int p = 0; p < NP; p++) {
+                        int32x4_t av = vdupq_n_s32(0);
+                        av = vsetq_lane_s32(ld32(xk + 2 * p * K), av, 0);
+                        a[p] = vreinterpretq_s8_s32(vsetq_lane_s32(ld32(xk + (2 * p + 1) * K), av, 2));
+                    }
+#pragma GCC unroll 4
+                    for (int t = 0; t < TB; t++)
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++) {
+                            const int32x4_t q0 = vreinterpretq_s32_u8(vld1q_u8(wp + t * 64 + i * 16));
+                            const int8x16_t e = vreinterpretq_s8_s32(q0);
+                            const int8x16_t o = vreinterpretq_s8_s32(vtrn2q_s32(q0, q0));
+#pragma GCC unroll 2
+                            for (int p = 0; p < NP; p++) {
+                                acc[p][t][2 * i] = vmmlaq_s32(acc[p][t][2 * i], a[p], e);
+                                acc[p][t][2 * i + 1] = vmmlaq_s32(acc[p][t][2 * i + 1], a[p], o);
+                            }
+                        }
+                }
+            } else if (B == 4) {
+                for (int64_t c = 0; c < P->gchunks; c++, wp += rowb, xk += KC) {
+                    int8x16_t a[2]; /* k-quads 0, 1 of the chunk, row 2p then 2p+1 */
+#pragma GCC unroll 2
+                    for (int p = 0; p < NP; p++)
+                        a[p] = vcombine_s8(vld1_s8(xk + 2 * p * K), vld1_s8(xk + (2 * p + 1) * K));
+#pragma GCC unroll 4
+                    for (int t = 0; t < TB; t++)
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++) {
+                            const uint8x16_t raw = vld1q_u8(wp + t * 64 + i * 16);
+                            const int32x4_t f0 = vreinterpretq_s32_u8(vandq_u8(raw, m15));
+                            const int32x4_t f1 = vreinterpretq_s32_u8(vshrq_n_u8(raw, 4));
+                            const int8x16_t e = vreinterpretq_s8_s32(vtrn1q_s32(f0, f1));
+                            const int8x16_t o = vreinterpretq_s8_s32(vtrn2q_s32(f0, f1));
+#pragma GCC unroll 2
+                            for (int p = 0; p < NP; p++) {
+                                acc[p][t][2 * i] = vmmlaq_s32(acc[p][t][2 * i], a[p], e);
+                                acc[p][t][2 * i + 1] = vmmlaq_s32(acc[p][t][2 * i + 1], a[p], o);
+                            }
+                            if (i == 3) QL_NEON_SUBTILE_FENCE();
+                        }
+                }
+            } else {
+                for (int64_t c = 0; c < P->gchunks; c++, wp += rowb, xk += KC) {
+                    int8x16_t a[2][2]; /* [pair][k 0..7, 8..15 of the chunk] */
+#pragma GCC unroll 2
+                    for (int p = 0; p < NP; p++) {
+                        const int64x2_t x0 = vreinterpretq_s64_s8(vld1q_s8(xk + 2 * p * K));
+                        const int64x2_t x1 = vreinterpretq_s64_s8(vld1q_s8(xk + (2 * p + 1) * K));
+                        a[p][0] = vreinterpretq_s8_s64(vzip1q_s64(x0, x1));
+                        a[p][1] = vreinterpretq_s8_s64(vzip2q_s64(x0, x1));
+                    }
+#pragma GCC unroll 4
+                    for (int t = 0; t < TB; t++) {
+                        uint8x16_t raw[4];
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++) raw[i] = vld1q_u8(wp + t * 64 + i * 16);
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++) {
+                            const int32x4_t f0 = vreinterpretq_s32_u8(vandq_u8(raw[i], m3));
+                            const int32x4_t f1 = vreinterpretq_s32_u8(vandq_u8(vshrq_n_u8(raw[i], 2), m3));
+                            const int32x4_t f2 = vreinterpretq_s32_u8(vandq_u8(vshrq_n_u8(raw[i], 4), m3));
+                            const int32x4_t f3 = vreinterpretq_s32_u8(vshrq_n_u8(raw[i], 6));
+                            const int8x16_t e0 = vreinterpretq_s8_s32(vtrn1q_s32(f0, f1));
+                            const int8x16_t o0 = vreinterpretq_s8_s32(vtrn2q_s32(f0, f1));
+                            const int8x16_t e1 = vreinterpretq_s8_s32(vtrn1q_s32(f2, f3));
+                            const int8x16_t o1 = vreinterpretq_s8_s32(vtrn2q_s32(f2, f3));
+#pragma GCC unroll 2
+                            for (int p = 0; p < NP; p++) {
+                                int32x4_t ae = vmmlaq_s32(acc[p][t][2 * i], a[p][0], e0);
+                                acc[p][t][2 * i] = vmmlaq_s32(ae, a[p][1], e1);
+                                int32x4_t ao = vmmlaq_s32(acc[p][t][2 * i + 1], a[p][0], o0);
+                                acc[p][t][2 * i + 1] = vmmlaq_s32(ao, a[p][1], o1);
+                            }
+                            QL_NEON_SUBTILE_FENCE();
+                        }
+                    }
+                }
+            }
+            /* tiles [r0 c, r0 c+2, r1 c, r1 c+2] of the even (2i: c = 4i) and odd (2i+1: c = 4i+1)
+             * columns -> row 2p = vzip1 on 32-bit lanes, row 2p+1 = vzip2, then the group end */
+#pragma GCC unroll 2
+            for (int p = 0; p < NP; p++)
+#pragma GCC unroll 4
+                for (int t = 0; t < TB; t++)
+#pragma GCC unroll 2
+                    for (int h = 0; h < 2; h++) {
+                        int32x4_t D[4];
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++) {
+                            const int32x4_t ev = acc[p][t][2 * i], od = acc[p][t][2 * i + 1];
+                            D[i] = h ? vzip2q_s32(ev, od) : vzip1q_s32(ev, od);
+                        }
+                        const int r = 2 * p + h;
+                        neon_group_end(P, g, (t0 + t) * 16, xsum[r * P->ng + g], D, yacc[r]);
+                    }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        const float32x4_t xs = vdupq_n_f32(xscale[r]);
+        for (int col = 0; col < P->W; col += 4)
+            vst1q_f32(y + r * P->N + col, vmulq_f32(xs, vld1q_f32(yacc[r] + col)));
+    }
+}
+#endif
 QL_INLINE void simd_rows(const panel_t* P, const int8_t* x, const float* xscale,
                          const int32_t* xsum, float* y, const int R, const int TB, const int B) {
+#if QL_MMLA
+    if (R == 4 || (R == 2 && (B == 8 || TB == 1))) { /* row pairs through smmla: see mmla_rows */
+        mmla_rows(P, x, xscale, xsum, y, R, TB, B);
+        return;
+    }
+#endif
     const int KC = 4 * (8 / B); /* k per chunk */
     const int64_t K = P->K, rowb = (int64_t)P->T * 64;
     const uint8x16_t m15 = vdupq_n_u8(0x0F), m3 = vdupq_n_u8(0x03);
@@ -624,36 +835,11 @@ QL_INLINE void simd_rows(const panel_t* P, const int8_t* x, const float* xscale,
                 }
             }
             /* group end: I = D - zp*xsum, then yacc += s * I */
-            const float* sg = P->s + g * P->W;
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++) {
-                const int32_t xs = xsum[r * P->ng + g];
+            for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-                for (int t = 0; t < TB; t++) {
-                    const int col0 = (t0 + t) * 16;
-                    int32x4_t zpx[4]; /* zp * xsum of the 4 registers' columns (int8: 0) */
-                    if (P->family == QC_QL_UINT4) {
-                        const uint8x16_t z8 = vld1q_u8(P->zp + g * P->W + col0);
-                        const uint16x8_t lo = vmovl_u8(vget_low_u8(z8)), hi = vmovl_high_u8(z8);
-                        zpx[0] = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(lo)));
-                        zpx[1] = vreinterpretq_s32_u32(vmovl_high_u16(lo));
-                        zpx[2] = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(hi)));
-                        zpx[3] = vreinterpretq_s32_u32(vmovl_high_u16(hi));
-#pragma GCC unroll 4
-                        for (int i = 0; i < 4; i++) zpx[i] = vmulq_n_s32(zpx[i], xs);
-                    } else {
-#pragma GCC unroll 4
-                        for (int i = 0; i < 4; i++) zpx[i] = vdupq_n_s32(zero_point(P, g, col0) * xs);
-                    }
-#pragma GCC unroll 4
-                    for (int i = 0; i < 4; i++) {
-                        const int col = col0 + i * 4;
-                        const int32x4_t I = vsubq_s32(acc[r][t][i], zpx[i]);
-                        vst1q_f32(yacc[r] + col,
-                                  vfmaq_f32(vld1q_f32(yacc[r] + col), vld1q_f32(sg + col), vcvtq_f32_s32(I)));
-                    }
-                }
-            }
+                for (int t = 0; t < TB; t++)
+                    neon_group_end(P, g, (t0 + t) * 16, xsum[r * P->ng + g], acc[r][t], yacc[r]);
         }
     }
     for (int r = 0; r < R; r++) {

@@ -16,6 +16,11 @@
  *                                                  binary raises SIGILL on CPUs without the dot
  *                                                  product extension (e.g. Cortex-A72), so the
  *                                                  loader must check the CPU features first
+ *     + __ARM_FEATURE_MATMUL_INT8                  additionally smmla (i8mm) for row pairs
+ *     (e.g. -march=armv8.2-a+dotprod+i8mm)         (prefill; M = 1 and an odd last row stay on
+ *                                                  sdot); SIGILL on CPUs without i8mm (e.g.
+ *                                                  Cortex-A76, Neoverse N1) at the first call
+ *                                                  that runs a row pair through smmla
  *   otherwise                                      portable scalar C (e.g. -march=armv8-a)
  * All paths give bit-identical results (same integer dots, same fma order in float); the
  * activation quantizer too (vector loops on x86 and NEON builds, the same IEEE operations).
