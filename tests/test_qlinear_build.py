@@ -119,3 +119,15 @@ def test_avx512_preset_builds_its_own_kernels(llama_path, tmp_path):
         with pytest.raises(ArtifactError, match="lacks") as info:
             qcompile.load(result.library)
         assert info.value.status == 7
+
+
+def test_a_refused_micro_kernel_call_fails_the_run_loudly(tmp_path, monkeypatch, rng):
+    """If a micro-kernel ever refuses its arguments, the run fails with a message naming it,
+    instead of returning an output that was never written (monkeypatched: an unknown family)."""
+    from qcompile.targets.tvm import extern_ops
+    path = tmp_path / "mlp.onnx"
+    onnx.save(make_mlp(in_features=64, hidden=(64,), out_features=16), str(path))
+    monkeypatch.setitem(extern_ops.FAMILY_CODES, "int8", 99)
+    result = build(path, BuildOptions(out_dir=tmp_path / "out", precision="int8", dim_bounds={"batch": 2}))
+    with pytest.raises(ArtifactError, match="qc_qlinear_panel refused its arguments"):
+        qcompile.load(result.library)(x=rng.standard_normal((1, 64)).astype(np.float32))

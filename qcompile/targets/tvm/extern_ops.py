@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import reduce
 
 from tvm import te, tirx
+from tvm.ir import StringImm
 
 from ..qlinear_layout import FAMILY_CODES
 
@@ -30,6 +31,17 @@ def _index(expr):
     return tirx.Cast("int32", expr)
 
 
+def _checked(call, what: str):
+    """Run a micro-kernel call and fail the whole kernel, with a message, if it returns nonzero:
+    a refused call must never leave its output unwritten in silence."""
+    rc = tirx.Var("rc", "int32")
+    message = [StringImm(f"the micro-kernel {what} refused its arguments; this is a qcompile bug")]
+    return tirx.SeqStmt([tirx.Bind(rc, call),
+                         # apache-tvm 0.27's Python wrapper names (kind, condition) but forwards them
+                         # positionally to a constructor that takes (condition, kind)
+                         tirx.AssertStmt(rc == 0, StringImm("RuntimeError"), message)])
+
+
 def _rows(shape) -> object:
     return reduce(lambda a, b: a * b, shape[:-1], _i64(1))
 
@@ -47,7 +59,7 @@ def quantize_rows(node, data, out_shapes, out_dtypes):
         call = tirx.call_extern("int32", "qc_quantize_rows", ins[0].data, outs[0].data, outs[1].data, outs[2].data,
                                 _index(lo), _index(hi), _i64(k), _i64(group))
         tasks = tirx.floordiv(rows + ROWS_PER_TASK - 1, _i64(ROWS_PER_TASK))
-        return tirx.For(t, _i64(0), tasks, tirx.ForKind.PARALLEL, tirx.Evaluate(call))
+        return tirx.For(t, _i64(0), tasks, tirx.ForKind.PARALLEL, _checked(call, "qc_quantize_rows"))
 
     return list(te.extern(out_shapes, [x], body, dtype=list(out_dtypes), name="quantize_rows"))
 
@@ -73,6 +85,6 @@ def qlinear_packed(node, data, out_shapes, out_dtypes):
                                 colsum_ptr, by["xq"].data, by["xs"].data, by["xsum"].data, rows,
                                 _i64(a["K"]), _i64(n_dim), _i64(a["group"]), _i32(a["bits"]),
                                 _i32(FAMILY_CODES[a["family"]]), _i32(tiles), _index(p))
-        return tirx.For(p, _i64(0), _i64(panels), tirx.ForKind.PARALLEL, tirx.Evaluate(call))
+        return tirx.For(p, _i64(0), _i64(panels), tirx.ForKind.PARALLEL, _checked(call, "qc_qlinear_panel"))
 
     return [te.extern(out_shapes[0], ins, body, dtype=out_dtypes[0], name="qlinear")]
