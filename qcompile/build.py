@@ -136,14 +136,14 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         (tmp / "weights.bin").write_bytes(src.weights)
         (tmp / "weights.S").write_text(codegen.weights_asm(prefix, tmp / "weights.bin"))
         phase("link")
-        from .artifact.runtime import sources as runtime_sources
+        from .artifact.runtime import RUNTIME_DIR, sources as runtime_sources
         for rt in runtime_sources():
             shutil.copy(rt, tmp / rt.name)
         shutil.copy(Path(runtime_sources()[0]).with_suffix(".h"), tmp / "qc_runtime.h")
         library = out_dir / f"{prefix}{preset.shared_suffix}"
         objects = [obj]
         if qlinear:
-            objects.append(link.compile_object(tmp / "qc_qlinear.o", Path(runtime_sources()[0]).with_name("qc_qlinear.c"),
+            objects.append(link.compile_object(tmp / "qc_qlinear.o", RUNTIME_DIR / "qc_qlinear.c",
                                                cc=opts.cc or preset.toolchain, flags=isa_flags(preset)))
         link.link_shared(library, objects, [tmp / f"{prefix}_exec.c", tmp / "qc_runtime.c"], [tmp / "weights.S"],
                          prefix, cc=opts.cc or preset.toolchain)

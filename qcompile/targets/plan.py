@@ -102,11 +102,11 @@ def gemm_panel(n: int, simd_bits: int = 512) -> int:
 
 def _packed_weight(g: Graph, name: str, storage: str, simd_bits: int) -> str:
     """W[K, N] -> W[N/P, K, P]: each panel of P columns is contiguous, streamed once per tile."""
-    packed = f"{name}@panels{gemm_panel(g.values[name].shape[1], simd_bits)}.{storage}"
+    w = g.values[name].const
+    k, n = w.shape
+    p = gemm_panel(n, simd_bits)
+    packed = f"{name}@panels{p}.{storage}"
     if packed not in g.values:
-        w = g.values[name].const
-        k, n = w.shape
-        p = gemm_panel(n, simd_bits)
         panels = np.ascontiguousarray(w.reshape(k, n // p, p).transpose(1, 0, 2))
         dtype = dtypes.BF16 if storage == "bf16" else g.values[name].dtype
         g.add_value(packed, dtype, (n // p, k, p), const=panels.astype(dtype.np_dtype))

@@ -41,6 +41,11 @@ class Kernel:
     panel: int = 0               # GEMM: columns per packed weight panel
 
 
+def _te_dtype(dtype) -> str:
+    """The TE/TIR name of an IR dtype (numpy's names, except bool and bfloat16)."""
+    return {"bool": "bool", "bf16": "bfloat16"}.get(dtype.name, dtype.np_dtype.name)
+
+
 def _expr(dim, env: dict[str, tirx.Var]):
     lin = dims.parse(dim)
     out = tirx.const(lin.const, "int64") if lin.const or not lin.terms else None
@@ -138,7 +143,7 @@ def _make_gemm(plan: Plan, step: Step, name: str, row_block: int) -> Kernel:
     blocks = tirx.Var("blocks", "int64")
     rows = blocks * row_block if row_block > 1 else tirx.Var("rows", "int64")
     A = te.placeholder((rows, k_dim), a.dtype.np_dtype.name, name="in0")
-    W = te.placeholder((panels, k_dim, panel), "bfloat16" if w.dtype.name == "bf16" else w.dtype.np_dtype.name,
+    W = te.placeholder((panels, k_dim, panel), _te_dtype(w.dtype),
                        name="in1")
     acc = a.dtype.np_dtype.name
     k = te.reduce_axis((0, k_dim), name="k")
@@ -167,11 +172,10 @@ def _make_kernel(plan: Plan, step: Step, name: str) -> Kernel:
     placeholders = {}
     for i, x in enumerate(step.inputs):
         v = g.values[x]
-        dtype = {"bool": "bool", "bf16": "bfloat16"}.get(v.dtype.name, v.dtype.np_dtype.name)
-        placeholders[x] = te.placeholder(texpr_shape(v.shape), dtype, name=f"in{i}")
+        placeholders[x] = te.placeholder(texpr_shape(v.shape), _te_dtype(v.dtype), name=f"in{i}")
     out_values = [g.values[x] for x in step.outputs]
     out_shapes = [texpr_shape(v.shape) for v in out_values]
-    out_dtypes = [v.dtype.np_dtype.name if v.dtype.name != "bool" else "bool" for v in out_values]
+    out_dtypes = [_te_dtype(v.dtype) for v in out_values]
     scalar_syms: list = []
     if step.materialize:
         outs = [te_ops.materialize([_expr(d, env) for d in step.materialize], out_dtypes[0])]
@@ -232,7 +236,7 @@ def _fused_chain(g, step: Step, placeholders: dict, env: dict):
             operands.pop()
         out = g.values[node.outputs[0]]
         shape = [_expr(d, env) for d in out.shape]
-        dtype = out.dtype.np_dtype.name if out.dtype.name != "bool" else "bool"
+        dtype = _te_dtype(out.dtype)
         produced[node.outputs[0]] = te_ops.elementwise(node, operands, [shape], [dtype])[0]
     return produced[step.outputs[0]]
 
