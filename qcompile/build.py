@@ -21,7 +21,7 @@ from .ir import dims
 from .passes import run_pipeline
 from .targets.lower_qlinear import lower_qlinear
 from .targets.plan import make_plan
-from .targets.presets import get_preset, isa_flags
+from .targets.presets import get_preset
 
 DEFAULT_MAX_SEQ_LEN = 2048
 
@@ -71,7 +71,7 @@ def default_bounds(graph, opts: BuildOptions) -> dict[str, int]:
 
 
 def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
-    from .artifact import codegen, link
+    from .artifact import codegen, link, toolchain
     from .targets.tvm.compile import compile_kernels, tvm_version
     from .targets.tvm.host import resolve
     from .targets.tvm.kernels import build_kernels, check_coverage
@@ -82,7 +82,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
                                 load_plan(opts.plan) if opts.plan else {})    # bad options fail here, first
     say = progress or (lambda phase, detail: None)
     preset = resolve(get_preset(opts.target))
-    link.require_compiler(opts.cc or preset.toolchain)      # before hours of work, not after
+    tc = toolchain.for_preset(preset, opts.cc)      # a missing compiler fails here, before hours of work
     start = time.perf_counter()
     phases: list[tuple[str, float]] = []
 
@@ -134,7 +134,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         (tmp / f"{prefix}_tables.h").write_text(src.tables)
         (tmp / f"{prefix}_exec.c").write_text(src.executor)
         (tmp / "weights.bin").write_bytes(src.weights)
-        (tmp / "weights.S").write_text(codegen.weights_asm(prefix, tmp / "weights.bin"))
+        (tmp / "weights.S").write_text(codegen.weights_asm(prefix, tmp / "weights.bin", macho=tc.macho))
         phase("link")
         from .artifact.runtime import RUNTIME_DIR, sources as runtime_sources
         for rt in runtime_sources():
@@ -143,10 +143,9 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         library = out_dir / f"{prefix}{preset.shared_suffix}"
         objects = [obj]
         if qlinear:
-            objects.append(link.compile_object(tmp / "qc_qlinear.o", RUNTIME_DIR / "qc_qlinear.c",
-                                               cc=opts.cc or preset.toolchain, flags=isa_flags(preset)))
+            objects.append(link.compile_object(tmp / "qc_qlinear.o", RUNTIME_DIR / "qc_qlinear.c", tc))
         link.link_shared(library, objects, [tmp / f"{prefix}_exec.c", tmp / "qc_runtime.c"], [tmp / "weights.S"],
-                         prefix, cc=opts.cc or preset.toolchain)
+                         prefix, tc)
         say("link", f"{library} ({library.stat().st_size / 2**20:.1f} MiB)")
         header = out_dir / f"{prefix}.h"
         header.write_text(src.header)

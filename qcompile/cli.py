@@ -225,6 +225,8 @@ def cmd_targets(args) -> int:
         target = json.dumps(p.tvm_target)
         features = ", ".join(p.cpu_features) or "-"
         print(f"{'':<{width}}  {'':<10}  tvm {target}; needs {features}; toolchain {p.toolchain}")
+        if p.notes:
+            print(f"{'':<{width}}  {'':<10}  {p.notes}")
     return 0
 
 

@@ -3,6 +3,7 @@ and run under qemu-aarch64, computes what the x86 library computes on the same i
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -110,3 +111,56 @@ def test_cpu_without_a_feature_is_refused_with_a_message(workdir, target, cpu, m
     assert proc.returncode == 1, (proc.returncode, proc.stderr)     # an error exit, not a signal
     assert "create failed" in proc.stderr and "lacks" in proc.stderr and missing in proc.stderr, proc.stderr
     assert qemu(runner, "batch=1").returncode == 0                  # -cpu max has everything
+
+
+def test_android_preset_links_for_bionic_and_computes_like_linux(workdir):
+    """arm64-android: kernels compiled for the aarch64-linux-android triple, linked without
+    libpthread (bionic's libc has it) and with 16 KiB-aligned segments (Android 15 devices). No NDK
+    here, so the glibc cross compiler stands in for the NDK's clang (--cc), which lets the library
+    run under qemu: the android-triple objects must compute what the linux library computes."""
+    path = onnx_file(workdir, "mlp")
+    kw = dict(precision="int4", group_size=32, dim_bounds={"batch": 2}, name="mlp")
+    android = build(path, BuildOptions(out_dir=workdir / "android", target="arm64-android", cc=CC, **kw))
+    linux = build(path, BuildOptions(out_dir=workdir / "android-ref", target="arm64", **kw))
+    dynamic = subprocess.run(["readelf", "-d", str(android.library)], capture_output=True, text=True).stdout
+    assert "libpthread" not in dynamic and "libc.so" in dynamic, dynamic
+    segments = subprocess.run(["readelf", "-lW", str(android.library)], capture_output=True, text=True).stdout
+    loads = [line.split()[-1] for line in segments.splitlines() if line.strip().startswith("LOAD")]
+    assert loads and all(int(align, 16) >= 0x4000 for align in loads), segments
+    manifest = android.manifest.read_text()
+    assert '"mtriple": "aarch64-linux-android"' in manifest
+    outputs = []
+    for lib in (android.library, linux.library):
+        proc = qemu(cross_compile_runner(lib), "batch=2", "-n", "1000000")
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(parse_outputs(proc.stdout))
+    assert outputs[0] == outputs[1]            # the same integer kernels: printed digits identical
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ziglang") is None or shutil.which("llvm-objdump") is None,
+                    reason="pip install ziglang and apt-get install llvm (bash tools/setup.sh --test does)")
+def test_apple_m_builds_a_macos_arm64_dylib(workdir):
+    """apple-m is build-only off a Mac: zig's clang and Mach-O linker produce the dylib, which must
+    be a real arm64 macOS library: loads by @rpath, depends on libSystem only, exports the C API,
+    and runs its quantized layers on sdot."""
+    path = onnx_file(workdir, "llama")
+    result = build(path, BuildOptions(out_dir=workdir / "apple", target="apple-m", precision="mixed",
+                                      group_size=32, max_seq_len=8, name="llama"))
+    assert result.library.name == "llama.dylib"
+    kind = subprocess.run(["file", str(result.library)], capture_output=True, text=True).stdout
+    assert "Mach-O 64-bit arm64 dynamically linked shared library" in kind, kind
+
+    def objdump(*flags):
+        proc = subprocess.run(["llvm-objdump", *flags, str(result.library)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    used = objdump("--macho", "--dylibs-used").split("\n", 1)[1].split()
+    assert used[0] == "@rpath/llama.dylib" and "/usr/lib/libSystem.B.dylib" in used
+    assert not [u for u in used if u.startswith("/") and "libSystem" not in u], used
+    assert "minos 11.0" in " ".join(objdump("--macho", "--private-headers").split())
+    symbols = objdump("--macho", "--exports-trie")
+    for api in ("_llama_create", "_llama_run", "_llama_destroy", "_llama_last_error"):
+        assert api in symbols, api
+    assert "_llama_weights" not in symbols                 # the weight blob stays private
+    assert "\tsdot\t" in objdump("-d", "--mattr=+dotprod")

@@ -215,13 +215,14 @@ def test_ops_without_kernels_are_listed_together(tmp_path):
 
 
 def test_missing_toolchain_is_named_before_any_work(workdir, monkeypatch):
-    from qcompile.artifact.link import LinkError
+    from qcompile.artifact.toolchain import ToolchainError
     from qcompile.targets.presets import PRESETS
     path = workdir / "mlp_cc.onnx"
     onnx.save(make_mlp(), str(path))
-    with pytest.raises(LinkError, match="'aarch64-linux-android-clang' that this target needs") as info:
+    monkeypatch.delenv("ANDROID_NDK_HOME", raising=False)
+    with pytest.raises(ToolchainError, match="'aarch64-linux-android-clang' that target 'arm64-android' needs") as info:
         build(path, BuildOptions(out_dir=workdir / "android", target="arm64-android", cc="aarch64-linux-android-clang"))
     assert "NDK" in info.value.hint and not (workdir / "android").exists()
     monkeypatch.setitem(PRESETS, "arm64", dataclasses.replace(PRESETS["arm64"], toolchain="aarch64-linux-gnu-gcc-none"))
-    with pytest.raises(LinkError, match="aarch64-linux-gnu-gcc-none"):
+    with pytest.raises(ToolchainError, match="aarch64-linux-gnu-gcc-none"):
         build(path, BuildOptions(out_dir=workdir / "arm", target="arm64"))

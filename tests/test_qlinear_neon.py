@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(bool(_missing), reason=f"{' and '.join(_missing)
 
 MARCH = {"neon": "-march=armv8.2-a+dotprod", "i8mm": "-march=armv8.2-a+dotprod+i8mm",
          "scalar": "-march=armv8-a"}
-# the flags the brief asks for, and the ones the artifact builds qc_qlinear.c with (artifact/link.py)
+# the flags the brief asks for, and the ones the artifact builds qc_qlinear.c with (artifact/toolchain.py)
 OPTS = {"O2-c11": ["-std=c11", "-O2"], "O3-gnu11": ["-std=gnu11", "-O3", "-fPIC"]}
 
 

@@ -2,11 +2,11 @@
 # Set up qcompile on a fresh Debian/Ubuntu machine. Safe to re-run: it installs only what is missing.
 #
 #   bash tools/setup.sh            the package and the system toolchains later stages use
-#   bash tools/setup.sh --test     ... plus what the tests need (pytest, hypothesis)
+#   bash tools/setup.sh --test     ... plus what the tests need (pytest, hypothesis, ziglang)
 #   bash tools/setup.sh --torch    ... plus the optional torch extra (torch==2.13.0, transformers)
 #
 # System tools: gcc-aarch64-linux-gnu (+ its libc headers) and qemu-user (ARM64 cross builds, run under emulation),
-# clang (Metal/CUDA shims and syntax checks), binutils and file (tests inspect the built libraries). Installed with apt-get when missing.
+# clang (Metal/CUDA shims and syntax checks), binutils, llvm and file (tests inspect the built libraries). Installed with apt-get when missing.
 # Set QCOMPILE_SKIP_APT=1 to skip them (the IR, frontend and passes do not need them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,7 @@ command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
 command -v clang >/dev/null 2>&1 || missing+=(clang)
 command -v objdump >/dev/null 2>&1 || missing+=(binutils)     # tests read the libraries' instructions
 command -v file >/dev/null 2>&1 || missing+=(file)
+command -v llvm-objdump >/dev/null 2>&1 || missing+=(llvm)    # reads the Mach-O libraries of the apple-m preset
 if [ "${#missing[@]}" -gt 0 ] && [ "${QCOMPILE_SKIP_APT:-0}" != 1 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else sudo="none"; fi
   if [ "$sudo" = none ] || ! command -v apt-get >/dev/null 2>&1; then

@@ -191,8 +191,11 @@ def _weight_blob(plan: Plan) -> bytes:
     return bytes(blob)
 
 
-def weights_asm(prefix: str, blob_path: Path) -> str:
+def weights_asm(prefix: str, blob_path: Path, macho: bool = False) -> str:
     """Assembly that embeds the blob read-only, 64-byte aligned, under a hidden symbol."""
+    if macho:       # Mach-O: C symbols carry a leading underscore; private_extern = hidden
+        return (f'  .section __TEXT,__const\n  .p2align 6\n  .globl _{prefix}_weights\n'
+                f'  .private_extern _{prefix}_weights\n_{prefix}_weights:\n  .incbin "{blob_path.name}"\n')
     return (f'  .section .rodata.{prefix}_weights,"a"\n  .balign 64\n  .globl {prefix}_weights\n'
             f'  .hidden {prefix}_weights\n  .type {prefix}_weights, @object\n{prefix}_weights:\n'
             f'  .incbin "{blob_path.name}"\n  .size {prefix}_weights, . - {prefix}_weights\n'

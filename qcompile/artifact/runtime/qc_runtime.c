@@ -56,6 +56,9 @@
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #endif
+#if defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
 
 #define QC_MAX_THREADS 1024
 #define QC_DEFAULT_SPIN_US 50
@@ -574,6 +577,25 @@ static int arm_has(const unsigned long hw[2], const char* name) {
   return 0; /* unknown */
 }
 
+#elif defined(__aarch64__) && defined(__APPLE__)
+
+/* macOS reports features as sysctl flags rather than HWCAP bits. */
+static const struct { const char* name; const char* sysctl; } kAppleFeatures[] = {
+    {"asimd", "hw.optional.AdvSIMD"},           {"asimddp", "hw.optional.arm.FEAT_DotProd"},
+    {"i8mm", "hw.optional.arm.FEAT_I8MM"},      {"bf16", "hw.optional.arm.FEAT_BF16"},
+    {"asimdfhm", "hw.optional.arm.FEAT_FHM"},   {"fphp", "hw.optional.arm.FEAT_FP16"},
+};
+
+static int apple_has(const char* name) {
+  for (size_t i = 0; i < sizeof(kAppleFeatures) / sizeof(kAppleFeatures[0]); ++i) {
+    if (strcmp(kAppleFeatures[i].name, name) != 0) continue;
+    int value = 0;
+    size_t len = sizeof(value);
+    return sysctlbyname(kAppleFeatures[i].sysctl, &value, &len, NULL, 0) == 0 && value != 0;
+  }
+  return 0; /* unknown */
+}
+
 #endif
 
 int qc_cpu_missing_features(const char* const* features, int n, char* missing,
@@ -596,6 +618,8 @@ int qc_cpu_missing_features(const char* const* features, int n, char* missing,
       has = x86_has(&cpu, name);
 #elif defined(__aarch64__) && defined(__linux__)
       has = arm_has(hw, name);
+#elif defined(__aarch64__) && defined(__APPLE__)
+      has = apple_has(name);
 #endif
     }
     if (!has) {
