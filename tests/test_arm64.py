@@ -29,11 +29,14 @@ MODELS = {
     "mlp": (lambda: make_mlp(), {"batch": 2}, {}),
     "llama": (lambda: make_llama(LlamaConfig()), {"batch": 1, "seq": 5}, {}),
     "bert": (lambda: make_bert(BertConfig()), {"batch": 1, "seq": 6}, {"token_type_ids": 2, "attention_mask": 2}),
+    # one decode step: a new token against 4 cached positions (past_* inputs, present_* outputs)
+    "llama_kv": (lambda: make_llama(LlamaConfig(), with_kv_cache=True), {"batch": 1, "seq": 1, "past": 4}, {}),
 }
 # (model, precision, group size): every weight format, on models small enough for qemu
 CASES = [("mlp", "fp32", 128), ("mlp", "int8", 128), ("mlp", "int4", 32), ("mlp", "ternary", 128),
          ("llama", "fp32", 128), ("llama", "int8", 128), ("llama", "mixed", 32), ("llama", "ternary", 128),
-         ("bert", "fp32", 128), ("bert", "int8", 128), ("bert", "int4", 32)]
+         ("bert", "fp32", 128), ("bert", "int8", 128), ("bert", "int4", 32),
+         ("llama_kv", "int8", 128), ("llama_kv", "mixed", 32)]
 
 
 @pytest.fixture(scope="module")
