@@ -71,7 +71,7 @@ def default_bounds(graph, opts: BuildOptions) -> dict[str, int]:
 
 
 def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
-    from .artifact import codegen, link, toolchain
+    from .artifact import codegen, decoder, link, toolchain
     from .targets.tvm.compile import compile_kernels, tvm_version
     from .targets.tvm.host import resolve
     from .targets.tvm.kernels import build_kernels, check_coverage
@@ -114,6 +114,12 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     plan = make_plan(graph, bounds, simd_bits=512 if "avx512f" in preset.cpu_features else 256)
     say("plan", f"{len(plan.steps)} steps, arena {plan.arena_bytes / 2**20:.1f} MiB, weights "
                 f"{plan.weight_bytes / 2**20:.1f} MiB")
+    try:
+        dec, why_not = decoder.detect(graph), None
+        say("plan", f"decoder: a session API holds {len(dec.caches)} cache tensors of up to "
+                    f"{bounds[dec.past]} tokens")
+    except decoder.NotADecoder as exc:
+        dec, why_not = None, str(exc)
     phase("lower")
     check_coverage(plan, preset.name)
     kernels = build_kernels(plan, prefix)
@@ -128,7 +134,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
                                     progress=lambda i, n: say("compile", f"scheduling kernel {i}/{n}"))
         say("compile", "LLVM done")
         phase("executor")
-        src = codegen.generate(plan, prefix, name, preset.name, preset.cpu_features, model_hash)
+        src = codegen.generate(plan, prefix, name, preset.name, preset.cpu_features, model_hash, dec)
         (tmp / f"{prefix}.h").write_text(src.header)
         (tmp / f"{prefix}_config.h").write_text(src.config)
         (tmp / f"{prefix}_tables.h").write_text(src.tables)
@@ -155,6 +161,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         record = _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, src.checksum, opts,
                            tvm_version())
         record["quantized_layers"] = qlinear
+        record["session"] = dec.manifest() if dec else {"available": False, "why": why_not}
         manifest.write_text(json.dumps(record, indent=2) + "\n")
         if opts.keep_temps:
             keep = out_dir / f"{prefix}_build"

@@ -16,6 +16,7 @@ with quantization done by the compiler.
 
   qcompile build model.onnx -o out/      out/model.so + out/model.h (C API) + out/model.manifest.json
   qcompile run out/model.so --input x=x.npy   run a built library on .npy inputs
+  qcompile generate out/llm.so --prompt-ids 1,2,3   generate tokens with a decoder's session
   qcompile inspect model.onnx            what is in a model, and whether qcompile can compile it
   qcompile inspect model.onnx --ir       the model in qcompile's IR, after the pass pipeline
   qcompile targets                       the target presets (--target NAME)
@@ -54,6 +55,18 @@ files; print each output's shape and values, or save them with --save DIR.
 
   qcompile run out/mlp.so --input x=x.npy
   qcompile run out/llama.so --input input_ids=ids.npy --save results/"""
+
+GENERATE_HELP = """\
+Generate tokens with a decoder built from an ONNX model with KV-cache inputs and outputs (the
+library then has a session API that keeps the cache inside). The prompt is token ids, since a
+tokenizer is the app's job; with --tokenizer DIR (a Hugging Face tokenizer folder, needs the
+transformers package) --prompt takes text and the output is decoded too.
+
+  qcompile generate out/llama.so --prompt-ids 1,2,3,4 --max-new-tokens 32
+  qcompile generate out/llama.so --prompt-ids 1,2,3 --temperature 0.8 --top-k 40 --top-p 0.95 --seed 0
+  qcompile generate out/smollm2.so --tokenizer tok/ --prompt "The capital of France is"
+
+Greedy by default. Prints the new token ids (and text) and the prefill and decode speeds."""
 
 EPILOG = "Docs and issues: see README.md. Exit status: 0 ok, 1 a qcompile error (explained), 2 bad usage."
 
@@ -108,6 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="DIR", help="write each output to DIR/NAME.npy instead of printing it")
     p.add_argument("--threads", type=int, default=0, help="worker threads (default: $QCOMPILE_NUM_THREADS or all cores)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("generate", help="generate tokens with a built decoder", description=GENERATE_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("library", help="a decoder library built by `qcompile build` (with KV-cache inputs)")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt-ids", metavar="IDS", help="comma-separated token ids, e.g. 1,2,3")
+    prompt.add_argument("--prompt", metavar="TEXT", help="prompt text (needs --tokenizer)")
+    p.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder (needs transformers)")
+    p.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="tokens to generate (default 32)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sample")
+    p.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K likeliest (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus: the likeliest tokens with mass P")
+    p.add_argument("--seed", type=int, help="random seed for sampling")
+    p.add_argument("--eos", type=int, action="append", default=[], metavar="ID",
+                   help="stop at this token id (repeatable; default: the tokenizer's end-of-sequence)")
+    p.add_argument("--threads", type=int, default=0, help="worker threads (default: $QCOMPILE_NUM_THREADS or all cores)")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("targets", help="list target presets",
                        description="List the target presets that --target accepts, with their TVM target, the CPU "
@@ -211,6 +241,53 @@ def cmd_run(args) -> int:
             print(f"{name}: {value.dtype}{list(value.shape)}")
             print(np.array2string(value, threshold=64, precision=5))
     return 0
+
+
+def cmd_generate(args) -> int:
+    from . import load
+    from .generate import Sampling, generate
+    tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else None
+    if args.prompt is not None:
+        if tokenizer is None:
+            print("qcompile: error: --prompt takes text only with --tokenizer; use --prompt-ids", file=sys.stderr)
+            return 2
+        ids = tokenizer(args.prompt)["input_ids"]
+    else:
+        try:
+            ids = [int(t) for t in args.prompt_ids.replace(" ", "").split(",") if t]
+        except ValueError:
+            print(f"qcompile: error: --prompt-ids takes comma-separated integers, got '{args.prompt_ids}'",
+                  file=sys.stderr)
+            return 2
+    try:
+        policy = Sampling(args.temperature, args.top_k, args.top_p, args.seed)
+    except ValueError as exc:
+        print(f"qcompile: error: {exc}", file=sys.stderr)
+        return 2
+    eos = args.eos or ([tokenizer.eos_token_id] if tokenizer is not None and tokenizer.eos_token_id is not None
+                       else [])
+    model = load(args.library, num_threads=args.threads)
+    session = model.session()
+    if len(ids) + args.max_new_tokens > session.capacity:
+        print(f"note: the library holds {session.capacity} tokens of context; generation stops there",
+              file=sys.stderr)
+    out = generate(session, ids, args.max_new_tokens, policy, eos)
+    print("new token ids:", ",".join(map(str, out.tokens)))
+    if tokenizer is not None:
+        print("text:", tokenizer.decode(ids + out.tokens))
+    print(f"prompt {len(ids)} tokens in {out.prefill_s * 1e3:.1f} ms ({out.prefill_tok_s:.1f} tok/s); "
+          f"{len(out.tokens)} new tokens, decode {out.decode_tok_s:.1f} tok/s; stopped by {out.stopped}")
+    return 0
+
+
+def _tokenizer(folder: str):
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        from .errors import QCompileError
+        raise QCompileError("--tokenizer needs the transformers package",
+                            hint="pip install transformers (or: bash tools/setup.sh --torch)") from None
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def cmd_targets(args) -> int:

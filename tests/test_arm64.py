@@ -167,3 +167,23 @@ def test_apple_m_builds_a_macos_arm64_dylib(workdir):
         assert api in symbols, api
     assert "_llama_weights" not in symbols                 # the weight blob stays private
     assert "\tsdot\t" in objdump("-d", "--mattr=+dotprod")
+
+
+def test_arm64_session_generates_what_x86_generates(workdir):
+    """The decoder session (KV cache kept inside the library) under qemu: examples/generate.c,
+    cross-compiled, decodes greedily token by token; the x86 library must pick the same tokens."""
+    path = onnx_file(workdir, "llama_kv")
+    kw = dict(precision="mixed", group_size=32, max_seq_len=16, name="llama_kv")
+    arm = build(path, BuildOptions(out_dir=workdir / "arm-session", target="arm64", **kw))
+    x86 = build(path, BuildOptions(out_dir=workdir / "x86-session", **kw))
+    exe = arm.library.parent / "generate"
+    cmd = [CC, "-O2", "-std=c11", "-Wall", "-Werror", "-DQC_NAME=llama_kv", str(ROOT / "examples" / "generate.c"),
+           f"-I{arm.library.parent}", f"-L{arm.library.parent}", f"-l:{arm.library.name}",
+           f"-Wl,-rpath,{arm.library.parent}", "-lm", "-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    proc = qemu(exe, "10", "1", "2", "3", "4")
+    assert proc.returncode == 0, proc.stderr
+    from qcompile.generate import generate
+    want = generate(qcompile.load(x86.library).session(), [1, 2, 3, 4], 10).tokens
+    assert proc.stdout.strip() == ",".join(map(str, want))

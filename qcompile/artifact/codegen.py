@@ -16,6 +16,7 @@ import numpy as np
 from .. import __version__
 from ..ir import dims
 from ..targets.plan import LoweringError, Plan, max_bytes, resolve
+from .decoder import Decoder
 from .runtime import checksum64
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -48,7 +49,7 @@ class Sources:
 
 
 def generate(plan: Plan, prefix: str, model_name: str, target: str, cpu_features: tuple[str, ...],
-             model_hash: str) -> Sources:
+             model_hash: str, decoder: Decoder | None = None) -> Sources:
     g = plan.graph
     syms = plan.symbols
     _check_symbols_bound_by_inputs(plan)
@@ -144,12 +145,22 @@ def generate(plan: Plan, prefix: str, model_name: str, target: str, cpu_features
     for label, names in (("INPUT_INFO", g.inputs), ("OUTPUT_INFO", g.outputs)):
         infos = [_tensor_info(plan, g.values[x]) for x in names]
         lines.append(f"static const {prefix}_tensor_info {label}[] = {{\n  " + ",\n  ".join(infos or ["{0}"]) + "\n};")
+    session = _session_tables(plan, decoder, syms) if decoder else None
+    if session:
+        config += session[0]
+        lines.append(session[1])
     tables = "\n".join(lines) + "\n"
 
     subst = {"@P@": prefix, "@P_UP@": prefix.upper(), "@MODEL@": model_name, "@TARGET@": target,
              "@VERSION@": __version__, "@LIB@": prefix, "@NIN@": str(len(g.inputs)), "@NOUT@": str(len(g.outputs))}
+    if session:
+        subst.update({"@VOCAB@": str(session[2]), "@MAX_CONTEXT@": str(plan.bounds[decoder.past]),
+                      "@CHUNK@": str(plan.bounds[decoder.seq])})
+    subst["@SESSION_API@"] = _fill(TEMPLATES / "session.h.in", subst) if session else ""
     header = _fill(TEMPLATES / "model.h.in", subst)
     executor = _fill(TEMPLATES / "executor.c.in", subst)
+    if session:
+        executor += _fill(TEMPLATES / "session.c.in", subst)
     return Sources(header, executor, config, tables, weights, checksum)
 
 
@@ -158,6 +169,29 @@ def _fill(path: Path, subst: dict[str, str]) -> str:
     for key, value in subst.items():
         text = text.replace(key, value)
     return text
+
+
+def _session_tables(plan: Plan, dec: Decoder, syms: list[str]) -> tuple[str, str, int]:
+    """#defines and tables of the session code: which input/output plays which role."""
+    g = plan.graph
+    cache_in = [g.inputs.index(c.past) for c in dec.caches]
+    roles_in = []
+    for x in g.inputs:
+        roles_in.append(0 if x == dec.tokens else 1 if x == dec.mask else 2 if x == dec.positions
+                        else 4 + [c.past for c in dec.caches].index(x))
+    roles_out = [3 if y == dec.logits else 4 + [c.present for c in dec.caches].index(y) for y in g.outputs]
+    vocab = g.values[dec.logits].shape[-1]
+    config = "\n".join([
+        f"#define QC_NCACHE {len(dec.caches)}", f"#define QC_VOCAB {vocab}",
+        f"#define QC_SYM_BATCH {syms.index(dec.batch) if dec.batch else -1}",
+        f"#define QC_SYM_SEQ {syms.index(dec.seq)}", f"#define QC_SYM_PAST {syms.index(dec.past)}",
+        f"#define QC_MASK_IN {g.inputs.index(dec.mask) if dec.mask else -1}",
+        f"#define QC_CHUNK {plan.bounds[dec.seq]}", f"#define QC_MAX_CONTEXT {plan.bounds[dec.past]}"]) + "\n"
+    tables = "\n".join([
+        f"static const int8_t INPUT_ROLE[] = {{{', '.join(map(str, roles_in))}}};",
+        f"static const int8_t OUTPUT_ROLE[] = {{{', '.join(map(str, roles_out))}}};",
+        f"static const int32_t CACHE_IN[] = {{{', '.join(map(str, cache_in))}}};"])
+    return config, tables, vocab
 
 
 def _tensor_info(plan: Plan, v) -> str:

@@ -96,6 +96,36 @@ class Model:
         if status:
             raise ArtifactError(self._error(None).decode(), status, phase="load")
         self._handle = handle
+        self.vocab_size = self._session_symbols()
+
+    def _session_symbols(self) -> int | None:
+        """Bind the session functions when the library has them (decoders); the vocabulary size."""
+        lib, p = self._lib, self.prefix
+        if not hasattr(lib, f"{p}_session_create"):
+            return None
+        vp, i64 = ctypes.c_void_p, ctypes.c_int64
+        floats = ctypes.POINTER(ctypes.c_float)
+        for name, args, res in (("create", [vp, i64, ctypes.POINTER(vp)], ctypes.c_int),
+                                ("prefill", [vp, ctypes.POINTER(i64), i64, floats], ctypes.c_int),
+                                ("decode", [vp, i64, floats], ctypes.c_int), ("reset", [vp], ctypes.c_int),
+                                ("position", [vp], i64), ("capacity", [vp], i64), ("destroy", [vp], None)):
+            fn = getattr(lib, f"{p}_session_{name}")
+            fn.argtypes, fn.restype = args, res
+        return int(self.outputs[[o.name for o in self.outputs].index(self._logits_name())].shape[-1])
+
+    def _logits_name(self) -> str:
+        manifest = self.path.with_name(self.path.stem + ".manifest.json")
+        try:
+            return json.loads(manifest.read_text())["session"]["logits"]
+        except (OSError, ValueError, KeyError):
+            return next(o.name for o in self.outputs if len(o.shape) == 3)
+
+    def session(self, max_context: int = 0) -> "Session":
+        """A decoding session that keeps the KV cache inside the library (decoders only)."""
+        if self.vocab_size is None:
+            raise ArtifactError(f"'{self.path.name}' has no session API: the model is not a decoder with KV-cache "
+                                "inputs and outputs (see 'session' in its manifest)", 1)
+        return Session(self, max_context)
 
     def close(self) -> None:
         if getattr(self, "_handle", None):
@@ -136,6 +166,55 @@ class Model:
             shape = tuple(t.dims[i] for i in range(t.ndim))
             result[spec.name] = buf[:int(np.prod(shape, dtype=np.int64))].reshape(shape).copy()
         return result
+
+
+class Session:
+    """prefill(tokens) and decode(token) return the last token's logits; the cache stays inside."""
+
+    def __init__(self, model: Model, max_context: int = 0):
+        self.model = model
+        self._fn = {name: getattr(model._lib, f"{model.prefix}_session_{name}")
+                    for name in ("create", "prefill", "decode", "reset", "position", "capacity", "destroy")}
+        handle = ctypes.c_void_p()
+        status = self._fn["create"](model._handle, max_context, ctypes.byref(handle))
+        if status:
+            raise ArtifactError(model._error(model._handle).decode(), status)
+        self._handle = handle
+
+    def _check(self, status: int) -> None:
+        if status:
+            raise ArtifactError(self.model._error(self.model._handle).decode(), status)
+
+    def prefill(self, tokens) -> np.ndarray:
+        ids = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1))
+        logits = np.empty(self.model.vocab_size, np.float32)
+        self._check(self._fn["prefill"](self._handle, ids.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)), ids.size,
+                                        logits.ctypes.data_as(ctypes.POINTER(ctypes.c_float))))
+        return logits
+
+    def decode(self, token: int) -> np.ndarray:
+        logits = np.empty(self.model.vocab_size, np.float32)
+        self._check(self._fn["decode"](self._handle, int(token), logits.ctypes.data_as(ctypes.POINTER(ctypes.c_float))))
+        return logits
+
+    def reset(self) -> None:
+        self._check(self._fn["reset"](self._handle))
+
+    @property
+    def position(self) -> int:
+        return int(self._fn["position"](self._handle))
+
+    @property
+    def capacity(self) -> int:
+        return int(self._fn["capacity"](self._handle))
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            self._fn["destroy"](self._handle)
+            self._handle = None
+
+    def __del__(self):
+        self.close()
 
 
 def _fill(t: _Tensor, arr: np.ndarray) -> None:
