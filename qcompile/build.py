@@ -31,7 +31,7 @@ class BuildOptions:
     target: str = "native"
     precision: str = "fp32"          # a policy: fp32 bf16 int8 int4 ternary mixed
     middle: str = "int4"
-    group_size: int = 128
+    group_size: int | None = None     # None: 128 where it divides K, else 64 or 32
     plan: Path | None = None         # per-layer overrides (TOML/JSON)
     out_dir: Path = Path("out")
     name: str | None = None

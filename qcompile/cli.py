@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "ternary; mixed (embeddings and LM head bf16, middle layers int4 or ternary). Kernels for "
                         "int8/int4/ternary are not in this version yet (default: %(default)s)")
     p.add_argument("--middle", default="int4", choices=["int4", "ternary"], help="mixed: format of the middle layers")
-    p.add_argument("--group-size", type=int, default=128, choices=[32, 64, 128], help="int4 group size")
+    p.add_argument("--group-size", type=int, choices=[32, 64, 128],
+                   help="int4 group size (default: 128, or 64/32 for layers whose K 128 does not divide)")
     p.add_argument("--plan", metavar="FILE", help="per-layer formats: TOML/JSON mapping node-name globs to formats")
     p.add_argument("-o", "--out", default="out", metavar="DIR", help="output directory (default: %(default)s)")
     p.add_argument("--name", help="library and C symbol prefix (default: the model file's stem)")

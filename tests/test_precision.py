@@ -68,9 +68,23 @@ def test_bad_configurations(kwargs, message):
 def test_group_size_must_divide_k():
     graph, _ = run_pipeline(from_proto(make_llama(LlamaConfig())))        # hidden 64
     with pytest.raises(PrecisionError, match="group size 128 does not divide K=64") as info:
-        assign(graph, PrecisionConfig("int4"))
+        assign(graph, PrecisionConfig("int4", group_size=128))           # an explicit size is kept
     assert info.value.node
     assign(graph, PrecisionConfig("int4", group_size=32))
+
+
+def test_default_group_size_adapts_to_each_layer():
+    """SmolLM2's hidden size 576 is 4.5 x 128: by default such layers take g64 (or g32), and say so."""
+    graph, _ = run_pipeline(from_proto(make_llama(LlamaConfig(hidden_size=96, intermediate_size=128,
+                                                              num_heads=3, num_kv_heads=1))))
+    rows = {name: (fmt, why) for name, _, fmt, why in assign(graph, PrecisionConfig("mixed"))}
+    fmts = {fmt for fmt, _ in rows.values()}
+    assert {"int4-g32", "int4-g128", "bf16"} <= fmts, fmts      # K=96 -> g32; K=128 (down_proj) -> g128
+    assert all("K=96" in why for fmt, why in rows.values() if fmt == "int4-g32")
+    odd, _ = run_pipeline(from_proto(make_llama(LlamaConfig(hidden_size=72, intermediate_size=128,
+                                                            num_heads=2, num_kv_heads=1))))
+    with pytest.raises(PrecisionError, match="group size 128 does not divide K=72"):
+        assign(odd, PrecisionConfig("int4"))
 
 
 def test_unreadable_plan(tmp_path):

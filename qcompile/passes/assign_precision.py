@@ -38,7 +38,7 @@ class PrecisionError(QCompileError):
 class PrecisionConfig:
     policy: str = "fp32"
     middle: str = "int4"             # mixed: format family of the middle layers (int4 or ternary)
-    group_size: int = 128
+    group_size: int | None = None    # None: 128, or the largest of 64, 32 that divides a layer's K
     overrides: dict[str, str] = field(default_factory=dict)   # glob on node name -> format
 
     def __post_init__(self):
@@ -46,7 +46,7 @@ class PrecisionConfig:
             raise PrecisionError(f"unknown precision policy '{self.policy}'; known: {', '.join(POLICIES)}")
         if self.middle not in ("int4", "ternary"):
             raise PrecisionError(f"--middle must be int4 or ternary, got '{self.middle}'")
-        if self.group_size not in (32, 64, 128):
+        if self.group_size not in (None, 32, 64, 128):
             raise PrecisionError(f"group size {self.group_size} is not one of 32, 64, 128")
         for pattern, fmt in self.overrides.items():
             if fmt not in WEIGHT_FORMATS:
@@ -92,10 +92,10 @@ def _policy_format(cfg: PrecisionConfig, role: str) -> str:
     if cfg.policy == "mixed":
         if role in ("embedding", "lm_head"):
             return "bf16"
-        return f"int4-g{cfg.group_size}" if cfg.middle == "int4" else "ternary"
+        return f"int4-g{cfg.group_size or 128}" if cfg.middle == "int4" else "ternary"
     if role == "embedding" and cfg.policy not in ("fp32", "bf16"):
         return "bf16"            # gathers read rows; integer formats buy nothing there yet
-    return {"int4": f"int4-g{cfg.group_size}"}.get(cfg.policy, cfg.policy)
+    return {"int4": f"int4-g{cfg.group_size or 128}"}.get(cfg.policy, cfg.policy)
 
 
 def assign(g: Graph, cfg: PrecisionConfig) -> list[tuple[str, str, str, str]]:
@@ -114,9 +114,15 @@ def assign(g: Graph, cfg: PrecisionConfig) -> list[tuple[str, str, str, str]]:
         if fmt.startswith("int4") and role != "embedding":
             k = g.values[node.inputs[1]].shape[1 if node.op == "Gemm" and node.attrs.get("transB") else 0]
             group = int(fmt.split("-g")[1].split("-")[0])
+            if k % group and cfg.group_size is None and why.startswith("policy"):
+                fits = [size for size in (64, 32) if k % size == 0]
+                if fits:          # the default group size adapts; an explicit one is a promise
+                    fmt, why = fmt.replace(f"-g{group}", f"-g{fits[0]}"), f"{why}; g{fits[0]}: K={k}"
+                    group = fits[0]
             if k % group:
                 raise PrecisionError(f"group size {group} does not divide K={k} of this layer", node=node.name,
-                                     op=node.op, hint="choose another group size or keep the layer int8/bf16")
+                                     op=node.op, hint="choose another group size (--group-size 32/64) or keep "
+                                                      "the layer int8/bf16 (--plan)")
         node.attrs[ATTR] = fmt
         rows.append((node.name, role, fmt, why))
     return rows

@@ -100,6 +100,12 @@ def _injective(sch, kernel=None) -> str | None:
         _, lanes = sch.split(loops[-1], [None, VECTOR])
         sch.vectorize(lanes)
         return "injective-rows-vector"
+    if len(loops) > 1 and inner is None:
+        # a run-time inner extent (a sequence dim): keep it as the loop it is, so indices step by
+        # one instead of being rebuilt with divisions per element, and run the rows in parallel
+        outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        sch.parallel(outer)
+        return "injective-rows"
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     outer, inner_loop = sch.split(fused, [None, VECTOR * 64])
     sch.parallel(outer)
