@@ -156,6 +156,8 @@ def propagate_symbolic(g: Graph, n: Node, sv: SymValues) -> None:
             result = tuple(x[slice(start, end)])
     elif op in ("Identity", "Squeeze", "Unsqueeze") and first is not None:
         result = first
+    elif op == "Reshape" and first is not None and _sym(g, sv, n.input(1)) in ((-1,), (len(first),)):
+        result = first           # a scalar dim made a 1-element vector, as exporters do before Concat
     elif op == "Cast" and first is not None and dtypes.from_onnx(n.attrs["to"]).is_int:
         result = first
     elif op == "Gather" and first is not None and n.attrs.get("axis", 0) == 0:
@@ -472,6 +474,8 @@ _RULES = {
     "GlobalAveragePool": lambda g, n, x, sh: None if x is None else tuple(x[:2]) + (1,) * (len(x) - 2),
     "GlobalMaxPool": lambda g, n, x, sh: None if x is None else tuple(x[:2]) + (1,) * (len(x) - 2),
     "Dropout": lambda g, n, x, sh: [x, x],
+    # [b, q_heads, s, d] x [b, kv_heads, t, d] x [b, kv_heads, t, dv] -> [b, q_heads, s, dv]
+    "qcompile.Attention": lambda g, n, x, sh: None if x is None or sh(2) is None else tuple(x[:-1]) + (sh(2)[-1],),
 }
 
 

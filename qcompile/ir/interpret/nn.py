@@ -99,3 +99,16 @@ def _batch_norm(node, x, scale, bias, mean, var):
     if training:
         return y.astype(x.dtype), running[0].astype(x.dtype), running[1].astype(x.dtype)
     return y.astype(x.dtype)
+
+
+@kernel("qcompile.Attention")
+def _attention(node, q, k, v, mask=None):
+    """softmax(q kᵀ · scale + mask) v over [batch, heads, seq, head_dim]; query head h reads
+    key/value head h // (q_heads / kv_heads) (grouped-query attention)."""
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+    scores = np.matmul(q, np.swapaxes(k, -1, -2)) * np.float32(node.attrs["scale"])
+    if mask is not None:
+        scores = scores + mask
+    return np.matmul(_softmax(scores, -1), v).astype(q.dtype)

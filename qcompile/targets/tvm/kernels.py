@@ -23,6 +23,7 @@ _BUILDERS = {
     "ReduceMax": ("consts", te_ops.reduce), "ReduceMin": ("consts", te_ops.reduce),
     "Slice": ("consts", te_ops.slice_), "Trilu": ("consts", te_ops.trilu),
     "Range": ("range", te_ops.range_),
+    "qcompile.Attention": ("plain", te_ops.attention),
     "qcompile.QuantizeRows": ("plain", extern_ops.quantize_rows),
     "qcompile.QLinearPacked": ("plain", extern_ops.qlinear_packed),
 }
@@ -81,7 +82,7 @@ def _workload_key(plan: Plan, step: Step) -> str:
         if name and g.values[name].const is not None and name not in step.inputs and i not in step.inline:
             parts.append(f"const{i}:{g.values[name].const.tobytes().hex()}")
     if step.materialize:
-        parts.append(f"dims{list(step.materialize)}")
+        parts.append(f"dims{list(step.materialize)}rank{len(g.values[step.outputs[0]].shape)}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -178,7 +179,8 @@ def _make_kernel(plan: Plan, step: Step, name: str) -> Kernel:
     out_dtypes = [_te_dtype(v.dtype) for v in out_values]
     scalar_syms: list = []
     if step.materialize:
-        outs = [te_ops.materialize([_expr(d, env) for d in step.materialize], out_dtypes[0])]
+        outs = [te_ops.materialize([_expr(d, env) for d in step.materialize], out_dtypes[0],
+                                   scalar=len(out_shapes[0]) == 0)]
         kind = "injective"
     elif step.group:
         outs = [_fused_chain(g, step, placeholders, env)]
@@ -242,6 +244,8 @@ def _fused_chain(g, step: Step, placeholders: dict, env: dict):
 
 
 def _kind(op_id: str) -> str:
+    if op_id == "qcompile.Attention":
+        return "attention"
     if op_id.startswith("qcompile."):
         return "extern"
     if op_id in ("MatMul", "Gemm"):

@@ -142,6 +142,19 @@ def _parallel_outer(sch, kernel=None) -> str | None:
     return "parallel-outer" if changed else None
 
 
+def _attention(sch, kernel=None) -> str | None:
+    """One parallel task per query row (batch, head, position): every stage (scores, max, exp,
+    sum, weighted values) is computed inside that row, on row-sized scratch."""
+    blocks = _blocks(sch)
+    out = blocks[-1]
+    loops = sch.get_loops(out)
+    row = sch.fuse(*loops[:3])
+    sch.parallel(row)
+    for block in reversed(blocks[:-1]):
+        sch.compute_at(block, row)
+    return "attention-rows"
+
+
 def _extern(sch, kernel=None) -> str:
     """Loops around a C micro-kernel: built parallel already (extern_ops)."""
     return "extern-parallel"
@@ -149,6 +162,7 @@ def _extern(sch, kernel=None) -> str:
 
 _TEMPLATES = {
     "extern": [_extern],
+    "attention": [_attention],
     "gemm4": [_gemm(4)],
     "gemm1": [_gemm(1)],
     "matmul": [_batched_matmul],

@@ -267,6 +267,31 @@ def layer_norm(node, ins, out_shapes, out_dtypes):
                        + (bs(*i) if bs else 0), name="y")]
 
 
+def attention(node, ins, out_shapes, out_dtypes):
+    """qcompile.Attention: softmax(q kᵀ · scale + mask) v per row (b, h, s); query head h reads
+    key/value head h // group, so grouped-query K/V are never expanded."""
+    q, k, v = ins[:3]
+    mask = bcast(ins[3], out_shapes[0][:3] + [k.shape[2]]) if len(ins) > 3 and ins[3] is not None else None
+    group = int(q.shape[1]) // int(k.shape[1])
+    t_len, scale = k.shape[2], tirx.const(node.attrs["scale"], "float32")
+    d = te.reduce_axis((0, q.shape[3]), name="d")
+    rows = out_shapes[0][:3]
+
+    dot = te.compute(rows + [t_len], lambda b, h, s, t: te.sum(q[b, h, s, d] * k[b, h // group, t, d], axis=d),
+                     name="dot")
+    score = te.compute(rows + [t_len], lambda b, h, s, t: dot[b, h, s, t] * scale + mask(b, h, s, t) if mask
+                       else dot[b, h, s, t] * scale, name="score")
+    r1 = te.reduce_axis((0, t_len), name="r1")
+    mx = te.compute(rows, lambda b, h, s: te.max(score[b, h, s, r1], axis=r1), name="mx")
+    ex = te.compute(rows + [t_len], lambda b, h, s, t: tirx.exp(score[b, h, s, t] - mx[b, h, s]), name="ex")
+    r2 = te.reduce_axis((0, t_len), name="r2")
+    total = te.compute(rows, lambda b, h, s: te.sum(ex[b, h, s, r2], axis=r2), name="total")
+    r3 = te.reduce_axis((0, t_len), name="r3")
+    acc = te.compute(out_shapes[0], lambda b, h, s, j: te.sum(ex[b, h, s, r3] * v[b, h // group, r3, j], axis=r3),
+                     name="acc")
+    return [te.compute(out_shapes[0], lambda b, h, s, j: acc[b, h, s, j] / total[b, h, s], name="attn")]
+
+
 # -- data movement ------------------------------------------------------------------------------
 
 def transpose(node, ins, out_shapes, out_dtypes):
@@ -364,8 +389,12 @@ def constant_of_shape(node, ins, out_shapes, out_dtypes):
     return [te.compute(out_shapes[0], lambda *i: tirx.const(v, out_dtypes[0]), name="fill")]
 
 
-def materialize(values, dtype):
-    """A symbolic vector (dims known only at run time) written out as a tensor."""
+def materialize(values, dtype, scalar: bool = False):
+    """A symbolic vector (dims known only at run time) written out as a tensor; `scalar`: one
+    dim held by a rank-0 value (an exporter's `sym_size`)."""
+    if scalar:
+        return te.compute((), lambda: tirx.Cast(dtype, values[0]), name="dims")
+
     def pick(i):
         out = tirx.const(0, dtype)
         for j, v in reversed(list(enumerate(values))):

@@ -1,0 +1,136 @@
+"""fuse_attention: decomposed attention (as exporters write it) -> one qcompile.Attention node whose
+reference semantics and TIR kernel both equal the decomposed graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import TensorProto, helper
+
+from qcompile.frontend import from_proto
+from qcompile.ir.interpret import run
+from qcompile.passes import get_pass, run_pipeline
+from qcompile.targets.plan import make_plan
+from qcompile.targets.tvm.compile import schedule_all
+from qcompile.targets.tvm.jit import run_plan
+from qcompile.targets.tvm.kernels import build_kernels
+from qcompile.zoo import LlamaConfig, make_llama
+
+from .helpers import ort_run
+from .test_lowering import TARGET
+
+
+def sdpa_model(heads=9, kv_heads=3, head_dim=64, split_scale=True, mask=True, repeat=True, v_transposed=False):
+    """Grouped-query SDPA as torch's exporter decomposes it: sqrt(scale) on q and on kᵀ, repeat_kv
+    through Unsqueeze/Expand/Reshape, an additive mask, Softmax, MatMul with v."""
+    f = TensorProto.FLOAT
+    s = head_dim ** -0.25
+    nodes, inits = [], [helper.make_tensor("two", TensorProto.INT64, [1], [2]),
+                        helper.make_tensor("rep", TensorProto.INT64, [5], [1, 1, heads // kv_heads, 1, 1]),
+                        helper.make_tensor("heads", TensorProto.INT64, [4], [0, heads, -1, head_dim]),
+                        helper.make_tensor("s", f, [], [s if split_scale else head_dim ** -0.5])]
+    kv_h = kv_heads if repeat else heads
+
+    def rep(x):
+        if not repeat:
+            return x
+        nodes.extend([helper.make_node("Unsqueeze", [x, "two"], [f"{x}_u"]),
+                      helper.make_node("Expand", [f"{x}_u", "rep"], [f"{x}_e"]),
+                      helper.make_node("Reshape", [f"{x}_e", "heads"], [f"{x}_r"])])
+        return f"{x}_r"
+
+    kt = "kt"
+    nodes.append(helper.make_node("Transpose", [rep("k")], ["kt"], perm=[0, 1, 3, 2]))
+    if split_scale:
+        nodes += [helper.make_node("Mul", ["q", "s"], ["qs"]), helper.make_node("Mul", ["kt", "s"], ["kts"]),
+                  helper.make_node("MatMul", ["qs", "kts"], ["scores"])]
+    else:
+        nodes += [helper.make_node("MatMul", ["q", kt], ["qk"]), helper.make_node("Mul", ["qk", "s"], ["scores"])]
+    logits = "scores"
+    if mask:
+        nodes.append(helper.make_node("Add", ["scores", "mask"], ["masked"]))
+        logits = "masked"
+    nodes.append(helper.make_node("Softmax", [logits], ["probs"], axis=-1))
+    v = rep("v")
+    if v_transposed:
+        nodes.append(helper.make_node("Transpose", [v], ["vt"], perm=[0, 1, 3, 2]))
+        v = "vt"
+    nodes.append(helper.make_node("MatMul", ["probs", v], ["y"]))
+    inputs = [helper.make_tensor_value_info("q", f, [1, heads, "s", head_dim]),
+              helper.make_tensor_value_info("k", f, [1, kv_h, "t", head_dim]),
+              helper.make_tensor_value_info("v", f, [1, kv_h, "t", head_dim])]
+    if mask:
+        inputs.append(helper.make_tensor_value_info("mask", f, [1, 1, "s", "t"]))
+    graph = helper.make_graph(nodes, "sdpa", inputs, [helper.make_tensor_value_info("y", f, [1, heads, "s", head_dim])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def feeds_for(rng, s, t, heads=9, kv_heads=3, head_dim=64, mask=True):
+    feeds = {"q": rng.standard_normal((1, heads, s, head_dim)).astype(np.float32),
+             "k": rng.standard_normal((1, kv_heads, t, head_dim)).astype(np.float32),
+             "v": rng.standard_normal((1, kv_heads, t, head_dim)).astype(np.float32)}
+    if mask:   # causal for queries at the end of the keys, with the finite minimum exporters use
+        allowed = np.arange(t)[None, :] <= np.arange(t - s, t)[:, None]
+        feeds["mask"] = np.where(allowed, 0, np.finfo(np.float32).min).astype(np.float32)[None, None]
+    return feeds
+
+
+def ops(graph):
+    return graph.op_histogram()
+
+
+@pytest.mark.parametrize("split_scale, mask", [(True, True), (False, True), (True, False)])
+def test_sdpa_is_fused_and_equals_onnxruntime(rng, tmp_path, split_scale, mask):
+    model = sdpa_model(split_scale=split_scale, mask=mask)
+    graph, _ = run_pipeline(from_proto(model))
+    assert ops(graph) == {"qcompile.Attention": 1}, ops(graph)      # no Expand, Transpose, Softmax left
+    node = graph.nodes[0]
+    assert node.inputs[:3] == ["q", "k", "v"] and node.attrs["scale"] == pytest.approx(64 ** -0.5, rel=1e-6)
+    plan = make_plan(graph, {"s": 8, "t": 40})
+    target = tvm.target.Target(TARGET)
+    scheduled, _ = schedule_all(build_kernels(plan, "t"), target)
+    module = tvm.compile(scheduled, target=target)
+    path = _save(model, tmp_path)
+    for s, t in ((1, 1), (1, 37), (5, 9), (8, 40)):
+        feeds = feeds_for(rng, s, t, mask=mask)
+        want = ort_run(path, feeds)["y"]
+        np.testing.assert_allclose(run(graph, feeds)["y"], want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(run_plan(plan, module, feeds)["y"], want, rtol=1e-4, atol=1e-5)
+
+
+def _save(model, folder):
+    path = folder / f"{model.graph.name}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_multi_head_without_grouping_is_fused(rng, tmp_path):
+    model = sdpa_model(heads=4, kv_heads=4, repeat=False)
+    graph, _ = run_pipeline(from_proto(model))
+    assert ops(graph) == {"qcompile.Attention": 1}
+    feeds = feeds_for(rng, 3, 6, heads=4, kv_heads=4)
+    np.testing.assert_allclose(run(graph, feeds)["y"], ort_run(_save(model, tmp_path), feeds)["y"], rtol=1e-5, atol=1e-5)
+
+
+def test_what_is_not_attention_is_left_alone():
+    graph, _ = run_pipeline(from_proto(sdpa_model(v_transposed=True)))     # probs x vᵀ: not attention
+    assert "qcompile.Attention" not in ops(graph) and ops(graph)["Softmax"] == 1
+
+
+@pytest.mark.parametrize("kv", [False, True])
+def test_llama_layers_fuse_exactly(rng, kv):
+    cfg = LlamaConfig()
+    graph, _ = run_pipeline(from_proto(make_llama(cfg, with_kv_cache=kv)), "simplify")
+    fused = get_pass("fuse_attention").fn(graph.copy())
+    fused, _ = run_pipeline(fused, "simplify")
+    assert ops(fused)["qcompile.Attention"] == cfg.num_layers
+    assert "Softmax" not in ops(fused) and "Expand" not in ops(fused)
+    feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (1, 4)).astype(np.int64)}
+    for i in range(cfg.num_layers if kv else 0):
+        for kind in ("key", "value"):
+            feeds[f"past_{kind}_{i}"] = rng.standard_normal((1, cfg.num_kv_heads, 3, cfg.head_dim)).astype(np.float32)
+    want, got = run(graph, feeds), run(fused, feeds)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6)
