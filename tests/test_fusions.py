@@ -1,5 +1,6 @@
-"""fuse_attention: decomposed attention (as exporters write it) -> one qcompile.Attention node whose
-reference semantics and TIR kernel both equal the decomposed graph."""
+"""Canonicalizing fusions: decomposed attention (as exporters write it) -> one qcompile.Attention
+node, decomposed RMSNorm -> RMSNormalization; the fused graphs, their reference semantics and
+their kernels all equal the decomposed graph."""
 
 from __future__ import annotations
 
@@ -134,3 +135,49 @@ def test_llama_layers_fuse_exactly(rng, kv):
     want, got = run(graph, feeds), run(fused, feeds)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6)
+
+
+def rms_model(style: str, eps=1e-6, gamma_len=8, axes=(-1,)):
+    f = TensorProto.FLOAT
+    inits = [helper.make_tensor("two", f, [], [2.0]), helper.make_tensor("eps", f, [], [eps]),
+             helper.make_tensor("axes", TensorProto.INT64, [len(axes)], list(axes)),
+             helper.make_tensor("gamma", f, [gamma_len], np.linspace(0.5, 1.5, gamma_len).tolist())]
+    nodes = [helper.make_node("Pow", ["x", "two"], ["sq"]) if style != "mul" else helper.make_node("Mul", ["x", "x"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
+             helper.make_node("Add", ["ms", "eps"], ["mse"]), helper.make_node("Sqrt", ["mse"], ["rms"])]
+    if style == "div":
+        nodes.append(helper.make_node("Div", ["x", "rms"], ["normed"]))
+    else:
+        nodes += [helper.make_node("Reciprocal", ["rms"], ["inv"]), helper.make_node("Mul", ["inv", "x"], ["normed"])]
+    nodes.append(helper.make_node("Mul", ["normed", "gamma"], ["y"]))
+    graph = helper.make_graph(nodes, "rms", [helper.make_tensor_value_info("x", f, [2, "s", 8])],
+                              [helper.make_tensor_value_info("y", f, [2, "s", 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("style", ["pow", "mul", "div"])
+def test_rms_norm_is_fused(rng, tmp_path, style):
+    model = rms_model(style)
+    graph, _ = run_pipeline(from_proto(model))
+    assert ops(graph) == {"RMSNormalization": 1}, ops(graph)
+    assert graph.nodes[0].attrs["epsilon"] == pytest.approx(1e-6)
+    feeds = {"x": rng.standard_normal((2, 5, 8)).astype(np.float32)}
+    np.testing.assert_allclose(run(graph, feeds)["y"], ort_run(_save(model, tmp_path), feeds)["y"], rtol=1e-6,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [{"axes": (1,)}, {"gamma_len": 1}])
+def test_what_is_not_rms_norm_is_left_alone(kw):
+    graph, _ = run_pipeline(from_proto(rms_model("pow", **kw)))
+    assert "RMSNormalization" not in ops(graph)
+
+
+def test_llama_norms_fuse_exactly(rng):
+    cfg = LlamaConfig()
+    graph, _ = run_pipeline(from_proto(make_llama(cfg)), "simplify")
+    fused = get_pass("fuse_rms_norm").fn(graph.copy())
+    fused, _ = run_pipeline(fused, "simplify")
+    assert ops(fused)["RMSNormalization"] == 2 * cfg.num_layers + 1
+    assert not {"Pow", "ReduceMean", "Sqrt", "Reciprocal"} & set(ops(fused))
+    feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (2, 5)).astype(np.int64)}
+    np.testing.assert_allclose(run(fused, feeds)["logits"], run(graph, feeds)["logits"], rtol=1e-6, atol=1e-6)
