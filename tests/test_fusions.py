@@ -181,3 +181,48 @@ def test_llama_norms_fuse_exactly(rng):
     assert not {"Pow", "ReduceMean", "Sqrt", "Reciprocal"} & set(ops(fused))
     feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (2, 5)).astype(np.int64)}
     np.testing.assert_allclose(run(fused, feeds)["logits"], run(graph, feeds)["logits"], rtol=1e-6, atol=1e-6)
+
+
+def rotary_model(swap_operands=False, half=None):
+    """x * cos + rotate_half(x) * sin, as HF's apply_rotary_pos_emb exports (x [b, h, s, 16])."""
+    f, d = TensorProto.FLOAT, 16
+    h = half or d // 2
+    inits = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in
+             (("zero", 0), ("half", h), ("end", np.iinfo(np.int64).max), ("last", 3))]
+    mul_cos = ["cos", "x"] if swap_operands else ["x", "cos"]
+    nodes = [helper.make_node("Mul", mul_cos, ["xc"]),
+             helper.make_node("Slice", ["x", "zero", "half", "last"], ["first"]),
+             helper.make_node("Slice", ["x", "half", "end", "last"], ["second"]),
+             helper.make_node("Neg", ["second"], ["neg"]),
+             helper.make_node("Concat", ["neg", "first"], ["rot"], axis=-1),
+             helper.make_node("Mul", ["rot", "sin"], ["rs"]),
+             helper.make_node("Add", ["rs", "xc"] if swap_operands else ["xc", "rs"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", f, [1, 3, "s", d]),
+              helper.make_tensor_value_info("cos", f, [1, 1, "s", d]),
+              helper.make_tensor_value_info("sin", f, [1, 1, "s", d])]
+    graph = helper.make_graph(nodes, "rotary", inputs, [helper.make_tensor_value_info("y", f, [1, 3, "s", d])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_rotary_is_fused_and_equals_onnxruntime(rng, tmp_path, swap):
+    model = rotary_model(swap)
+    graph, _ = run_pipeline(from_proto(model))
+    assert ops(graph) == {"qcompile.Rotary": 1}, ops(graph)
+    plan = make_plan(graph, {"s": 8})
+    target = tvm.target.Target(TARGET)
+    scheduled, _ = schedule_all(build_kernels(plan, "t"), target)
+    module = tvm.compile(scheduled, target=target)
+    path = _save(model, tmp_path)
+    for s in (1, 5):
+        angles = rng.uniform(0, 6, (1, 1, s, 8)).astype(np.float32)
+        feeds = {"x": rng.standard_normal((1, 3, s, 16)).astype(np.float32),
+                 "cos": np.cos(np.concatenate([angles, angles], -1)), "sin": np.sin(np.concatenate([angles, angles], -1))}
+        want = ort_run(path, feeds)["y"]
+        np.testing.assert_allclose(run(graph, feeds)["y"], want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(run_plan(plan, module, feeds)["y"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_rotation_that_is_not_half_is_left_alone():
+    graph, _ = run_pipeline(from_proto(rotary_model(half=4)))
+    assert "qcompile.Rotary" not in ops(graph)

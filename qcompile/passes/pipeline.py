@@ -22,7 +22,7 @@ PIPELINES: dict[str, tuple[Phase, ...]] = {
     "default": (
         Phase("simplify", ("infer_shapes", "fold_constants", "eliminate_dead", "infer_shapes")),
         # recognize what exporters decompose, so kernels see whole operations
-        Phase("canonicalize", ("fuse_rms_norm", "fuse_attention", "eliminate_dead", "infer_shapes")),
+        Phase("canonicalize", ("fuse_rms_norm", "fuse_rotary", "fuse_attention", "eliminate_dead", "infer_shapes")),
     ),
 }
 

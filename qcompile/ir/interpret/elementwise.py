@@ -235,3 +235,11 @@ def _cast(node, x):
 def _cast_like(node, x, like):
     from ..dtypes import from_numpy
     return cast(x, from_numpy(like.dtype), bool(node.attrs.get("saturate", 1)))
+
+
+@kernel("qcompile.Rotary")
+def _rotary(node, x, cos, sin):
+    """x * cos + rotate_half(x) * sin, rotate_half([a, b]) = [-b, a] on the last axis."""
+    half = x.shape[-1] // 2
+    rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return (x * cos + rotated * sin).astype(x.dtype)

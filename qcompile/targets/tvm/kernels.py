@@ -23,7 +23,7 @@ _BUILDERS = {
     "ReduceMax": ("consts", te_ops.reduce), "ReduceMin": ("consts", te_ops.reduce),
     "Slice": ("consts", te_ops.slice_), "Trilu": ("consts", te_ops.trilu),
     "Range": ("range", te_ops.range_),
-    "qcompile.Attention": ("plain", te_ops.attention),
+    "qcompile.Attention": ("plain", te_ops.attention), "qcompile.Rotary": ("plain", te_ops.rotary),
     "qcompile.QuantizeRows": ("plain", extern_ops.quantize_rows),
     "qcompile.QLinearPacked": ("plain", extern_ops.qlinear_packed),
 }
@@ -246,6 +246,8 @@ def _fused_chain(g, step: Step, placeholders: dict, env: dict):
 def _kind(op_id: str) -> str:
     if op_id == "qcompile.Attention":
         return "attention"
+    if op_id == "qcompile.Rotary":
+        return "injective"
     if op_id.startswith("qcompile."):
         return "extern"
     if op_id in ("MatMul", "Gemm"):

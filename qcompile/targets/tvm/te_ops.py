@@ -267,6 +267,21 @@ def layer_norm(node, ins, out_shapes, out_dtypes):
                        + (bs(*i) if bs else 0), name="y")]
 
 
+def rotary(node, ins, out_shapes, out_dtypes):
+    """qcompile.Rotary: x * cos + rotate_half(x) * sin; the partner of lane i is lane (i + d/2) % d,
+    negated in the first half, so no index leaves the row."""
+    x, shape = ins[0], out_shapes[0]
+    cos, sin = bcast(ins[1], shape), bcast(ins[2], shape)
+    d = int(x.shape[-1])
+
+    def f(*i):
+        last = i[-1]
+        partner = x(*i[:-1], (last + d // 2) % d)
+        rotated = tirx.Select(last < d // 2, -partner, partner)
+        return x(*i) * cos(*i) + rotated * sin(*i)
+    return [te.compute(shape, f, name="rotary")]
+
+
 def attention(node, ins, out_shapes, out_dtypes):
     """qcompile.Attention: softmax(q kᵀ · scale + mask) v per row (b, h, s); query head h reads
     key/value head h // group, so grouped-query K/V are never expanded."""
