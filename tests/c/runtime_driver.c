@@ -74,22 +74,12 @@ static void run_count(int num_task, int expect_n, int pool_size, int check_threa
           expect_n);
   }
   if (check_threads) {
-    /* static split: task i runs on pool thread i % size, thread 0 = caller */
+    /* tasks are claimed dynamically (a late worker is not waited for), so which thread runs
+     * which task is not fixed; a pool of one thread, or one task, runs on the caller */
     for (int i = 0; i < expect_n; ++i) {
       int on_caller = pthread_equal(job.who[i], pthread_self()) != 0;
-      int expect_caller = pool_size <= 1 || (i % pool_size) == 0 || expect_n == 1;
-      CHECK(on_caller == expect_caller, "task %d of %d ran on the %s thread (pool size %d)", i,
-            expect_n, on_caller ? "calling" : "a worker", pool_size);
-    }
-    for (int i = 0; i < expect_n; ++i) {
-      for (int k = i + 1; k < expect_n; ++k) {
-        if (pool_size > 1 && expect_n > 1 && i % pool_size != k % pool_size) {
-          CHECK(!pthread_equal(job.who[i], job.who[k]), "tasks %d and %d shared a thread", i, k);
-        } else if (i % pool_size == k % pool_size) {
-          CHECK(pthread_equal(job.who[i], job.who[k]), "tasks %d and %d on different threads",
-                i, k);
-        }
-      }
+      if (pool_size <= 1 || expect_n == 1)
+        CHECK(on_caller, "task %d of %d ran on a worker (pool size %d)", i, expect_n, pool_size);
     }
   }
 }
@@ -277,7 +267,7 @@ static int cmd_error(void) {
   CHECK(strcmp(qc_last_kernel_error(), "") == 0, "fresh thread has an error: %s",
         qc_last_kernel_error());
   for (int rep = 0; rep < 100; ++rep) {
-    /* worker task (id 2 runs on worker 2) with a message */
+    /* a failing task (on whichever thread claims it) with a message */
     error_job job = {2, 1, NULL, 0};
     qc_clear_kernel_error();
     int rc = launch(error_task, &job, 0);

@@ -156,19 +156,22 @@ struct qc_pool {
   pthread_mutex_t launch_mu; /* serializes launches from different threads */
   pthread_mutex_t mu;        /* protects the condition variables */
   pthread_cond_t work_cv;    /* workers sleep here waiting for a new gen */
-  pthread_cond_t done_cv;    /* the launcher sleeps here waiting for pending == 0 */
+  pthread_cond_t done_cv;    /* the launcher sleeps here until every task of the job is done */
 
-  /* Current job: written by the launcher before gen is bumped; read by the
-   * workers after they observe the new gen. */
-  FTVMParallelLambda fn;
-  void* cdata;
-  int num_task;
+  /* Current job: written by the launcher before `job` is bumped, read by claimers after they
+   * observe the bump (atomics, because a late claimer may read them while the next job is being
+   * written; its claim then fails and the values are discarded). */
+  _Atomic(FTVMParallelLambda) fn;
+  _Atomic(void*) cdata;
+  atomic_int num_task;
 
-  _Alignas(QC_ALIGN) atomic_uint gen; /* bumped once per job (and at shutdown) */
+  /* (generation << 32) | next unclaimed task. Tasks are claimed one by one with a CAS, so a
+   * worker that wakes late (descheduled, busy core) finds them done instead of being waited for. */
+  _Alignas(QC_ALIGN) _Atomic(uint64_t) job;
   atomic_int sleepers;                /* workers blocked (or about to) on work_cv */
   atomic_int shutdown;
 
-  _Alignas(QC_ALIGN) atomic_int pending; /* workers that have not finished the job */
+  _Alignas(QC_ALIGN) atomic_int done;   /* tasks of the current job finished (run or skipped) */
   atomic_int caller_waiting;             /* launcher blocked on done_cv */
 
   _Alignas(QC_ALIGN) atomic_int failed; /* some task returned nonzero */
@@ -225,69 +228,80 @@ static int default_num_threads(void) {
   return c > QC_MAX_THREADS ? QC_MAX_THREADS : (int)c;
 }
 
-/* Run this thread's share of the current job: tasks tid, tid+size, ...
- * Returns 0, or -1 after the first failing task. */
-static int run_share(qc_pool* p, int tid) {
-  FTVMParallelLambda fn = p->fn;
-  void* cdata = p->cdata;
-  int n = p->num_task;
-  int size = p->size;
-  TVMParallelGroupEnv env;
-  env.sync_handle = NULL;
-  env.num_task = n;
-  for (int i = tid; i < n; i += size) {
-    if (fn(i, &env, cdata) != 0) {
-      if (tls_err[0] == '\0') {
-        snprintf(tls_err, QC_ERROR_LEN, "RuntimeError: parallel task %d failed", i);
-      }
-      atomic_store_explicit(&p->failed, 1, memory_order_relaxed);
-      if (tid != 0) {
-        int expected = 0;
-        if (atomic_compare_exchange_strong(&p->err_claimed, &expected, 1)) {
-          memcpy(p->err, tls_err, QC_ERROR_LEN);
+static inline uint32_t job_gen(uint64_t word) { return (uint32_t)(word >> 32); }
+
+/* Claim and run tasks of job `gen` until none is left. After a task fails, the claimed rest are
+ * counted done without running. Returns -1 if a task run by this thread failed. */
+static int run_claimed(qc_pool* p, uint32_t gen) {
+  int rc = 0;
+  for (;;) {
+    uint64_t word = atomic_load_explicit(&p->job, memory_order_acquire);
+    if (job_gen(word) != gen) return rc;                /* over, or a newer job started */
+    FTVMParallelLambda fn = atomic_load_explicit(&p->fn, memory_order_relaxed);
+    void* cdata = atomic_load_explicit(&p->cdata, memory_order_relaxed);
+    int n = atomic_load_explicit(&p->num_task, memory_order_relaxed);
+    int i = (int)(uint32_t)word;
+    if (i >= n) return rc;
+    if (!atomic_compare_exchange_weak_explicit(&p->job, &word, word + 1, memory_order_acquire,
+                                               memory_order_relaxed))
+      continue;                                         /* someone else took it: look again */
+    if (!atomic_load_explicit(&p->failed, memory_order_relaxed)) {
+      TVMParallelGroupEnv env;
+      env.sync_handle = NULL;
+      env.num_task = n;
+      if (fn(i, &env, cdata) != 0) {
+        if (tls_err[0] == '\0') snprintf(tls_err, QC_ERROR_LEN, "RuntimeError: parallel task %d failed", i);
+        atomic_store_explicit(&p->failed, 1, memory_order_relaxed);
+        if (tls_pool != p) {                            /* a worker: hand its message to the launcher */
+          int expected = 0;
+          if (atomic_compare_exchange_strong(&p->err_claimed, &expected, 1)) memcpy(p->err, tls_err, QC_ERROR_LEN);
+          tls_err[0] = '\0';
         }
-        tls_err[0] = '\0'; /* the message now belongs to the launcher */
+        rc = -1;
       }
-      return -1;
+    }
+    if (atomic_fetch_add(&p->done, 1) + 1 == n && atomic_load(&p->caller_waiting)) {   /* seq_cst */
+      pthread_mutex_lock(&p->mu);
+      pthread_cond_signal(&p->done_cv);
+      pthread_mutex_unlock(&p->mu);
     }
   }
-  return 0;
 }
 
-/* Wait until p->gen != seen; returns the new value. */
-static unsigned wait_for_job(qc_pool* p, unsigned seen) {
-  unsigned g;
+/* Wait until the job generation differs from `seen`; returns the new one. */
+static uint32_t wait_for_job(qc_pool* p, uint32_t seen) {
+  uint32_t g;
   if (p->spin_ns > 0) {
     int64_t deadline = now_ns() + p->spin_ns;
     for (unsigned i = 1;; ++i) {
-      g = atomic_load_explicit(&p->gen, memory_order_acquire);
+      g = job_gen(atomic_load_explicit(&p->job, memory_order_acquire));
       if (g != seen) return g;
       cpu_relax();
       if ((i & 31) == 0 && now_ns() >= deadline) break;
     }
   }
   pthread_mutex_lock(&p->mu);
-  atomic_fetch_add(&p->sleepers, 1); /* seq_cst: pairs with the gen bump */
-  while ((g = atomic_load(&p->gen)) == seen) pthread_cond_wait(&p->work_cv, &p->mu);
+  atomic_fetch_add(&p->sleepers, 1); /* seq_cst: pairs with the job bump */
+  while ((g = job_gen(atomic_load(&p->job))) == seen) pthread_cond_wait(&p->work_cv, &p->mu);
   atomic_fetch_sub(&p->sleepers, 1);
   pthread_mutex_unlock(&p->mu);
   return g;
 }
 
-/* Launcher: wait until every worker has finished the current job. */
-static void wait_for_workers(qc_pool* p) {
-  if (atomic_load_explicit(&p->pending, memory_order_acquire) == 0) return;
+/* Launcher: wait until all n tasks of the current job are done (not for idle workers). */
+static void wait_for_tasks(qc_pool* p, int n) {
+  if (atomic_load_explicit(&p->done, memory_order_acquire) == n) return;
   if (p->spin_ns > 0) {
     int64_t deadline = now_ns() + p->spin_ns;
     for (unsigned i = 1;; ++i) {
-      if (atomic_load_explicit(&p->pending, memory_order_acquire) == 0) return;
+      if (atomic_load_explicit(&p->done, memory_order_acquire) == n) return;
       cpu_relax();
       if ((i & 31) == 0 && now_ns() >= deadline) break;
     }
   }
   pthread_mutex_lock(&p->mu);
-  atomic_store(&p->caller_waiting, 1); /* seq_cst: pairs with the last decrement */
-  while (atomic_load(&p->pending) != 0) pthread_cond_wait(&p->done_cv, &p->mu);
+  atomic_store(&p->caller_waiting, 1); /* seq_cst: pairs with the last increment */
+  while (atomic_load(&p->done) != n) pthread_cond_wait(&p->done_cv, &p->mu);
   atomic_store(&p->caller_waiting, 0);
   pthread_mutex_unlock(&p->mu);
 }
@@ -295,21 +309,13 @@ static void wait_for_workers(qc_pool* p) {
 static void* worker_main(void* arg) {
   qc_worker* w = (qc_worker*)arg;
   qc_pool* p = w->pool;
-  int tid = w->index;
-  unsigned seen = 0; /* gen is 0 when the pool is created */
+  uint32_t seen = 0; /* the generation is 0 when the pool is created */
   tls_depth = 1;     /* launches from inside a task run serially */
   tls_pool = NULL;
   for (;;) {
     seen = wait_for_job(p, seen);
     if (atomic_load_explicit(&p->shutdown, memory_order_acquire)) break;
-    (void)run_share(p, tid);
-    if (atomic_fetch_sub(&p->pending, 1) == 1) { /* seq_cst; last one out */
-      if (atomic_load(&p->caller_waiting)) {
-        pthread_mutex_lock(&p->mu);
-        pthread_cond_signal(&p->done_cv);
-        pthread_mutex_unlock(&p->mu);
-      }
-    }
+    (void)run_claimed(p, seen);
   }
   return NULL;
 }
@@ -326,10 +332,10 @@ qc_pool* qc_pool_create(int num_threads) {
   (void)env_positive_long("QCOMPILE_SPIN_US", 1, &spin_us);
   if (spin_us > 1000000) spin_us = 1000000;
   p->spin_ns = (int64_t)spin_us * 1000;
-  atomic_init(&p->gen, 0u);
+  atomic_init(&p->job, 0u);
   atomic_init(&p->sleepers, 0);
   atomic_init(&p->shutdown, 0);
-  atomic_init(&p->pending, 0);
+  atomic_init(&p->done, 0);
   atomic_init(&p->caller_waiting, 0);
   atomic_init(&p->failed, 0);
   atomic_init(&p->err_claimed, 0);
@@ -363,7 +369,7 @@ void qc_pool_destroy(qc_pool* p) {
   if (p == NULL) return;
   atomic_store(&p->shutdown, 1);
   pthread_mutex_lock(&p->mu);
-  atomic_fetch_add(&p->gen, 1u);
+  atomic_fetch_add(&p->job, (uint64_t)1 << 32);
   pthread_cond_broadcast(&p->work_cv);
   pthread_mutex_unlock(&p->mu);
   for (int i = 1; i < p->size; ++i) pthread_join(p->workers[i - 1].thread, NULL);
@@ -410,13 +416,14 @@ int qc_parallel_launch(FTVMParallelLambda f, void* cdata, int num_task) {
   if (n == 1) return launch_serial(f, cdata, 1);
 
   pthread_mutex_lock(&p->launch_mu);
-  p->fn = f;
-  p->cdata = cdata;
-  p->num_task = n;
+  atomic_store_explicit(&p->fn, f, memory_order_relaxed);
+  atomic_store_explicit(&p->cdata, cdata, memory_order_relaxed);
+  atomic_store_explicit(&p->num_task, n, memory_order_relaxed);
   atomic_store_explicit(&p->failed, 0, memory_order_relaxed);
   atomic_store_explicit(&p->err_claimed, 0, memory_order_relaxed);
-  atomic_store_explicit(&p->pending, p->size - 1, memory_order_relaxed);
-  atomic_fetch_add(&p->gen, 1u); /* seq_cst: publishes the job */
+  atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+  uint32_t gen = job_gen(atomic_load_explicit(&p->job, memory_order_relaxed)) + 1;
+  atomic_store(&p->job, (uint64_t)gen << 32); /* seq_cst: publishes the job */
   if (atomic_load(&p->sleepers) > 0) {
     pthread_mutex_lock(&p->mu);
     pthread_cond_broadcast(&p->work_cv);
@@ -424,9 +431,9 @@ int qc_parallel_launch(FTVMParallelLambda f, void* cdata, int num_task) {
   }
 
   ++tls_depth;
-  int own_rc = run_share(p, 0);
+  int own_rc = run_claimed(p, gen);
   --tls_depth;
-  wait_for_workers(p);
+  wait_for_tasks(p, n);
 
   int rc = 0;
   if (atomic_load_explicit(&p->failed, memory_order_relaxed)) {
