@@ -79,7 +79,10 @@ def generate(plan: Plan, prefix: str, model_name: str, target: str, cpu_features
         owner = resolve(plan, name)
         st = plan.storage[owner]
         kind = {"input": 0, "weight": 1, "arena": 2}[st.kind]
-        io = g.inputs.index(owner) if st.kind == "input" else -1
+        # an arena value that is a graph output (or a view of one) may be computed straight into
+        # the caller's output buffer: io says which
+        io = (g.inputs.index(owner) if st.kind == "input" else
+              g.outputs.index(owner) if st.kind == "arena" and owner in g.outputs else -1)
         dim0 = len(dim_rows)           # a value's dims are consecutive: they form its shape array
         dim_rows.extend(dim_row(d) for d in v.shape)
         value_ids[name] = len(value_rows)
