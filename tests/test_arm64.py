@@ -80,11 +80,22 @@ def test_arm64_library_matches_x86(workdir, name, precision, group):
     libs = {line.split("[")[1].split("]")[0] for line in needed.splitlines() if "(NEEDED)" in line}
     assert libs <= {"libc.so.6", "libm.so.6", "libpthread.so.0"}, libs
 
-    args = [f"{k}={v}" for k, v in env.items()] + [f"{k}%{v}" for k, v in modulus.items()] + ["-n", "1000000"]
-    proc = qemu(cross_compile_runner(arm.library), *args, "-t", "1")
+    assert_runs_like_x86(arm.library, x86.library, name, tol=1e-4 if precision == "fp32" else 2e-3)
+
+
+def run_args(name: str) -> list[str]:
+    _, env, modulus = MODELS[name]
+    return [f"{k}={v}" for k, v in env.items()] + [f"{k}%{v}" for k, v in modulus.items()] + ["-n", "1000000"]
+
+
+def assert_runs_like_x86(arm_lib: Path, x86_lib: Path, name: str, tol: float, cpu: str = "max") -> dict:
+    """run_model.c, built for aarch64, prints the arm library's outputs under qemu; they must match
+    the x86 library's on the same inputs. Returns what was printed."""
+    _, env, modulus = MODELS[name]
+    proc = qemu(cross_compile_runner(arm_lib), *run_args(name), "-t", "1", cpu=cpu)
     assert proc.returncode == 0, proc.stderr
     printed = parse_outputs(proc.stdout)
-    model = qcompile.load(x86.library)
+    model = qcompile.load(x86_lib)
     expected = model(**example_feeds(model, env, modulus))
     assert list(printed) == list(expected)
     for out, want in expected.items():
@@ -92,8 +103,8 @@ def test_arm64_library_matches_x86(workdir, name, precision, group):
         assert got.shape == want.shape and np.isfinite(want).all(), out
         # integer dot products are exact on both; float kernels differ in vector width and
         # contraction, and a quantized model can move an activation across a rounding step
-        tol = 1e-4 if precision == "fp32" else 2e-3
         assert np.abs(got - want).max() <= tol * max(1.0, float(np.abs(want).max())), out
+    return printed
 
 
 @pytest.mark.parametrize("target, cpu, missing", [("arm64", "cortex-a72", "asimddp"),

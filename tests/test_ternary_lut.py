@@ -5,7 +5,7 @@ tests/c/ternary_lut_neon.c holds the kernels (lut1: ld4 + tbl1, lut4: tbl4 on th
 mul: smlal without dotprod) on the unchanged dot4-16x4 packed layout; its ``check`` mode packs
 deterministic weights, runs every kernel and qc_qlinear_panel over all panels, compares them bit
 for bit with each other and with the header's math, and prints "ok ..." when all agree.  Built for
-armv8-a (qc_qlinear takes its scalar path) and armv8.2-a+dotprod (its sdot path).  Cases: K in
+armv8-a (qc_qlinear's ARMv8.0 NEON path, which adopted lut1) and armv8.2-a+dotprod (its sdot path).  Cases: K in
 {16, 64, 1024} x N in {16, 64, 128} with random, all-zero, all +127, all -127, alternating +-127
 activations, plus extreme codes (all 2, all 0, per-column extremes) and the worst cases of the
 kernels' narrow accumulators (every table entry -1: low part at its maximum) at and past their
@@ -74,7 +74,7 @@ def test_lut_kernels_bit_exact(binaries, isa):
 
 
 def test_builds_agree(binaries):
-    """The armv8-a build (qc scalar path) and the dotprod build (sdot path) print the same hashes."""
+    """The armv8-a build (qc's ARMv8.0 path) and the dotprod build (sdot path) print the same hashes."""
     a = _qemu(binaries["v80"], "check").stdout.splitlines()
     b = _qemu(binaries["dotprod"], "check").stdout.splitlines()
     assert a == b

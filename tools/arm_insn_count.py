@@ -216,7 +216,8 @@ VARIANTS = [  # (name, kernel arg, march)
     ("lut4 (tbl4, same lanes), armv8-a", "lut4", "armv8-a"),
     ("mul (smlal), armv8-a", "mul", "armv8-a"),
     ("qc_qlinear sdot, armv8.2-a+dotprod", "qc", "armv8.2-a+dotprod"),
-    ("qc_qlinear scalar C, armv8-a", "qc", "armv8-a"),
+    ("qc_qlinear armv8.0 NEON (lut1 at M=1), armv8-a", "qc", "armv8-a"),
+    ("qc_qlinear scalar C, armv8-a+nosimd", "qc", "armv8-a+nosimd"),
 ]
 
 

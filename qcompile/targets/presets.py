@@ -35,6 +35,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("arm64", "ARMv8.2-A + NEON + dotprod (phones and boards of the last five years)",
            {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
            ("asimd", "asimddp"), "aarch64-linux-gnu-gcc", status="verified", notes="run under qemu-aarch64 in the tests"),
+    Preset("arm64-v8", "ARMv8.0-A + NEON without dotprod: Cortex-A53/A72, Raspberry Pi 3/4",
+           {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
+           ("asimd",), "aarch64-linux-gnu-gcc", status="verified",
+           notes="quantized kernels on smlal and, for ternary single rows, tbl lookups; run under "
+                 "qemu-aarch64 -cpu cortex-a72 in the tests"),
     Preset("arm64-i8mm", "arm64 plus int8 matrix multiply (smmla)",
            {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm"]},
            ("asimd", "asimddp", "i8mm"), "aarch64-linux-gnu-gcc", status="verified",
@@ -74,5 +79,7 @@ _GCC_FLAGS = {"avx": "-mavx", "avx2": "-mavx2", "fma": "-mfma", "f16c": "-mf16c"
 def isa_flags(preset: Preset) -> tuple[str, ...]:
     """Flags that compile the C micro-kernels for exactly the preset's CPU features."""
     if "aarch64" in preset.tvm_target.get("mtriple", "") or "arm64" in preset.tvm_target.get("mtriple", ""):
+        if "asimddp" not in preset.cpu_features:
+            return ("-march=armv8-a",)  # baseline NEON: qc_qlinear.c's smlal / tbl kernels
         return ("-march=armv8.2-a+dotprod" + ("+i8mm" if "i8mm" in preset.cpu_features else ""),)
     return tuple(_GCC_FLAGS[f] for f in preset.cpu_features if f in _GCC_FLAGS)

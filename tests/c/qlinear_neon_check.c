@@ -101,12 +101,22 @@ static void pack(int fam, const int* c, const float* s, const uint8_t* zp, int64
 }
 
 static int failures = 0;
+static void run_case_x(int id, int fam, int64_t K, int64_t N, int64_t G, int64_t M, int mode,
+                       int sigill_only, int run_only, int reps);
 
 /* mode 0: random; 1: extreme codes in columns 0-15 (highest) and 16-31 (lowest) against rows of
  * integers with amax 127 (xq == x), row 0 all +127, row 1 all -127; 2: every code the highest,
- * every activation +127; 3: every code the lowest, activations -127 */
+ * every activation +127; 3: every code the lowest, activations -127; 4: the ARMv8.0 ternary
+ * table-lookup kernel's worst case for its byte sums: codes lowest at k%8 < 4, else the code of
+ * q = 0 (ternary: every table entry used is -1: low part 31, high part -1), activations 1 at
+ * k%8 < 4, +-127 at k%8 == 7, random otherwise (integers, xq == x).
+ * run_only: no checks and no output (instruction counts: the "run" mode) */
 static void run_case(int id, int fam, int64_t K, int64_t N, int64_t G, int64_t M, int mode,
                      int sigill_only) {
+    run_case_x(id, fam, K, N, G, M, mode, sigill_only, 0, 1);
+}
+static void run_case_x(int id, int fam, int64_t K, int64_t N, int64_t G, int64_t M, int mode,
+                       int sigill_only, int run_only, int reps) {
     const int T = N % 64 == 0 ? 4 : N % 32 == 0 ? 2 : 1, W = 16 * T, b = BITS[fam];
     const int64_t ng = K / G;
     int* c = malloc(sizeof(int) * K * N);
@@ -129,6 +139,7 @@ static void run_case(int id, int fam, int64_t K, int64_t N, int64_t G, int64_t M
             if (mode == 1 && n >= 16 && n < 32) code = CLO[fam];
             if (mode == 2) code = CHI[fam];
             if (mode == 3) code = CLO[fam];
+            if (mode == 4) code = k % 8 < 4 ? CLO[fam] : fam == QC_QL_INT8 ? 0 : (CLO[fam] + CHI[fam] + 1) / 2;
             c[k * N + n] = code;
         }
     for (int64_t i = 0; i < ng * N; i++) {
@@ -141,6 +152,7 @@ static void run_case(int id, int fam, int64_t K, int64_t N, int64_t G, int64_t M
             float v;
             if (mode == 0) v = rfloat(0) + rfloat(-1) + rfloat(-2);
             else if (mode == 1) v = (float)(m == 0 ? 127 : m == 1 ? -127 : k == 0 ? 127 : rint_in(-127, 127));
+            else if (mode == 4) v = (float)(k % 8 < 4 ? 1 : k % 8 == 7 ? (m % 2 ? -127 : 127) : rint_in(-127, 127));
             else v = mode == 2 ? 127.0f : -127.0f;
             x[m * K + k] = v * sc;
         }
@@ -153,13 +165,21 @@ static void run_case(int id, int fam, int64_t K, int64_t N, int64_t G, int64_t M
         printf("kernel\n");
         fflush(stdout);
     }
-    for (int64_t p = 0; rc == 0 && p < N / W; p++)
-        rc = qc_qlinear_panel(y, w, sp, zpp, colsum, xq, xscale, xsum, M, K, N, G, b, fam, T, p);
+    for (int rep = 0; rep < reps; rep++)
+        for (int64_t p = 0; rc == 0 && p < N / W; p++)
+            rc = qc_qlinear_panel(y, w, sp, zpp, colsum, xq, xscale, xsum, M, K, N, G, b, fam, T, p);
     if (rc != 0) {
         printf("case %d: return code %d\n", id, (int)rc);
         failures++;
     }
     if (sigill_only) return;
+    if (run_only) {
+        uint64_t h = fnv(FNV0, y, sizeof(float) * M * N);
+        printf("run %s %016llx\n", NAMES[fam], (unsigned long long)h);
+        free(c), free(s), free(zp), free(x), free(w), free(sp), free(zpp), free(colsum), free(xq);
+        free(xscale), free(xsum), free(y);
+        return;
+    }
 
     /* direct evaluation of the header's math from the codes */
     int mism = 0;
@@ -219,6 +239,13 @@ static void quant_cases(void) {
 }
 
 int main(int argc, char** argv) {
+    if (argc > 7 && strcmp(argv[1], "run") == 0) { /* run FAMILY K N G M REPS: instruction counts */
+        int fam = 0;
+        while (fam < 3 && strcmp(NAMES[fam], argv[2])) fam++;
+        run_case_x(0, fam, atoll(argv[3]), atoll(argv[4]), atoll(argv[5]), atoll(argv[6]), 0, 0, 1,
+                   atoi(argv[7]));
+        return failures ? 1 : 0;
+    }
     const int sigill_only = argc > 1 && strcmp(argv[1], "sigill") == 0;
     if (sigill_only) {
         run_case(0, QC_QL_INT4, 64, 64, 32, argc > 2 ? atoi(argv[2]) : 1, 0, 1);
@@ -239,6 +266,26 @@ int main(int argc, char** argv) {
                     const int mode = id % 5 == 4 ? 2 + (id / 5) % 2 : id % 5 >= 2 ? 1 : 0;
                     run_case(id, fam, K, NS[ni], G, MS[mi], mode, 0);
                 }
+    /* large K at the worst cases of narrow (int16, byte) partial sums, for every row count the
+     * row blocks see: codes and activations all extreme (modes 1-3), the table-lookup byte sums'
+     * maximum (mode 4), random; int8 with an odd chunk count, ternary past 256 chunks (4 table
+     * blocks of 64 chunks and one more, an odd count) */
+    static const int64_t MX[] = {1, 2, 3, 5, 17}, NX[] = {64, 96, 48};
+    for (int fam = 0; fam < 4; fam++)
+        for (int mode = 0; mode <= 4; mode++, id++) {
+            const int64_t K = fam == QC_QL_INT8 ? 4100 : fam == QC_QL_TERNARY ? 4112 : 4096;
+            const int64_t G = fam == QC_QL_INT4 && mode % 2 ? 1024 : fam == QC_QL_UINT4 && mode == 4 ? 512 : K;
+            run_case(id, fam, K, NX[(fam + mode) % 3], G, MX[(fam + mode) % 5], mode, 0);
+        }
+    /* random shapes, groups and row counts */
+    for (int i = 0; i < 48; i++, id++) {
+        const int fam = rint_in(0, 3), kc = 4 * (8 / BITS[fam]);
+        const int64_t N = 16 * rint_in(1, 8), M = rint_in(1, 20), mode = rint_in(0, 4);
+        int64_t G, K;
+        if (fam == QC_QL_INT4 || fam == QC_QL_UINT4) G = kc * rint_in(1, 8), K = G * rint_in(1, 6);
+        else G = K = kc * rint_in(1, 96);
+        run_case(id, fam, K, N, G, M, (int)mode, 0);
+    }
     quant_cases();
     printf("%s %d cases\n", failures ? "FAILED" : "ok", id);
     return failures ? 1 : 0;

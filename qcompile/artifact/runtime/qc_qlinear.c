@@ -25,6 +25,9 @@
  *   corrected value fits in int32 the wrap-around cancels (int8 AVX-512: (x+128)*w - 128*colsum).
  *   NEON sdot sums 4 int8 x int8 products straight into int32 (codes <= 15 or the int8 weight
  *   itself), so there is no narrow intermediate at all; i8mm smmla (row pairs) likewise, 8 at a time.
+ *   ARMv8.0 NEON (no sdot): smlal into int16, widened every 2 (int8) / 4 (4-bit) / 16 (ternary)
+ *   chunks, and the ternary lookup tables' byte sums: bounds at that section ("ARMv8.0 NEON").
+ *   That path runs rows in blocks of 2 then 1 and one subtile at a time (TB = 1).
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE 1 /* syscall(), for the AMX tile-state permission request */
@@ -50,6 +53,14 @@
 /* e.g. -march=armv8.2-a+dotprod, -mcpu=neoverse-n1: the binary then needs the dot product
  * instructions (sdot) at run time -- the artifact checks the CPU features when it is loaded */
 #define QL_NEON 1
+#define QL_NEON_DOT 1
+#include <arm_neon.h>
+#elif defined(__aarch64__) && defined(__ARM_NEON) && defined(__BYTE_ORDER__) &&                   \
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* e.g. -march=armv8-a, -mcpu=cortex-a72: baseline ARMv8.0 NEON only (no sdot): smlal widening
+ * multiplies, and table lookups (tbl) for ternary single rows; runs on every AArch64 CPU */
+#define QL_NEON 1
+#define QL_NEON_V80 1
 #include <arm_neon.h>
 #endif
 
@@ -89,6 +100,25 @@ static inline int32_t zero_point(const panel_t* P, int64_t g, int col) {
     default: return 0;
     }
 }
+
+#if QL_NEON
+/* zp * xsum of group g for the 16 columns col0.., as 4 registers of 4 columns (int8: 0) */
+QL_INLINE void neon_zp_xsum(const panel_t* P, int64_t g, int col0, int32_t xs, int32x4_t zpx[4]) {
+    if (P->family == QC_QL_UINT4) {
+        const uint8x16_t z8 = vld1q_u8(P->zp + g * P->W + col0);
+        const uint16x8_t lo = vmovl_u8(vget_low_u8(z8)), hi = vmovl_high_u8(z8);
+        zpx[0] = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(lo)));
+        zpx[1] = vreinterpretq_s32_u32(vmovl_high_u16(lo));
+        zpx[2] = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(hi)));
+        zpx[3] = vreinterpretq_s32_u32(vmovl_high_u16(hi));
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) zpx[i] = vmulq_n_s32(zpx[i], xs);
+    } else {
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) zpx[i] = vdupq_n_s32(zero_point(P, g, col0) * xs);
+    }
+}
+#endif
 
 /* ------------------------------------------------------------------ AVX-512 VNNI */
 #if QL_AVX512
@@ -546,20 +576,8 @@ static inline int subtile_batch(int R, int T) { return R * T <= 4 ? T : 4 / R; }
 QL_INLINE void neon_group_end(const panel_t* P, int64_t g, int col0, int32_t xs, const int32x4_t D[4],
                               float* yr) {
     const float* sg = P->s + g * P->W;
-    int32x4_t zpx[4]; /* zp * xsum of the 4 registers' columns (int8: 0) */
-    if (P->family == QC_QL_UINT4) {
-        const uint8x16_t z8 = vld1q_u8(P->zp + g * P->W + col0);
-        const uint16x8_t lo = vmovl_u8(vget_low_u8(z8)), hi = vmovl_high_u8(z8);
-        zpx[0] = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(lo)));
-        zpx[1] = vreinterpretq_s32_u32(vmovl_high_u16(lo));
-        zpx[2] = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(hi)));
-        zpx[3] = vreinterpretq_s32_u32(vmovl_high_u16(hi));
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) zpx[i] = vmulq_n_s32(zpx[i], xs);
-    } else {
-#pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) zpx[i] = vdupq_n_s32(zero_point(P, g, col0) * xs);
-    }
+    int32x4_t zpx[4];
+    neon_zp_xsum(P, g, col0, xs, zpx);
 #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) {
         const int col = col0 + i * 4;
@@ -568,6 +586,7 @@ QL_INLINE void neon_group_end(const panel_t* P, int64_t g, int col0, int32_t xs,
     }
 }
 
+#if QL_NEON_DOT
 #if defined(__ARM_FEATURE_MATMUL_INT8)
 /* ---------------- i8mm prefill: row pairs through smmla (-march=...+i8mm)
  * vmmlaq_s32(acc, a, b): acc (int32 2x2: [r0c0, r0c1, r1c0, r1c1]) += a (2 rows x 8 k, int8)
@@ -851,6 +870,369 @@ QL_INLINE void simd_rows(const panel_t* P, const int8_t* x, const float* xscale,
 
 /* 4*R*TB accumulator q-registers: at most 16 of the 32. */
 static inline int subtile_batch(int R, int T) { return R * T <= 4 ? T : 4 / R; }
+
+#else /* QL_NEON_V80 */
+/* ---------------- ARMv8.0 NEON without sdot (-march=armv8-a, Cortex-A53/A72)
+ * Rows go in blocks of R = 2, then 1, one subtile at a time (TB = 1: the int16 accumulators take
+ * 8 q-registers per row and subtile).  Register i of a chunk (bytes 4l + j: column 4i + l, k-quad
+ * lane j) is one smlal / smlal2 operand: low half = columns 4i, 4i+1, high = 4i+2, 4i+3, against
+ * the 4 activations of the field's k-quad broadcast to every 32-bit lane (the same register for
+ * both halves); the products go into int16 lanes (column, j).
+ *   int8: 2 chunks per int16 lane (|w*x| <= 128*127 = 16256, two: 32512), smull + smlal, then
+ *     sadalp into int32 [i][half] (lanes = (column, j pair)), addp at group end -> 4 columns.
+ *   4-/2-bit (fields as in the sdot path, codes 0..15 / 0..2 as int8): NB chunks per int16 block,
+ *     then addp of the two halves (the j pairs of a column: lanes (column, j01 / j23)) and sadalp
+ *     into int32 [i] = columns 4i..4i+3.  A lane gains <= V*15*127 = 3810 (4-bit) or 4*2*127 = 1016
+ *     (ternary) per chunk; the addp sums two lanes, so NB = 4 (2*4*3810 = 30480) or 16 (2*16*1016
+ *     = 32512) keeps that sum < 32767 (int16 adds wrap, so only the sums that are widened must
+ *     fit: they are exact).
+ *   ternary, single rows (R = 1: M = 1 decode, an odd last row): table lookups (T-MAC style, the
+ *     "lut1" kernel of tests/c/ternary_lut_neon.c).  The low nibble of a byte is the base-4 index
+ *     e = c0 + 4*c1 of the k pair (j, 4+j) of the chunk, the high nibble that of (8+j, 12+j); per
+ *     chunk, half h (nibble) and j a 16-entry table T(e) = (c0-1)*x[k0] + (c1-1)*x[k1] (0 where
+ *     c0 or c1 is 3), k0 = 16*ch + 8h + j, k1 = k0 + 4, holds exact partial sums of q*xq (the zero
+ *     point applied: I = sum T).  |T| <= 254, so T = 32*H + L, L = T & 31 in [0,31], H = T >> 5
+ *     in [-8,7], two byte tables; layout per chunk [j][h][part L,H][16] = 256 bytes.  vld4q_u8
+ *     de-interleaves a subtile's chunk into 4 registers (register j = the 16 columns at lane j),
+ *     so every lane of register j uses the same table: vqtbl1q_u8, 8 lookups per part per chunk,
+ *     summed exactly in bytes (L <= 8*31 = 248 unsigned; H in [-64,56], two chunks [-128,112]
+ *     signed), widened into u16/s16 per chunk (pair), and into int32 per block of QL_LUT_CHUNKS
+ *     (<= 256) chunks: I = L + 32*H.  The tables depend on the row's xq only: they are built per
+ *     block of QL_LUT_CHUNKS chunks on the stack (16 KiB) or, with QL_LUT_CACHE (default on), for
+ *     the whole row once per thread and row contents (a per-thread buffer, see lut_cache) and
+ *     reused by every panel call of that thread with the same xq.
+ * Group end: the sdot path's neon_group_end (the LUT passes xsum 0: its I has no zero-point term),
+ * so results are bit-identical to the scalar path. */
+#define QL_MAX_R 2
+/* chunks per int16 block of the 4-/2-bit smlal kernel (see above; overridable only so that the
+ * tests can check that their worst cases catch a block one chunk too long) */
+#ifndef QL_V80_NB4
+#define QL_V80_NB4 4
+#endif
+#ifndef QL_V80_NB2
+#define QL_V80_NB2 16
+#endif
+
+/* neon_group_end with the 16 columns' float accumulators in registers: the same operations */
+QL_INLINE void v80_group_end(const panel_t* P, int64_t g, int col0, int32_t xs, const int32x4_t D[4],
+                             float32x4_t yv[4]) {
+    const float* sg = P->s + g * P->W;
+    int32x4_t zpx[4];
+    neon_zp_xsum(P, g, col0, xs, zpx);
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        yv[i] = vfmaq_f32(yv[i], vld1q_f32(sg + col0 + i * 4), vcvtq_f32_s32(vsubq_s32(D[i], zpx[i])));
+}
+
+/* One 2-/4-bit chunk of one subtile into the int16 sums s16[row][register][half] of R rows
+ * (first: the block's first chunk, which sets them). */
+QL_INLINE void smlal_chunk(const uint8_t* wp, const int8_t* xk, int64_t K, int16x8_t s16[2][4][2],
+                           const int R, const int B, const int first) {
+    const int V = 8 / B;
+    const uint8x16_t m15 = vdupq_n_u8(0x0F), m3 = vdupq_n_u8(0x03);
+    int8x16_t xb[2][4]; /* the 4 activations of k-quad f, in every 32-bit lane */
+#pragma GCC unroll 2
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int f = 0; f < V; f++) xb[r][f] = vreinterpretq_s8_s32(vdupq_n_s32(ld32(xk + r * K + 4 * f)));
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        const uint8x16_t raw = vld1q_u8(wp + i * 16);
+        int8x16_t fl[4];
+        if (B == 4) {
+            fl[0] = vreinterpretq_s8_u8(vandq_u8(raw, m15));
+            fl[1] = vreinterpretq_s8_u8(vshrq_n_u8(raw, 4));
+        } else {
+            fl[0] = vreinterpretq_s8_u8(vandq_u8(raw, m3));
+            fl[1] = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(raw, 2), m3));
+            fl[2] = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(raw, 4), m3));
+            fl[3] = vreinterpretq_s8_u8(vshrq_n_u8(raw, 6));
+        }
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+            for (int f = 0; f < V; f++) {
+                if (first && f == 0) {
+                    s16[r][i][0] = vmull_s8(vget_low_s8(fl[f]), vget_low_s8(xb[r][f]));
+                    s16[r][i][1] = vmull_high_s8(fl[f], xb[r][f]);
+                } else {
+                    s16[r][i][0] = vmlal_s8(s16[r][i][0], vget_low_s8(fl[f]), vget_low_s8(xb[r][f]));
+                    s16[r][i][1] = vmlal_high_s8(s16[r][i][1], fl[f], xb[r][f]);
+                }
+            }
+        QL_NEON_SUBTILE_FENCE();
+    }
+}
+
+QL_INLINE void smlal_rows(const panel_t* P, const int8_t* x, const float* xscale, const int32_t* xsum,
+                          float* y, const int R, const int B) {
+    const int V = 8 / B, KC = 4 * V;
+    const int NB = B == 4 ? QL_V80_NB4 : QL_V80_NB2; /* chunks per int16 block, see above */
+    const int64_t K = P->K, rowb = (int64_t)P->T * 64, gchunks = P->gchunks; /* locals: not reloaded at the fences */
+    /* subtile by subtile, its groups in order: the float accumulators of its 16 columns stay in
+     * registers (the same fma order per column as the other paths) */
+    for (int t = 0; t < P->T; t++) {
+        float32x4_t yv[2][4];
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) yv[r][i] = vdupq_n_f32(0.0f);
+        for (int64_t g = 0; g < P->ng; g++) {
+            const uint8_t* wp = P->w + g * gchunks * rowb + t * 64;
+            const int8_t* xk = x + g * gchunks * KC;
+            int32x4_t D[2][4];
+            if (B == 8) {
+                int32x4_t a32[2][4][2]; /* [row][register][half] */
+#pragma GCC unroll 2
+                for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+                    for (int i = 0; i < 4; i++) a32[r][i][0] = a32[r][i][1] = vdupq_n_s32(0);
+                int64_t c = 0;
+                for (; c + 2 <= gchunks; c += 2, wp += 2 * rowb, xk += 8) {
+                    int8x16_t x0[2], x1[2];
+#pragma GCC unroll 2
+                    for (int r = 0; r < R; r++) {
+                        x0[r] = vreinterpretq_s8_s32(vdupq_n_s32(ld32(xk + r * K)));
+                        x1[r] = vreinterpretq_s8_s32(vdupq_n_s32(ld32(xk + r * K + 4)));
+                    }
+#pragma GCC unroll 4
+                    for (int i = 0; i < 4; i++) {
+                        const int8x16_t w0 = vld1q_s8((const int8_t*)wp + i * 16);
+                        const int8x16_t w1 = vld1q_s8((const int8_t*)wp + rowb + i * 16);
+#pragma GCC unroll 2
+                        for (int r = 0; r < R; r++) {
+                            const int16x8_t lo = vmlal_s8(vmull_s8(vget_low_s8(w0), vget_low_s8(x0[r])),
+                                                          vget_low_s8(w1), vget_low_s8(x1[r]));
+                            const int16x8_t hi = vmlal_high_s8(vmull_high_s8(w0, x0[r]), w1, x1[r]);
+                            a32[r][i][0] = vpadalq_s16(a32[r][i][0], lo);
+                            a32[r][i][1] = vpadalq_s16(a32[r][i][1], hi);
+                        }
+                    }
+                }
+                if (c < gchunks) { /* odd last chunk */
+#pragma GCC unroll 4
+                    for (int i = 0; i < 4; i++) {
+                        const int8x16_t w0 = vld1q_s8((const int8_t*)wp + i * 16);
+#pragma GCC unroll 2
+                        for (int r = 0; r < R; r++) {
+                            const int8x16_t x0 = vreinterpretq_s8_s32(vdupq_n_s32(ld32(xk + r * K)));
+                            a32[r][i][0] = vpadalq_s16(a32[r][i][0], vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
+                            a32[r][i][1] = vpadalq_s16(a32[r][i][1], vmull_high_s8(w0, x0));
+                        }
+                    }
+                }
+#pragma GCC unroll 2
+                for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+                    for (int i = 0; i < 4; i++) D[r][i] = vpaddq_s32(a32[r][i][0], a32[r][i][1]);
+            } else {
+#pragma GCC unroll 2
+                for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+                    for (int i = 0; i < 4; i++) D[r][i] = vdupq_n_s32(0);
+                for (int64_t c0 = 0; c0 < gchunks; c0 += NB) {
+                    const int64_t nc = gchunks - c0 < NB ? gchunks - c0 : NB;
+                    int16x8_t s16[2][4][2]; /* [row][register][half]: set by the block's first chunk */
+                    smlal_chunk(wp, xk, K, s16, R, B, 1);
+                    wp += rowb, xk += KC;
+                    for (int64_t c = 1; c < nc; c++, wp += rowb, xk += KC) smlal_chunk(wp, xk, K, s16, R, B, 0);
+                    /* lanes (column, j01 / j23) of both halves, then the 4 columns' sums */
+#pragma GCC unroll 2
+                    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+                        for (int i = 0; i < 4; i++)
+                            D[r][i] = vpadalq_s16(D[r][i], vpaddq_s16(s16[r][i][0], s16[r][i][1]));
+                }
+            }
+#pragma GCC unroll 2
+            for (int r = 0; r < R; r++) v80_group_end(P, g, t * 16, xsum[r * P->ng + g], D[r], yv[r]);
+        }
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++) {
+            const float32x4_t xs = vdupq_n_f32(xscale[r]);
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) vst1q_f32(y + r * P->N + t * 16 + 4 * i, vmulq_f32(xs, yv[r][i]));
+        }
+    }
+}
+
+/* ---------------- ternary single rows: table lookups (see above) */
+#ifndef QL_LUT_CHUNKS
+#define QL_LUT_CHUNKS 64 /* chunks (16 k) per table block: 16 KiB on the stack; <= 256 (u16 sums) */
+#endif
+#ifndef QL_LUT_CACHE
+#define QL_LUT_CACHE 1
+#endif
+
+/* Tables of chunks [0, n) from xk (16 k per chunk): tab[ch*256 + j*64 + h*32 + part*16 + e]. */
+static void lut_tables(const int8_t* xk, int64_t n, uint8_t* tab) {
+    /* lanes e = c0 + 4*c1: A = c0-1 (0 for c0 = 3); B = c1-1 for entries 0..7 (c1 = 0, 1) and
+     * 8..15 (c1 = 2, 3 -> 0) */
+    static const int16_t A_[8] = {-1, 0, 1, 0, -1, 0, 1, 0};
+    static const int16_t BL_[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
+    static const int16_t BH_[8] = {1, 1, 1, 1, 0, 0, 0, 0};
+    const int16x8_t A = vld1q_s16(A_), BL = vld1q_s16(BL_), BH = vld1q_s16(BH_);
+    const uint8x16_t m31 = vdupq_n_u8(31);
+    for (int64_t ch = 0; ch < n; ch++, tab += 256) {
+        const int8x16_t x8 = vld1q_s8(xk + ch * 16);
+        const int16x8_t xw[2] = {vmovl_s8(vget_low_s8(x8)), vmovl_high_s8(x8)}; /* k 0..7, 8..15 */
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++)
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                /* lo: entries 0..7, hi: 8..15 = A*x[k0] + B*x[k1] (lane numbers must be constants) */
+#define QL_LUT_ENTRIES(J)                                                                          \
+    a = vmulq_laneq_s16(A, xw[h], J);                                                              \
+    lo = vmlaq_laneq_s16(a, BL, xw[h], J + 4);                                                     \
+    hi = vmlaq_laneq_s16(a, BH, xw[h], J + 4)
+                int16x8_t a, lo, hi;
+                switch (j) {
+                case 0: QL_LUT_ENTRIES(0); break;
+                case 1: QL_LUT_ENTRIES(1); break;
+                case 2: QL_LUT_ENTRIES(2); break;
+                default: QL_LUT_ENTRIES(3); break;
+                }
+#undef QL_LUT_ENTRIES
+                /* L: the low bytes (uzp1, little-endian) & 31; H = T >> 5 narrowed (shrn) */
+                const uint8x16_t L = vandq_u8(vuzp1q_u8(vreinterpretq_u8_s16(lo), vreinterpretq_u8_s16(hi)), m31);
+                const int8x16_t H = vcombine_s8(vshrn_n_s16(lo, 5), vshrn_n_s16(hi, 5));
+                vst1q_u8(tab + j * 64 + h * 32, L);
+                vst1q_u8(tab + j * 64 + h * 32 + 16, vreinterpretq_u8_s8(H));
+            }
+    }
+}
+
+/* One chunk of one subtile: L (8 lookups summed in bytes, <= 248) widened into L16, H (8 lookups,
+ * [-64, 56]) added to hs and returned. */
+QL_INLINE int8x16_t lut_chunk(const uint8_t* tp, const uint8_t* wp, uint8x16_t m15, uint16x8_t L16[2],
+                              int8x16_t hs) {
+    QL_NEON_SUBTILE_FENCE(); /* keeps GCC from hoisting the table loads of several chunks */
+    const uint8x16x4_t r = vld4q_u8(wp); /* r.val[j][column] */
+    uint8x16_t ls = vdupq_n_u8(0), h8 = vreinterpretq_u8_s8(hs);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        const uint8x16x4_t tb = vld1q_u8_x4(tp + 64 * j); /* L0, H0, L1, H1 of this j */
+        const uint8x16_t i0 = vandq_u8(r.val[j], m15), i1 = vshrq_n_u8(r.val[j], 4);
+        const uint8x16_t a = vaddq_u8(vqtbl1q_u8(tb.val[0], i0), vqtbl1q_u8(tb.val[2], i1));
+        const uint8x16_t b = vaddq_u8(vqtbl1q_u8(tb.val[1], i0), vqtbl1q_u8(tb.val[3], i1));
+        ls = j ? vaddq_u8(ls, a) : a;
+        h8 = vaddq_u8(h8, b); /* wrapping byte adds: exact while the signed sum fits */
+    }
+    L16[0] = vaddw_u8(L16[0], vget_low_u8(ls));
+    L16[1] = vaddw_high_u8(L16[1], ls);
+    return vreinterpretq_s8_u8(h8);
+}
+
+#if QL_LUT_CACHE
+/* Per-thread table cache: one heap block per thread (a pthread key, freed when the thread exits)
+ * holding the K and the xq of the last row whose tables it built, then the tables (K*16 bytes).
+ * A panel call whose row has the same K and the same xq bytes (memcmp) reuses them: the tables are
+ * a function of those bytes only, so this is exact whatever buffer the row comes from.  NULL when
+ * the allocation fails (the caller then builds per block on the stack). */
+#include <pthread.h>
+#include <stdlib.h>
+typedef struct {
+    int64_t K, cap; /* cap: the K the block has room for */
+    int valid;
+} lut_cache_t;
+static pthread_key_t lut_key;
+static int lut_key_ok;
+static pthread_once_t lut_once = PTHREAD_ONCE_INIT;
+static void lut_key_init(void) { lut_key_ok = pthread_key_create(&lut_key, free) == 0; }
+
+static const uint8_t* lut_cached_tables(const int8_t* x, int64_t K) {
+    if (pthread_once(&lut_once, lut_key_init) != 0 || !lut_key_ok) return 0;
+    const size_t head = 64; /* header, then xq copy (K rounded up to 64), then the tables */
+    const size_t xbytes = (size_t)(K + 63) / 64 * 64;
+    lut_cache_t* c = pthread_getspecific(lut_key);
+    if (c && c->valid && c->K == K && memcmp((const uint8_t*)c + head, x, (size_t)K) == 0)
+        return (const uint8_t*)c + head + xbytes;
+    if (!c || c->cap < K) {
+        free(c); /* the old block, if any, is this thread's: not used by anyone else */
+        pthread_setspecific(lut_key, 0);
+        c = malloc(head + xbytes + (size_t)K * 16);
+        if (!c) return 0;
+        c->cap = K;
+        if (pthread_setspecific(lut_key, c) != 0) {
+            free(c);
+            return 0;
+        }
+    }
+    uint8_t* xc = (uint8_t*)c + head;
+    c->valid = 0;
+    c->K = K;
+    memcpy(xc, x, (size_t)K);
+    lut_tables(x, K / 16, xc + (size_t)(K + 63) / 64 * 64);
+    c->valid = 1;
+    return xc + xbytes;
+}
+#endif
+
+/* one row of a ternary panel (G = K) */
+static void lut_row(const panel_t* P, const int8_t* x, const float* xscale, float* y) {
+    const int64_t nch = P->K / 16, rowb = (int64_t)P->T * 64;
+    const uint8x16_t m15 = vdupq_n_u8(0x0F);
+    const uint8_t* cached = 0;
+#if QL_LUT_CACHE
+    cached = lut_cached_tables(x, P->K);
+#endif
+    _Alignas(16) uint8_t stab[QL_LUT_CHUNKS * 256];
+    int32x4_t D[4][4]; /* [subtile][register: columns 4i..4i+3] */
+    for (int t = 0; t < P->T; t++)
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) D[t][i] = vdupq_n_s32(0);
+    for (int64_t b0 = 0; b0 < nch; b0 += QL_LUT_CHUNKS) {
+        const int64_t nb = nch - b0 < QL_LUT_CHUNKS ? nch - b0 : QL_LUT_CHUNKS;
+        const uint8_t* tab = cached ? cached + b0 * 256 : stab;
+        if (!cached) lut_tables(x + b0 * 16, nb, stab);
+        for (int t = 0; t < P->T; t++) {
+            uint16x8_t L16[2] = {vdupq_n_u16(0), vdupq_n_u16(0)}; /* columns 0-7, 8-15 */
+            int16x8_t H16[2] = {vdupq_n_s16(0), vdupq_n_s16(0)};
+            const uint8_t* wp = P->w + b0 * rowb + t * 64;
+            const uint8_t* tp = tab;
+            int64_t c = 0;
+            /* H sums of two chunks stay in bytes ([-128, 112]): widened once per pair */
+            for (; c + 2 <= nb; c += 2, wp += 2 * rowb, tp += 512) {
+                int8x16_t hs = lut_chunk(tp, wp, m15, L16, vdupq_n_s8(0));
+                hs = lut_chunk(tp + 256, wp + rowb, m15, L16, hs);
+                H16[0] = vaddw_s8(H16[0], vget_low_s8(hs));
+                H16[1] = vaddw_high_s8(H16[1], hs);
+            }
+            if (c < nb) {
+                const int8x16_t hs = lut_chunk(tp, wp, m15, L16, vdupq_n_s8(0));
+                H16[0] = vaddw_s8(H16[0], vget_low_s8(hs));
+                H16[1] = vaddw_high_s8(H16[1], hs);
+            }
+            /* I += L + 32*H, per column */
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                int32x4_t d0 = vreinterpretq_s32_u32(vaddw_u16(vreinterpretq_u32_s32(D[t][2 * h]), vget_low_u16(L16[h])));
+                int32x4_t d1 = vreinterpretq_s32_u32(vaddw_high_u16(vreinterpretq_u32_s32(D[t][2 * h + 1]), L16[h]));
+                D[t][2 * h] = vaddq_s32(d0, vshll_n_s16(vget_low_s16(H16[h]), 5));
+                D[t][2 * h + 1] = vaddq_s32(d1, vshll_high_n_s16(H16[h], 5));
+            }
+        }
+    }
+    float yacc[64];
+    memset(yacc, 0, sizeof(float) * P->W);
+    for (int t = 0; t < P->T; t++) neon_group_end(P, 0, t * 16, 0, D[t], yacc);
+    const float32x4_t xs = vdupq_n_f32(xscale[0]);
+    for (int col = 0; col < P->W; col += 4) vst1q_f32(y + col, vmulq_f32(xs, vld1q_f32(yacc + col)));
+}
+
+QL_INLINE void simd_rows(const panel_t* P, const int8_t* x, const float* xscale,
+                         const int32_t* xsum, float* y, const int R, const int TB, const int B) {
+    (void)TB; /* always 1 */
+    if (B == 2 && R == 1) lut_row(P, x, xscale, y);
+    else smlal_rows(P, x, xscale, xsum, y, R, B);
+}
+
+/* one subtile at a time (8 int16 accumulators per row) */
+static inline int subtile_batch(int R, int T) {
+    (void)R, (void)T;
+    return 1;
+}
+#endif /* QL_NEON_DOT / QL_NEON_V80 */
 #endif
 
 #if QL_SIMD
@@ -865,6 +1247,8 @@ typedef void (*rows_fn)(const panel_t*, const int8_t*, const float*, const int32
 /* the (R, TB) pairs subtile_batch can return */
 #if QL_AVX512
 #define QL_COMBOS(X) X(1, 1) X(1, 2) X(1, 4) X(2, 1) X(2, 2) X(2, 4) X(4, 1) X(4, 2) X(4, 4)
+#elif QL_NEON_V80
+#define QL_COMBOS(X) X(1, 1) X(2, 1)
 #else
 #define QL_COMBOS(X) X(1, 1) X(1, 2) X(1, 4) X(2, 1) X(2, 2) X(4, 1)
 #endif
@@ -888,7 +1272,10 @@ static void panel_rows(const panel_t* P, const int8_t* xq, const float* xscale, 
         (bits == 2 ? amx_rows_b2 : bits == 4 ? amx_rows_b4 : amx_rows_b8)(P, xq, xscale, xsum, y, m);
     }
 #endif
-    for (int R = 4; R >= 1; R /= 2) {
+#ifndef QL_MAX_R
+#define QL_MAX_R 4
+#endif
+    for (int R = QL_MAX_R; R >= 1; R /= 2) {
         const rows_fn fn = pick_rows(R, subtile_batch(R, P->T), bits);
         for (; m + R <= M; m += R) fn(P, xq + m * P->K, xscale + m, xsum + m * P->ng, y + m * P->N);
     }

@@ -21,7 +21,14 @@
  *                                                  sdot); SIGILL on CPUs without i8mm (e.g.
  *                                                  Cortex-A76, Neoverse N1) at the first call
  *                                                  that runs a row pair through smmla
- *   otherwise                                      portable scalar C (e.g. -march=armv8-a)
+ *   __aarch64__ && __ARM_NEON, no dotprod          ARMv8.0 NEON (little-endian; e.g. -march=armv8-a,
+ *     (Cortex-A53/A72: Raspberry Pi 3/4)           -mcpu=cortex-a72): smlal/smlal2 widening
+ *                                                  multiplies into int16 sums widened (sadalp)
+ *                                                  before they can overflow, rows in pairs; ternary
+ *                                                  single rows (M = 1, an odd last row) by table
+ *                                                  lookup (vld4q + tbl over per-row tables of k-pair
+ *                                                  partial sums, built from xq; cached per thread)
+ *   otherwise                                      portable scalar C (e.g. -march=armv8-a+nosimd)
  * All paths give bit-identical results (same integer dots, same fma order in float); the
  * activation quantizer too (vector loops on x86 and NEON builds, the same IEEE operations).
  * QL_EMULATE_X86 (tests only, with tests/c on the include path) builds the AVX-512 path on plain-C
@@ -50,8 +57,10 @@
  * g = 0, 1, ..., y = xscale[m] * acc.
  *
  * No pointer needs to be aligned (unaligned loads throughout), though 64-byte-aligned weights
- * and scales are faster.  No global state besides the AMX probe's once-per-process flag (atomic):
- * panels may run concurrently on several threads (tile state is per thread).
+ * and scales are faster.  No global state besides the AMX probe's once-per-process flag (atomic)
+ * and, in ARMv8.0 NEON builds, a per-thread cache of the last ternary row's lookup tables (K*17
+ * bytes on the heap, a pthread key: freed when the thread exits; reused only for the same K and
+ * the same xq bytes): panels may run concurrently on several threads (tile state is per thread).
  */
 #ifndef QC_QLINEAR_H_
 #define QC_QLINEAR_H_
