@@ -3,6 +3,7 @@ sequence at once, from Python, from C and through `qcompile generate`."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -100,7 +101,10 @@ def test_long_prompts_are_prefilled_in_chunks(workdir, files):
 
 
 def test_session_errors_leave_the_context_intact(workdir, files):
-    model = qcompile.load(built(workdir, files, "mixed"))
+    lib = built(workdir, files, "mixed")
+    record = json.loads(lib.with_name("llama_kv.manifest.json").read_text())["session"]
+    assert (record["tokens"], record["past"], record["kv_quant"]) == ("input_ids", "past", None)   # fp32 cache
+    model = qcompile.load(lib)
     session = model.session(max_context=8)
     assert session.capacity == 8
     session.prefill(IDS[:6])

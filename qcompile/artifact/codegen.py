@@ -176,6 +176,9 @@ def _fill(path: Path, subst: dict[str, str]) -> str:
 
 def _session_tables(plan: Plan, dec: Decoder, syms: list[str]) -> tuple[str, str, int]:
     """#defines and tables of the session code: which input/output plays which role."""
+    if dec.kv_quant is not None:
+        raise LoweringError(f"a {dec.kv_quant.describe()} KV cache is not implemented yet: the session keeps the "
+                            "cache in the graph's float dtype")
     g = plan.graph
     cache_in = [g.inputs.index(c.past) for c in dec.caches]
     roles_in = []

@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from ..ir import dims
+from ..ir.quant import QuantSpec
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,14 @@ class Decoder:
     caches: tuple[CachePair, ...]
     mask: str | None = None
     positions: str | None = None
-    kv_format: str = "float32"      # a QuantSpec name once quantized caches land
+    # the cache's storage: the graph's float dtype, or (once quantized caches land) a QuantSpec
+    # saying how the stored integers map back to it, e.g. int8 per (head, position)
+    kv_quant: QuantSpec | None = None
 
     def manifest(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        record["kv_quant"] = self.kv_quant.describe() if self.kv_quant else None
+        return record
 
 
 class NotADecoder(Exception):
