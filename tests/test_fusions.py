@@ -23,7 +23,8 @@ from .helpers import ort_run
 from .test_lowering import TARGET
 
 
-def sdpa_model(heads=9, kv_heads=3, head_dim=64, split_scale=True, mask=True, repeat=True, v_transposed=False):
+def sdpa_model(heads=9, kv_heads=3, head_dim=64, split_scale=True, mask=True, repeat=True, v_transposed=False,
+               mask_first=False):
     """Grouped-query SDPA as torch's exporter decomposes it: sqrt(scale) on q and on kᵀ, repeat_kv
     through Unsqueeze/Expand/Reshape, an additive mask, Softmax, MatMul with v."""
     f = TensorProto.FLOAT
@@ -51,7 +52,7 @@ def sdpa_model(heads=9, kv_heads=3, head_dim=64, split_scale=True, mask=True, re
         nodes += [helper.make_node("MatMul", ["q", kt], ["qk"]), helper.make_node("Mul", ["qk", "s"], ["scores"])]
     logits = "scores"
     if mask:
-        nodes.append(helper.make_node("Add", ["scores", "mask"], ["masked"]))
+        nodes.append(helper.make_node("Add", ["mask", "scores"] if mask_first else ["scores", "mask"], ["masked"]))
         logits = "masked"
     nodes.append(helper.make_node("Softmax", [logits], ["probs"], axis=-1))
     v = rep("v")
@@ -82,9 +83,10 @@ def ops(graph):
     return graph.op_histogram()
 
 
-@pytest.mark.parametrize("split_scale, mask", [(True, True), (False, True), (True, False)])
-def test_sdpa_is_fused_and_equals_onnxruntime(rng, tmp_path, split_scale, mask):
-    model = sdpa_model(split_scale=split_scale, mask=mask)
+@pytest.mark.parametrize("split_scale, mask, mask_first", [(True, True, False), (False, True, True),
+                                                          (True, False, False)])
+def test_sdpa_is_fused_and_equals_onnxruntime(rng, tmp_path, split_scale, mask, mask_first):
+    model = sdpa_model(split_scale=split_scale, mask=mask, mask_first=mask_first)
     graph, _ = run_pipeline(from_proto(model))
     assert ops(graph) == {"qcompile.Attention": 1}, ops(graph)      # no Expand, Transpose, Softmax left
     node = graph.nodes[0]

@@ -84,18 +84,21 @@ def fuse_attention(g: Graph) -> Graph:
         if len(readers) != 1 or readers[0].op != "MatMul" or readers[0].inputs[0] != sm.outputs[0]:
             continue
         pv = readers[0]
-        x, mask = sm.inputs[0], None
-        add = producers.get(x)
+        add = producers.get(sm.inputs[0])
+        # the logits are the scores, or scores + mask with the operands in either order
+        options = [(sm.inputs[0], None)]
         if add is not None and add.op == "Add":
-            for i in (0, 1):
-                mm = producers.get(add.inputs[i])
-                if mm is not None and (mm.op == "MatMul" or mm.op in ("Mul", "Div")):
-                    x, mask = add.inputs[i], add.inputs[1 - i]
-                    break
-        scores = _Chain(g, producers, x)
-        qk = producers.get(scores.value)
-        if qk is None or qk.op != "MatMul" or scores.transposed or scores.repeated:
+            options = [(add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])] + options
+        found = None
+        for x, mask in options:
+            scores = _Chain(g, producers, x)
+            qk = producers.get(scores.value)
+            if qk is not None and qk.op == "MatMul" and not scores.transposed and not scores.repeated:
+                found = scores, qk, mask
+                break
+        if found is None:
             continue
+        scores, qk, mask = found
         q, k, v = _Chain(g, producers, qk.inputs[0]), _Chain(g, producers, qk.inputs[1]), _Chain(g, producers,
                                                                                               pv.inputs[1])
         if q.transposed or q.repeated or not k.transposed or v.transposed or v.scale != 1.0:
