@@ -124,7 +124,9 @@ class Model:
         """A decoding session that keeps the KV cache inside the library (decoders only)."""
         if self.vocab_size is None:
             raise ArtifactError(f"'{self.path.name}' has no session API: the model is not a decoder with KV-cache "
-                                "inputs and outputs (see 'session' in its manifest)", 1)
+                                "inputs and outputs ('session' in its manifest says why)", 1,
+                                hint="export the model with past/present cache tensors (e.g. tools/export_model.py "
+                                     "--kv-cache) and build that file")
         return Session(self, max_context)
 
     def close(self) -> None:
