@@ -228,3 +228,38 @@ def test_rotary_is_fused_and_equals_onnxruntime(rng, tmp_path, swap):
 def test_a_rotation_that_is_not_half_is_left_alone():
     graph, _ = run_pipeline(from_proto(rotary_model(half=4)))
     assert "qcompile.Rotary" not in ops(graph)
+
+
+@pytest.mark.parametrize("kv", [False, True])
+def test_fold_norms_moves_every_gamma_into_the_weights(rng, kv):
+    """fold_norms (issue 7): each RMSNorm's gamma goes into the q/k/v, gate/up and LM head weights;
+    the norms become scale-free and the model computes the same function."""
+    cfg = LlamaConfig()
+    graph, _ = run_pipeline(from_proto(make_llama(cfg, with_kv_cache=kv)))
+    folded = get_pass("fold_norms").fn(graph.copy())
+    norms = [n for n in folded.nodes if n.op == "RMSNormalization"]
+    assert len(norms) == 2 * cfg.num_layers + 1
+    assert all(np.all(folded.values[n.inputs[1]].const == 1) for n in norms)
+    feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (1, 5)).astype(np.int64)}
+    for i in range(cfg.num_layers if kv else 0):
+        for kind in ("key", "value"):
+            feeds[f"past_{kind}_{i}"] = rng.standard_normal((1, cfg.num_kv_heads, 2, cfg.head_dim)).astype(np.float32)
+    want, got = run(graph, feeds), run(folded, feeds)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5 * np.abs(want[name]).max())
+
+
+def test_fold_norms_leaves_a_norm_read_by_other_ops_alone():
+    """A norm whose output also feeds a non-linear op keeps its gamma (that reader needs it)."""
+    f = TensorProto.FLOAT
+    inits = [helper.make_tensor("gamma", f, [8], np.linspace(0.5, 2, 8).tolist()),
+             helper.make_tensor("w", f, [8, 4], np.ones(32).tolist())]
+    nodes = [helper.make_node("RMSNormalization", ["x", "gamma"], ["n"], axis=-1),
+             helper.make_node("MatMul", ["n", "w"], ["y"]), helper.make_node("Relu", ["n"], ["r"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [2, 8])],
+                              [helper.make_tensor_value_info("y", f, [2, 4]), helper.make_tensor_value_info("r", f, [2, 8])],
+                              inits)
+    g, _ = run_pipeline(from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])))
+    folded = get_pass("fold_norms").fn(g.copy())
+    norm = next(n for n in folded.nodes if n.op == "RMSNormalization")
+    assert not np.all(folded.values[norm.inputs[1]].const == 1)
