@@ -1,0 +1,61 @@
+"""Hadamard matrices for rotations (issue 7): H Hᵀ = n I for every construction, the layer sizes of
+real models factor into a known order times a power of two, and unknown orders fail by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qcompile.quant.hadamard import NoHadamardError, factor, fwht, hadamard, orthogonal, sylvester
+
+
+def assert_hadamard(h: np.ndarray) -> None:
+    n = h.shape[0]
+    assert h.shape == (n, n) and set(np.unique(h)) <= {-1, 1}
+    np.testing.assert_array_equal(h.astype(np.int64) @ h.T.astype(np.int64), n * np.eye(n, dtype=np.int64))
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 64, 256])
+def test_sylvester(n):
+    assert_hadamard(sylvester(n))
+
+
+# Paley I from primes (12, 20, 44, 60, 84) and prime powers (28 = 3^3+1, 344 = 7^3+1); Paley II
+# (36 from 17, 52 from 25 = 5^2, 76 from 37)
+@pytest.mark.parametrize("n", [12, 20, 28, 36, 44, 52, 60, 76, 84, 344])
+def test_paley_orders(n):
+    assert factor(n) == (n, 1)
+    assert_hadamard(hadamard(n))
+
+
+@pytest.mark.parametrize("n, m", [(576, 36), (1536, 12), (5632, 44), (11008, 344), (4096, 1), (2048 * 3, 12)])
+def test_model_sizes_factor(rng, n, m):
+    """SmolLM2 (576, 1536), TinyLlama (5632), Llama-2-7B (11008)."""
+    assert factor(n) == (m, n // m)
+    h = hadamard(n)
+    if n <= 1536:
+        assert_hadamard(h)
+    else:      # n^3 is too slow to multiply out: orthogonality shows on random vectors instead
+        x = rng.standard_normal((3, n))
+        np.testing.assert_allclose(np.linalg.norm(x @ orthogonal(n), axis=1), np.linalg.norm(x, axis=1), rtol=1e-9)
+        assert set(np.unique(h[:64, :64])) <= {-1, 1}
+
+
+@pytest.mark.parametrize("n", [0, 7, 6, 92, 4 * 47])
+def test_unknown_orders_fail_by_name(n):
+    with pytest.raises(NoHadamardError, match=str(n)):
+        hadamard(n)
+
+
+def test_fwht_is_the_sylvester_product(rng):
+    x = rng.standard_normal((5, 3, 128)).astype(np.float32)
+    np.testing.assert_allclose(fwht(x), x @ sylvester(128).astype(np.float32), rtol=1e-5, atol=1e-4)
+    with pytest.raises(NoHadamardError):
+        fwht(np.zeros(12))
+
+
+def test_orthogonal_rotation_is_exact_in_float(rng):
+    """Rotating a linear layer's input and weights by the same orthogonal H leaves it unchanged."""
+    x, w = rng.standard_normal((4, 576)), rng.standard_normal((576, 32))
+    q = orthogonal(576)
+    np.testing.assert_allclose((x @ q) @ (q.T @ w), x @ w, rtol=1e-9, atol=1e-9)
