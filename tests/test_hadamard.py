@@ -59,3 +59,39 @@ def test_orthogonal_rotation_is_exact_in_float(rng):
     x, w = rng.standard_normal((4, 576)), rng.standard_normal((576, 32))
     q = orthogonal(576)
     np.testing.assert_allclose((x @ q) @ (q.T @ w), x @ w, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("kv", [False, True])
+def test_rotated_llama_computes_the_same_function(rng, kv):
+    """fold_norms then rotate: embedding, q/k/v, o, gate/up, down and LM head weights all change,
+    outputs stay equal to float rounding (exact in real arithmetic)."""
+    from qcompile.frontend import from_proto
+    from qcompile.ir.interpret import run
+    from qcompile.passes import get_pass, run_pipeline
+    from qcompile.zoo import LlamaConfig, make_llama
+
+    cfg = LlamaConfig(hidden_size=96, intermediate_size=128, num_heads=3, num_kv_heads=1)    # 96 = 12 x 8
+    graph, _ = run_pipeline(from_proto(make_llama(cfg, with_kv_cache=kv)))
+    rotated = get_pass("rotate").fn(get_pass("fold_norms").fn(graph.copy()))
+    changed = [n for n in graph.values if graph.values[n].const is not None and graph.values[n].const.ndim == 2
+               and n in rotated.values and not np.allclose(graph.values[n].const, rotated.values[n].const)]
+    assert len(changed) >= 7 * cfg.num_layers, changed
+    feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (1, 6)).astype(np.int64)}
+    for i in range(cfg.num_layers if kv else 0):
+        for kind in ("key", "value"):
+            feeds[f"past_{kind}_{i}"] = rng.standard_normal((1, 1, 3, 32)).astype(np.float32)
+    want, got = run(graph, feeds), run(rotated, feeds)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4 * np.abs(want[name]).max())
+
+
+def test_rotate_needs_scale_free_norms():
+    from qcompile.frontend import from_proto
+    from qcompile.passes import get_pass, run_pipeline
+    from qcompile.passes.rotate import RotateError
+    from qcompile.zoo import LlamaConfig, make_llama
+
+    graph, _ = run_pipeline(from_proto(make_llama(LlamaConfig())))
+    with pytest.raises(RotateError, match="gamma") as info:
+        get_pass("rotate").fn(graph)
+    assert info.value.node and "fold_norms" in info.value.hint

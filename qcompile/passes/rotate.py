@@ -1,0 +1,116 @@
+"""rotate: an orthogonal Hadamard rotation of the residual stream, folded into the weights (QuaRot).
+
+With Q = H / sqrt(d) (d the hidden size), every residual-stream value h becomes h Q: the
+embedding table E becomes E Q, every linear layer that writes into the stream (o_proj,
+down_proj) W -> W Q, and every one that reads it through a norm (q/k/v, gate/up, LM head)
+W -> Qᵀ W. A scale-free RMSNorm commutes with Q (||h Q|| = ||h||), so the network computes the
+same function while outlier channels are spread over all of them, which is what makes low-bit
+weights and activations usable. Run fold_norms first: a norm with a gamma does not commute.
+
+The stream is found by walking from the embedding Gather through the residual Adds; any reader
+that is not a norm or a residual Add makes the pass refuse, naming it, rather than guess.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import QCompileError
+from ..ir.graph import Graph, Node
+from ..quant.hadamard import orthogonal
+from .fold_norms import _k_axis
+from .registry import register_pass
+
+
+class RotateError(QCompileError):
+    phase = "rotate"
+
+
+def _const_weight(g: Graph, node: Node) -> np.ndarray | None:
+    if _k_axis(node) is None or len(node.inputs) < 2:
+        return None
+    return g.values[node.inputs[1]].const
+
+
+def residual_stream(g: Graph) -> tuple[Node, list[Node], list[Node]]:
+    """(embedding Gather, reader linears, writer linears) of the residual stream."""
+    producers, consumers = g.producers(), g.consumers()
+    embeds = [n for n in g.nodes if n.op == "Gather" and g.values[n.inputs[0]].const is not None
+              and g.values[n.inputs[0]].rank == 2]
+    if len(embeds) != 1:
+        raise RotateError(f"expected one embedding Gather, found {len(embeds)}")
+    readers: list[Node] = []
+    writers: list[Node] = []
+    todo, seen = [embeds[0].outputs[0]], set()
+    while todo:
+        value = todo.pop()
+        if value in seen:
+            continue
+        seen.add(value)
+        if value in g.outputs:
+            raise RotateError(f"the residual stream value '{value}' is a graph output")
+        for node in consumers.get(value, []):
+            if node.op == "Add" and not node.domain:
+                other = node.inputs[1] if node.inputs[0] == value else node.inputs[0]
+                if other not in seen:
+                    writer = producers.get(other)
+                    if writer is None or _const_weight(g, writer) is None:
+                        raise RotateError("a residual Add's other operand is not a linear layer's output",
+                                          node=node.name, op=node.op)
+                    writers.append(writer)
+                todo.append(node.outputs[0])
+            elif node.op == "RMSNormalization" and not node.domain:
+                gamma = g.values[node.inputs[1]].const
+                if gamma is None or not np.all(gamma == 1):
+                    raise RotateError("the norm has a gamma, which does not commute with a rotation",
+                                      node=node.name, op=node.op, hint="run fold_norms first")
+                for reader in consumers.get(node.outputs[0], []):
+                    if _const_weight(g, reader) is None or reader.inputs[0] != node.outputs[0]:
+                        raise RotateError("a normalized value is read by something other than a linear layer",
+                                          node=reader.name, op=reader.op)
+                    readers.append(reader)
+            else:
+                raise RotateError("the residual stream is read by an op the rotation cannot pass",
+                                  node=node.name, op=node.op)
+    return embeds[0], readers, writers
+
+
+def _set_weight(g: Graph, node: Node, w: np.ndarray, shared: dict[str, int]) -> None:
+    name = node.inputs[1]
+    if shared.get(name, 0) > 1:
+        node.inputs[1] = g.add_const(f"{name}_rotated", w).name
+    else:
+        g.values[name].const = w
+
+
+@register_pass("rotate")
+def rotate(g: Graph) -> Graph:
+    """Rotate the residual stream by a Hadamard matrix folded into embedding and linear weights."""
+    embed, readers, writers = residual_stream(g)
+    table = g.values[embed.inputs[0]].const
+    d = table.shape[1]
+    for node in readers + writers:
+        w, k = _const_weight(g, node), _k_axis(node)
+        if w.shape[k if node in readers else 1 - k] != d:
+            raise RotateError(f"the layer's weight {list(w.shape)} does not meet the residual width {d}",
+                              node=node.name, op=node.op)
+    q = orthogonal(d)
+    shared = {name: len(nodes) for name, nodes in g.consumers().items()}
+    if shared.get(embed.inputs[0], 0) > 1:
+        embed.inputs[0] = g.add_const(f"{embed.inputs[0]}_rotated", (table @ q).astype(table.dtype)).name
+    else:
+        g.values[embed.inputs[0]].const = (table @ q).astype(table.dtype)
+    for node in readers:                       # y = (h Q) (Qᵀ W)
+        w = _const_weight(g, node)
+        rotated = q.T @ w if _k_axis(node) == 0 else w @ q
+        _set_weight(g, node, rotated.astype(w.dtype), shared)
+    for node in writers:                       # (x W + b) Q: columns of W, or rows of a transposed one
+        w = _const_weight(g, node)
+        rotated = w @ q if _k_axis(node) == 0 else q.T @ w
+        _set_weight(g, node, rotated.astype(w.dtype), shared)
+        bias = g.values[node.inputs[2]].const if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2] else None
+        if bias is not None:
+            node.inputs[2] = g.add_const(f"{node.inputs[2]}_rotated", (np.broadcast_to(bias, (d,)) @ q)
+                                         .astype(bias.dtype)).name
+    g.prune_values()
+    return g
