@@ -33,6 +33,7 @@ class BuildOptions:
     middle: str = "int4"
     group_size: int | None = None     # None: 128 where it divides K, else 64 or 32
     plan: Path | None = None         # per-layer overrides (TOML/JSON)
+    rotate: bool = False             # fold norms and Hadamard-rotate the residual stream before quantizing
     out_dir: Path = Path("out")
     name: str | None = None
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
@@ -99,6 +100,10 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     phase("passes")
     say("passes", "default pipeline")
     graph, _report = run_pipeline(graph, "default", dump_ir=opts.dump_ir)
+    if opts.rotate:
+        from .passes import get_pass
+        graph = get_pass("rotate").fn(get_pass("fold_norms").fn(graph))
+        say("passes", "norm gammas folded into the linear layers; residual stream rotated by H/sqrt(d)")
     phase("precision")
     layers = assign(graph, precision)
     quantize_weights(graph)

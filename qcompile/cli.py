@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, choices=[32, 64, 128],
                    help="int4 group size (default: 128, or 64/32 for layers whose K 128 does not divide)")
     p.add_argument("--plan", metavar="FILE", help="per-layer formats: TOML/JSON mapping node-name globs to formats")
+    p.add_argument("--rotate", action="store_true",
+                   help="before quantizing, fold norm gammas into the linear layers and rotate the residual "
+                        "stream by a Hadamard matrix (QuaRot): the same function in fp32, with outlier channels "
+                        "spread out so int8/int4 lose less (decoders with RMSNorm)")
     p.add_argument("-o", "--out", default="out", metavar="DIR", help="output directory (default: %(default)s)")
     p.add_argument("--name", help="library and C symbol prefix (default: the model file's stem)")
     p.add_argument("--max-seq-len", type=int, default=2048, metavar="N",
@@ -198,7 +202,7 @@ def cmd_build(args) -> int:
             return 2
         bounds[name] = int(value)
     opts = BuildOptions(target=args.target, precision=args.precision, middle=args.middle, group_size=args.group_size,
-                        plan=Path(args.plan) if args.plan else None, out_dir=Path(args.out), name=args.name,
+                        plan=Path(args.plan) if args.plan else None, rotate=args.rotate, out_dir=Path(args.out), name=args.name,
                         max_seq_len=args.max_seq_len, dim_bounds=bounds,
                         dump_ir=Path(args.dump_ir) if args.dump_ir else None, cc=args.cc, keep_temps=args.keep_temps)
     start = time.perf_counter()

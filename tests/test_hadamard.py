@@ -95,3 +95,23 @@ def test_rotate_needs_scale_free_norms():
     with pytest.raises(RotateError, match="gamma") as info:
         get_pass("rotate").fn(graph)
     assert info.value.node and "fold_norms" in info.value.hint
+
+
+def test_build_with_rotate_computes_the_same_function(tmp_path, rng):
+    """qcompile build --rotate: a rotated fp32 library equals onnxruntime on the original file."""
+    import onnx
+
+    import qcompile
+    from qcompile.cli import main
+    from qcompile.zoo import LlamaConfig, make_llama
+
+    from .helpers import ort_run
+
+    cfg = LlamaConfig(hidden_size=96, intermediate_size=128, num_heads=3, num_kv_heads=1)
+    path = tmp_path / "llama.onnx"
+    onnx.save(make_llama(cfg), str(path))
+    assert main(["build", str(path), "--rotate", "--max-seq-len", "8", "-o", str(tmp_path / "out")]) == 0
+    ids = rng.integers(0, cfg.vocab_size, (1, 7)).astype(np.int64)
+    got = qcompile.load(tmp_path / "out" / "llama.so")(input_ids=ids)["logits"]
+    want = ort_run(path, {"input_ids": ids})["logits"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
