@@ -229,6 +229,7 @@ static int default_num_threads(void) {
 }
 
 static inline uint32_t job_gen(uint64_t word) { return (uint32_t)(word >> 32); }
+#define JOB_CLOSED 0x7FFFFFFFu /* a task index no job reaches */
 
 /* Claim and run tasks of job `gen` until none is left. After a task fails, the claimed rest are
  * counted done without running. Returns -1 if a task run by this thread failed. */
@@ -434,6 +435,9 @@ int qc_parallel_launch(FTVMParallelLambda f, void* cdata, int num_task) {
   int own_rc = run_claimed(p, gen);
   --tls_depth;
   wait_for_tasks(p, n);
+  /* Close the job before the next one's fields are written: a claimer that read this job's word
+   * earlier must not see the next job's num_task and claim with this generation. */
+  atomic_store(&p->job, ((uint64_t)gen << 32) | JOB_CLOSED);
 
   int rc = 0;
   if (atomic_load_explicit(&p->failed, memory_order_relaxed)) {
