@@ -76,6 +76,8 @@ def test_rotated_llama_computes_the_same_function(rng, kv):
     changed = [n for n in graph.values if graph.values[n].const is not None and graph.values[n].const.ndim == 2
                and n in rotated.values and not np.allclose(graph.values[n].const, rotated.values[n].const)]
     assert len(changed) >= 7 * cfg.num_layers, changed
+    online = [n for n in rotated.nodes if n.op_id == "qcompile.Hadamard"]
+    assert len(online) == cfg.num_layers and all("mlp" in n.name for n in online)     # before each down_proj
     feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (1, 6)).astype(np.int64)}
     for i in range(cfg.num_layers if kv else 0):
         for kind in ("key", "value"):
@@ -115,3 +117,40 @@ def test_build_with_rotate_computes_the_same_function(tmp_path, rng):
     got = qcompile.load(tmp_path / "out" / "llama.so")(input_ids=ids)["logits"]
     want = ort_run(path, {"input_ids": ids})["logits"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("n", [64, 96, 1536])
+def test_online_hadamard_kernel(rng, n):
+    """qcompile.Hadamard (FWHT stages + the small known factor): the reference and the TIR kernel
+    both equal x @ H / sqrt(n)."""
+    import tvm
+    from onnx import TensorProto, helper
+
+    from qcompile.frontend import from_proto
+    from qcompile.ir.interpret import run
+    from qcompile.passes import run_pipeline
+    from qcompile.quant.hadamard import kron_factors
+    from qcompile.targets.plan import make_plan
+    from qcompile.targets.tvm.compile import schedule_all
+    from qcompile.targets.tvm.jit import run_plan
+    from qcompile.targets.tvm.kernels import build_kernels
+
+    from .test_lowering import TARGET
+
+    small, _ = kron_factors(n)
+    mix = (small / np.sqrt(n)).astype(np.float32)
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [helper.make_node("Hadamard", ["x", "mix"], ["y"], domain="qcompile")], "h",
+        [helper.make_tensor_value_info("x", f, ["s", n])], [helper.make_tensor_value_info("y", f, ["s", n])],
+        [helper.make_tensor("mix", f, list(mix.shape), mix.reshape(-1).tolist())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("qcompile", 1)])
+    g, _ = run_pipeline(from_proto(model))
+    plan = make_plan(g, {"s": 4})
+    target = tvm.target.Target(TARGET)
+    scheduled, _ = schedule_all(build_kernels(plan, "h"), target)
+    module = tvm.compile(scheduled, target=target)
+    x = rng.standard_normal((3, n)).astype(np.float32)
+    want = x @ orthogonal(n)
+    np.testing.assert_allclose(run(g, {"x": x})["y"], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_plan(plan, module, {"x": x})["y"], want, rtol=1e-4, atol=1e-4)

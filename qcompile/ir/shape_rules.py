@@ -476,6 +476,7 @@ _RULES = {
     "Dropout": lambda g, n, x, sh: [x, x],
     # [b, q_heads, s, d] x [b, kv_heads, t, d] x [b, kv_heads, t, dv] -> [b, q_heads, s, dv]
     "qcompile.Rotary": lambda g, n, x, sh: x,
+    "qcompile.Hadamard": lambda g, n, x, sh: x,
     "qcompile.Attention": lambda g, n, x, sh: None if x is None or sh(2) is None else tuple(x[:-1]) + (sh(2)[-1],),
 }
 

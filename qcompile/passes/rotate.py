@@ -9,6 +9,10 @@ weights and activations usable. Run fold_norms first: a norm with a gamma does n
 
 The stream is found by walking from the embedding Gather through the residual Adds; any reader
 that is not a norm or a residual Add makes the pass refuse, naming it, rather than guess.
+
+Writers fed by a gated product (the MLP's down_proj, whose input has the worst outliers) also get
+an online rotation: x -> qcompile.Hadamard(x) = x H_k / sqrt(k) at run time (an FWHT plus a small
+known factor), with its inverse folded into the weight: W -> (H_k / sqrt(k))ᵀ W.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 
 from ..errors import QCompileError
 from ..ir.graph import Graph, Node
-from ..quant.hadamard import orthogonal
+from ..quant.hadamard import NoHadamardError, kron_factors, orthogonal
 from .fold_norms import _k_axis
 from .registry import register_pass
 
@@ -112,5 +116,30 @@ def rotate(g: Graph) -> Graph:
         if bias is not None:
             node.inputs[2] = g.add_const(f"{node.inputs[2]}_rotated", (np.broadcast_to(bias, (d,)) @ q)
                                          .astype(bias.dtype)).name
+    for node in writers:
+        _online_hadamard(g, node)
     g.prune_values()
     return g
+
+
+def _online_hadamard(g: Graph, node: Node) -> None:
+    """Rotate a gated-MLP down projection's input at run time, its inverse folded into W."""
+    producer = g.producers().get(node.inputs[0])
+    if producer is None or producer.op != "Mul" or _k_axis(node) != 0:
+        return
+    x = node.inputs[0]
+    k = g.values[x].shape[-1]
+    try:
+        small, _ = kron_factors(k)
+    except NoHadamardError as exc:
+        raise RotateError(f"no Hadamard matrix of order {k} for the online rotation", node=node.name,
+                          op=node.op) from exc
+    mix = g.add_const(f"{node.name}_hadamard_mix", (small / np.sqrt(k)).astype(np.float32)).name
+    rotated = g.unique_name(f"{x}_hadamard")
+    g.add_value(rotated, g.values[x].dtype, g.values[x].shape)
+    online = g.add_node("Hadamard", [x, mix], [rotated], name=f"{node.name}/hadamard", domain="qcompile")
+    g.nodes.remove(online)
+    g.nodes.insert(g.nodes.index(node), online)
+    node.inputs[0] = rotated
+    w = g.values[node.inputs[1]].const
+    g.values[node.inputs[1]].const = (orthogonal(k).T @ w).astype(w.dtype)

@@ -148,6 +148,12 @@ def factor(n: int) -> tuple[int, int]:
                           )
 
 
+def kron_factors(n: int) -> tuple[np.ndarray, int]:
+    """(A, p): hadamard(n) == kron(A, sylvester(p)), A the small known factor (int, m x m)."""
+    m, power = factor(n)
+    return _known(m), power
+
+
 @lru_cache(maxsize=32)
 def _hadamard(n: int) -> np.ndarray:
     m, power = factor(n)

@@ -112,3 +112,14 @@ def _attention(node, q, k, v, mask=None):
     if mask is not None:
         scores = scores + mask
     return np.matmul(_softmax(scores, -1), v).astype(q.dtype)
+
+
+@kernel("qcompile.Hadamard")
+def _hadamard(node, x, mix):
+    """x @ (mix ⊗ Sylvester(p)) along the last axis, p = n / m for the [m, m] `mix` (which carries
+    the 1/sqrt(n) that makes the rotation orthogonal): an FWHT over p, then the small mix over m."""
+    from ...quant.hadamard import fwht
+    m = mix.shape[0]
+    blocks = x.reshape(*x.shape[:-1], m, x.shape[-1] // m)
+    mixed = np.einsum("...ad,ac->...cd", fwht(blocks.astype(np.float64)), mix.astype(np.float64))
+    return mixed.reshape(x.shape).astype(x.dtype)

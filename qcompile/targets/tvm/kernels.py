@@ -24,6 +24,7 @@ _BUILDERS = {
     "Slice": ("consts", te_ops.slice_), "Trilu": ("consts", te_ops.trilu),
     "Range": ("range", te_ops.range_),
     "qcompile.Attention": ("plain", te_ops.attention), "qcompile.Rotary": ("plain", te_ops.rotary),
+    "qcompile.Hadamard": ("plain", te_ops.hadamard),
     "qcompile.QuantizeRows": ("plain", extern_ops.quantize_rows),
     "qcompile.QLinearPacked": ("plain", extern_ops.qlinear_packed),
 }
@@ -248,6 +249,8 @@ def _kind(op_id: str) -> str:
         return "attention"
     if op_id == "qcompile.Rotary":
         return "injective"
+    if op_id == "qcompile.Hadamard":
+        return "rows"
     if op_id.startswith("qcompile."):
         return "extern"
     if op_id in ("MatMul", "Gemm"):

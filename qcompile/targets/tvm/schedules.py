@@ -142,17 +142,24 @@ def _parallel_outer(sch, kernel=None) -> str | None:
     return "parallel-outer" if changed else None
 
 
-def _attention(sch, kernel=None) -> str | None:
-    """One parallel task per query row (batch, head, position): every stage (scores, max, exp,
-    sum, weighted values) is computed inside that row, on row-sized scratch."""
-    blocks = _blocks(sch)
-    out = blocks[-1]
-    loops = sch.get_loops(out)
-    row = sch.fuse(*loops[:3])
-    sch.parallel(row)
-    for block in reversed(blocks[:-1]):
-        sch.compute_at(block, row)
-    return "attention-rows"
+def _rows(name: str):
+    def template(sch, kernel=None) -> str | None:
+        """One parallel task per row (every output axis but the last): each stage (attention's
+        scores, max, exp, sum and weighted values; a Hadamard's butterflies) is computed inside
+        its row, on row-sized scratch."""
+        blocks = _blocks(sch)
+        out = blocks[-1]
+        spatial = [iv for iv in sch.get(out).iter_vars if iv.iter_type == tirx.IterVar.DataPar]
+        loops = sch.get_loops(out)
+        lead = loops[:len(spatial) - 1]
+        if not lead:
+            return None
+        row = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+        sch.parallel(row)
+        for block in reversed(blocks[:-1]):
+            sch.compute_at(block, row)
+        return name
+    return template
 
 
 def _extern(sch, kernel=None) -> str:
@@ -162,7 +169,8 @@ def _extern(sch, kernel=None) -> str:
 
 _TEMPLATES = {
     "extern": [_extern],
-    "attention": [_attention],
+    "attention": [_rows("attention-rows")],
+    "rows": [_rows("rows")],
     "gemm4": [_gemm(4)],
     "gemm1": [_gemm(1)],
     "matmul": [_batched_matmul],

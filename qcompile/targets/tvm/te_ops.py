@@ -267,6 +267,29 @@ def layer_norm(node, ins, out_shapes, out_dtypes):
                        + (bs(*i) if bs else 0), name="y")]
 
 
+def hadamard(node, ins, out_shapes, out_dtypes):
+    """qcompile.Hadamard: x @ (mix ⊗ Sylvester(p)) on the last axis: log2(p) butterfly stages over
+    each block of p, then the small [m, m] mix across the m blocks."""
+    x, mix = ins[0], ins[1]
+    shape = out_shapes[0]
+    n, m = int(x.shape[-1]), int(mix.shape[0])
+    p = n // m
+    def butterfly(prev, h):
+        def stage(*i):
+            last = i[-1]          # pairs (j, j + h) inside aligned blocks of 2h: both always in range
+            a = prev(*i[:-1], tirx.bitwise_and(last, tirx.const(~h, "int64")))
+            b = prev(*i[:-1], tirx.bitwise_or(last, tirx.const(h, "int64")))
+            return tirx.Select(tirx.bitwise_and(last, tirx.const(h, "int64")) != 0, a - b, a + b)
+        return stage
+
+    cur, h = x, 1
+    while h < p:
+        cur, h = te.compute(shape, butterfly(cur, h), name=f"fwht{h}"), h * 2
+    r = te.reduce_axis((0, m), name="a")
+    return [te.compute(shape, lambda *i: te.sum(cur(*i[:-1], r * p + i[-1] % p) * mix(r, i[-1] // p), axis=r),
+                       name="hadamard")]
+
+
 def rotary(node, ins, out_shapes, out_dtypes):
     """qcompile.Rotary: x * cos + rotate_half(x) * sin; the partner of lane i is lane (i + d/2) % d,
     negated in the first half, so no index leaves the row."""
