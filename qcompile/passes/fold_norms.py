@@ -13,46 +13,33 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.graph import Graph
+from .linear_weights import const_weight, k_axis, readers_of, set_const_input
 from .registry import register_pass
-
-
-def _k_axis(node) -> int | None:
-    """Which axis of the node's weight is K (the reduction axis), or None if not foldable."""
-    if node.op == "MatMul" and not node.domain:
-        return 0
-    if node.op == "Gemm" and not node.domain and not node.attrs.get("transA"):
-        return 1 if node.attrs.get("transB") else 0
-    return None
 
 
 @register_pass("fold_norms")
 def fold_norms(g: Graph) -> Graph:
     """Fold RMSNormalization gammas into the following MatMul/Gemm weights (exact in fp32)."""
-    consumers = g.consumers()
-    readers_of = {name: len(nodes) for name, nodes in consumers.items()}
+    consumers, readers = g.consumers(), readers_of(g)
     for norm in list(g.nodes):
         if norm.op != "RMSNormalization" or norm.domain or len(norm.outputs) != 1:
             continue
         gamma = g.values[norm.inputs[1]].const
-        readers = consumers.get(norm.outputs[0], [])
-        if gamma is None or gamma.ndim != 1 or not readers or norm.outputs[0] in g.outputs:
+        linears = consumers.get(norm.outputs[0], [])
+        if gamma is None or gamma.ndim != 1 or not linears or norm.outputs[0] in g.outputs:
             continue
         if norm.attrs.get("axis", -1) not in (-1, g.values[norm.inputs[0]].rank - 1):
             continue
         plan = []
-        for node in readers:
-            axis = _k_axis(node)
-            w = g.values[node.inputs[1]].const if axis is not None and len(node.inputs) > 1 else None
+        for node in linears:
+            axis, w = k_axis(node), const_weight(g, node)
             if w is None or w.ndim != 2 or node.inputs[0] != norm.outputs[0] or w.shape[axis] != gamma.shape[0]:
                 break
             plan.append((node, axis, w))
         else:
             for node, axis, w in plan:
                 scaled = (w * (gamma[:, None] if axis == 0 else gamma[None, :])).astype(w.dtype)
-                if readers_of.get(node.inputs[1], 0) > 1:          # shared: give this reader its own copy
-                    node.inputs[1] = g.add_const(f"{node.inputs[1]}_folded", scaled).name
-                else:
-                    g.values[node.inputs[1]].const = scaled
+                set_const_input(g, node, 1, scaled, readers, "folded")
             norm.inputs[1] = g.add_const(f"{norm.inputs[1]}_ones", np.ones_like(gamma)).name
     g.prune_values()
     return g

@@ -22,18 +22,12 @@ import numpy as np
 from ..errors import QCompileError
 from ..ir.graph import Graph, Node
 from ..quant.hadamard import NoHadamardError, kron_factors, orthogonal
-from .fold_norms import _k_axis
+from .linear_weights import const_weight, k_axis, readers_of, set_const_input
 from .registry import register_pass
 
 
 class RotateError(QCompileError):
     phase = "rotate"
-
-
-def _const_weight(g: Graph, node: Node) -> np.ndarray | None:
-    if _k_axis(node) is None or len(node.inputs) < 2:
-        return None
-    return g.values[node.inputs[1]].const
 
 
 def residual_stream(g: Graph) -> tuple[Node, list[Node], list[Node]]:
@@ -58,7 +52,7 @@ def residual_stream(g: Graph) -> tuple[Node, list[Node], list[Node]]:
                 other = node.inputs[1] if node.inputs[0] == value else node.inputs[0]
                 if other not in seen:
                     writer = producers.get(other)
-                    if writer is None or _const_weight(g, writer) is None:
+                    if writer is None or const_weight(g, writer) is None:
                         raise RotateError("a residual Add's other operand is not a linear layer's output",
                                           node=node.name, op=node.op)
                     writers.append(writer)
@@ -69,7 +63,7 @@ def residual_stream(g: Graph) -> tuple[Node, list[Node], list[Node]]:
                     raise RotateError("the norm has a gamma, which does not commute with a rotation",
                                       node=node.name, op=node.op, hint="run fold_norms first")
                 for reader in consumers.get(node.outputs[0], []):
-                    if _const_weight(g, reader) is None or reader.inputs[0] != node.outputs[0]:
+                    if const_weight(g, reader) is None or reader.inputs[0] != node.outputs[0]:
                         raise RotateError("a normalized value is read by something other than a linear layer",
                                           node=reader.name, op=reader.op)
                     readers.append(reader)
@@ -79,14 +73,6 @@ def residual_stream(g: Graph) -> tuple[Node, list[Node], list[Node]]:
     return embeds[0], readers, writers
 
 
-def _set_weight(g: Graph, node: Node, w: np.ndarray, shared: dict[str, int]) -> None:
-    name = node.inputs[1]
-    if shared.get(name, 0) > 1:
-        node.inputs[1] = g.add_const(f"{name}_rotated", w).name
-    else:
-        g.values[name].const = w
-
-
 @register_pass("rotate")
 def rotate(g: Graph) -> Graph:
     """Rotate the residual stream by a Hadamard matrix folded into embedding and linear weights."""
@@ -94,38 +80,35 @@ def rotate(g: Graph) -> Graph:
     table = g.values[embed.inputs[0]].const
     d = table.shape[1]
     for node in readers + writers:
-        w, k = _const_weight(g, node), _k_axis(node)
+        w, k = const_weight(g, node), k_axis(node)
         if w.shape[k if node in readers else 1 - k] != d:
             raise RotateError(f"the layer's weight {list(w.shape)} does not meet the residual width {d}",
                               node=node.name, op=node.op)
     q = orthogonal(d)
-    shared = {name: len(nodes) for name, nodes in g.consumers().items()}
-    if shared.get(embed.inputs[0], 0) > 1:
-        embed.inputs[0] = g.add_const(f"{embed.inputs[0]}_rotated", (table @ q).astype(table.dtype)).name
-    else:
-        g.values[embed.inputs[0]].const = (table @ q).astype(table.dtype)
+    shared = readers_of(g)
+    set_const_input(g, embed, 0, (table @ q).astype(table.dtype), shared, "rotated")
     for node in readers:                       # y = (h Q) (Qᵀ W)
-        w = _const_weight(g, node)
-        rotated = q.T @ w if _k_axis(node) == 0 else w @ q
-        _set_weight(g, node, rotated.astype(w.dtype), shared)
+        w = const_weight(g, node)
+        rotated = q.T @ w if k_axis(node) == 0 else w @ q
+        set_const_input(g, node, 1, rotated.astype(w.dtype), shared, "rotated")
     for node in writers:                       # (x W + b) Q: columns of W, or rows of a transposed one
-        w = _const_weight(g, node)
-        rotated = w @ q if _k_axis(node) == 0 else q.T @ w
-        _set_weight(g, node, rotated.astype(w.dtype), shared)
+        w = const_weight(g, node)
+        rotated = w @ q if k_axis(node) == 0 else q.T @ w
+        set_const_input(g, node, 1, rotated.astype(w.dtype), shared, "rotated")
         bias = g.values[node.inputs[2]].const if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2] else None
         if bias is not None:
             node.inputs[2] = g.add_const(f"{node.inputs[2]}_rotated", (np.broadcast_to(bias, (d,)) @ q)
                                          .astype(bias.dtype)).name
     for node in writers:
-        _online_hadamard(g, node)
+        _online_hadamard(g, node, shared)
     g.prune_values()
     return g
 
 
-def _online_hadamard(g: Graph, node: Node) -> None:
+def _online_hadamard(g: Graph, node: Node, shared: dict[str, int]) -> None:
     """Rotate a gated-MLP down projection's input at run time, its inverse folded into W."""
     producer = g.producers().get(node.inputs[0])
-    if producer is None or producer.op != "Mul" or _k_axis(node) != 0:
+    if producer is None or producer.op != "Mul" or k_axis(node) != 0:
         return
     x = node.inputs[0]
     k = g.values[x].shape[-1]
@@ -141,5 +124,5 @@ def _online_hadamard(g: Graph, node: Node) -> None:
     g.nodes.remove(online)
     g.nodes.insert(g.nodes.index(node), online)
     node.inputs[0] = rotated
-    w = g.values[node.inputs[1]].const
-    g.values[node.inputs[1]].const = (orthogonal(k).T @ w).astype(w.dtype)
+    w = const_weight(g, node)
+    set_const_input(g, node, 1, (orthogonal(k).T @ w).astype(w.dtype), shared, "hadamard")
