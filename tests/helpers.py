@@ -40,3 +40,13 @@ def example_feeds(model, env: dict[str, int], modulus=None):
             k = (modulus or {}).get(spec.name, 2 if spec.dtype == np.bool_ else 7)
             feeds[spec.name] = (i % k).astype(spec.dtype).reshape(shape)
     return feeds
+
+
+def llama_feeds(rng, cfg, seq: int, past: int | None = None) -> dict:
+    """Random token ids [1, seq] for a zoo Llama, plus random past_key_i/past_value_i caches of
+    `past` positions when the model has a KV cache (past is not None)."""
+    feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (1, seq)).astype(np.int64)}
+    for i in range(cfg.num_layers if past is not None else 0):
+        for kind in ("key", "value"):
+            feeds[f"past_{kind}_{i}"] = rng.standard_normal((1, cfg.num_kv_heads, past, cfg.head_dim)).astype(np.float32)
+    return feeds

@@ -7,20 +7,17 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import tvm
 from onnx import TensorProto, helper
 
 from qcompile.frontend import from_proto
 from qcompile.ir.interpret import run
 from qcompile.passes import get_pass, run_pipeline
 from qcompile.targets.plan import make_plan
-from qcompile.targets.tvm.compile import schedule_all
 from qcompile.targets.tvm.jit import run_plan
-from qcompile.targets.tvm.kernels import build_kernels
 from qcompile.zoo import LlamaConfig, make_llama
 
-from .helpers import ort_run
-from .test_lowering import TARGET
+from .helpers import llama_feeds, ort_run
+from .test_lowering import compile_plan
 
 
 def sdpa_model(heads=9, kv_heads=3, head_dim=64, split_scale=True, mask=True, repeat=True, v_transposed=False,
@@ -92,9 +89,7 @@ def test_sdpa_is_fused_and_equals_onnxruntime(rng, tmp_path, split_scale, mask, 
     node = graph.nodes[0]
     assert node.inputs[:3] == ["q", "k", "v"] and node.attrs["scale"] == pytest.approx(64 ** -0.5, rel=1e-6)
     plan = make_plan(graph, {"s": 8, "t": 40})
-    target = tvm.target.Target(TARGET)
-    scheduled, _ = schedule_all(build_kernels(plan, "t"), target)
-    module = tvm.compile(scheduled, target=target)
+    _, module = compile_plan(plan)
     path = _save(model, tmp_path)
     for s, t in ((1, 1), (1, 37), (5, 9), (8, 40)):
         feeds = feeds_for(rng, s, t, mask=mask)
@@ -130,10 +125,7 @@ def test_llama_layers_fuse_exactly(rng, kv):
     fused, _ = run_pipeline(fused, "simplify")
     assert ops(fused)["qcompile.Attention"] == cfg.num_layers
     assert "Softmax" not in ops(fused) and "Expand" not in ops(fused)
-    feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (1, 4)).astype(np.int64)}
-    for i in range(cfg.num_layers if kv else 0):
-        for kind in ("key", "value"):
-            feeds[f"past_{kind}_{i}"] = rng.standard_normal((1, cfg.num_kv_heads, 3, cfg.head_dim)).astype(np.float32)
+    feeds = llama_feeds(rng, cfg, seq=4, past=3 if kv else None)
     want, got = run(graph, feeds), run(fused, feeds)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6)
@@ -212,9 +204,7 @@ def test_rotary_is_fused_and_equals_onnxruntime(rng, tmp_path, swap):
     graph, _ = run_pipeline(from_proto(model))
     assert ops(graph) == {"qcompile.Rotary": 1}, ops(graph)
     plan = make_plan(graph, {"s": 8})
-    target = tvm.target.Target(TARGET)
-    scheduled, _ = schedule_all(build_kernels(plan, "t"), target)
-    module = tvm.compile(scheduled, target=target)
+    _, module = compile_plan(plan)
     path = _save(model, tmp_path)
     for s in (1, 5):
         angles = rng.uniform(0, 6, (1, 1, s, 8)).astype(np.float32)
@@ -240,10 +230,7 @@ def test_fold_norms_moves_every_gamma_into_the_weights(rng, kv):
     norms = [n for n in folded.nodes if n.op == "RMSNormalization"]
     assert len(norms) == 2 * cfg.num_layers + 1
     assert all(np.all(folded.values[n.inputs[1]].const == 1) for n in norms)
-    feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (1, 5)).astype(np.int64)}
-    for i in range(cfg.num_layers if kv else 0):
-        for kind in ("key", "value"):
-            feeds[f"past_{kind}_{i}"] = rng.standard_normal((1, cfg.num_kv_heads, 2, cfg.head_dim)).astype(np.float32)
+    feeds = llama_feeds(rng, cfg, seq=5, past=2 if kv else None)
     want, got = run(graph, feeds), run(folded, feeds)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5 * np.abs(want[name]).max())

@@ -8,6 +8,8 @@ import pytest
 
 from qcompile.quant.hadamard import NoHadamardError, factor, fwht, hadamard, orthogonal, sylvester
 
+from .helpers import llama_feeds
+
 
 def assert_hadamard(h: np.ndarray) -> None:
     n = h.shape[0]
@@ -78,10 +80,7 @@ def test_rotated_llama_computes_the_same_function(rng, kv):
     assert len(changed) >= 7 * cfg.num_layers, changed
     online = [n for n in rotated.nodes if n.op_id == "qcompile.Hadamard"]
     assert len(online) == cfg.num_layers and all("mlp" in n.name for n in online)     # before each down_proj
-    feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (1, 6)).astype(np.int64)}
-    for i in range(cfg.num_layers if kv else 0):
-        for kind in ("key", "value"):
-            feeds[f"past_{kind}_{i}"] = rng.standard_normal((1, 1, 3, 32)).astype(np.float32)
+    feeds = llama_feeds(rng, cfg, seq=6, past=3 if kv else None)
     want, got = run(graph, feeds), run(rotated, feeds)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4 * np.abs(want[name]).max())
@@ -123,7 +122,6 @@ def test_build_with_rotate_computes_the_same_function(tmp_path, rng):
 def test_online_hadamard_kernel(rng, n):
     """qcompile.Hadamard (FWHT stages + the small known factor): the reference and the TIR kernel
     both equal x @ H / sqrt(n)."""
-    import tvm
     from onnx import TensorProto, helper
 
     from qcompile.frontend import from_proto
@@ -131,11 +129,9 @@ def test_online_hadamard_kernel(rng, n):
     from qcompile.passes import run_pipeline
     from qcompile.quant.hadamard import kron_factors
     from qcompile.targets.plan import make_plan
-    from qcompile.targets.tvm.compile import schedule_all
     from qcompile.targets.tvm.jit import run_plan
-    from qcompile.targets.tvm.kernels import build_kernels
 
-    from .test_lowering import TARGET
+    from .test_lowering import compile_plan
 
     small, _ = kron_factors(n)
     mix = (small / np.sqrt(n)).astype(np.float32)
@@ -147,9 +143,7 @@ def test_online_hadamard_kernel(rng, n):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("qcompile", 1)])
     g, _ = run_pipeline(from_proto(model))
     plan = make_plan(g, {"s": 4})
-    target = tvm.target.Target(TARGET)
-    scheduled, _ = schedule_all(build_kernels(plan, "h"), target)
-    module = tvm.compile(scheduled, target=target)
+    _, module = compile_plan(plan, "h")
     x = rng.standard_normal((3, n)).astype(np.float32)
     want = x @ orthogonal(n)
     np.testing.assert_allclose(run(g, {"x": x})["y"], want, rtol=1e-5, atol=1e-5)

@@ -16,17 +16,24 @@ from qcompile.targets.tvm.jit import run_plan
 from qcompile.targets.tvm.kernels import build_kernels
 from qcompile.zoo import BertConfig, LlamaConfig, make_bert, make_llama, make_mlp
 
+from .helpers import llama_feeds
+
 TARGET = resolve(get_preset("native")).tvm_target     # kernels run here, so exactly this CPU
 BOUNDS = {"batch": 2, "seq": 64, "past": 64}
+
+
+def compile_plan(plan, prefix: str = "t"):
+    """The plan's kernels, scheduled and compiled for this CPU: (kernels, module for run_plan)."""
+    kernels = build_kernels(plan, prefix)
+    target = tvm.target.Target(TARGET)
+    scheduled, _ = schedule_all(kernels, target)
+    return kernels, tvm.compile(scheduled, target=target)
 
 
 def compiled(model):
     graph, _ = run_pipeline(from_proto(model))
     plan = make_plan(graph, BOUNDS)
-    kernels = build_kernels(plan, "t")
-    target = tvm.target.Target(TARGET)
-    scheduled, _ = schedule_all(kernels, target)
-    module = tvm.compile(scheduled, target=target)
+    kernels, module = compile_plan(plan)
     return graph, plan, kernels, module
 
 
@@ -56,11 +63,7 @@ def test_llama_kv_cache(rng):
     graph, plan, _, module = compiled(make_llama(cfg, with_kv_cache=True))
     assert "past" in plan.symbols
     for past, seq in ((0, 3), (5, 1)):
-        feeds = {"input_ids": rng.integers(0, 256, (1, seq)).astype(np.int64)}
-        for i in range(cfg.num_layers):
-            for kind in ("key", "value"):
-                feeds[f"past_{kind}_{i}"] = rng.standard_normal((1, 2, past, 16)).astype(np.float32)
-        assert_matches_reference(graph, plan, module, feeds)
+        assert_matches_reference(graph, plan, module, llama_feeds(rng, cfg, seq, past))
 
 
 def test_bert(rng):
