@@ -144,8 +144,7 @@ def factor(n: int) -> tuple[int, int]:
             return m, power
         power //= 2
     raise NoHadamardError(f"no Hadamard matrix of order {n} is known here: {n} = {n // (n & -n)} x {n & -n} and "
-                          f"no Paley construction gives an order m * 2^j dividing it",
-                          )
+                          f"no Paley construction gives an order m * 2^j dividing it")
 
 
 def kron_factors(n: int) -> tuple[np.ndarray, int]:
