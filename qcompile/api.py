@@ -133,3 +133,68 @@ def _human_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+@dataclass
+class Comparison:
+    library: str
+    settings: dict
+    layers: list                       # evaluate.LayerComparison, quantized reference vs float twin
+    outputs: list                      # (output, vs float, vs quantized reference) comparisons
+
+    def render(self) -> str:
+        from .evaluate import LayerComparison
+        width = max((len(r.name) for r in self.layers), default=5)
+        lines = [f"library  {self.library}", "settings " + ", ".join(f"{k} {v}" for k, v in self.settings.items()),
+                 "", "per layer: the quantized graph (reference interpreter) against the float graph, errors "
+                 "accumulated up to each layer", f"{'layer':<{width}}  {'format':<14} {'SNR dB':>6}  {'cosine':>9}  "
+                 f"{'max error':>10}"]
+        lines += [LayerComparison(r.name.ljust(width), r.format, r.snr_db, r.cosine, r.max_error).row()
+                  for r in self.layers]
+        lines += ["", "outputs of the library:"]
+        for name, vs_float, vs_reference in self.outputs:
+            lines.append(f"  {name}: vs float SNR {vs_float[0]:.1f} dB, cosine {vs_float[1]:.6f}, max error "
+                         f"{vs_float[2]:.4g}; vs the quantized reference max error {vs_reference[2]:.3g}")
+        return "\n".join(lines)
+
+
+def compare(library: str | os.PathLike, model: str | os.PathLike, data: str | os.PathLike,
+            seq_len: int = 64) -> Comparison:
+    """A built library against its source model: the same quantization replayed from the library's
+    manifest and plan, run per layer in the reference interpreter, and the library's outputs."""
+    import json
+
+    from .artifact.loader import load as load_library
+    from .calibration import load_samples
+    from .evaluate import compare_arrays, compare_layers
+    from .prepare import QuantOptions, prepare
+    library = Path(library)
+    manifest_path = library.with_name(library.stem + ".manifest.json")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        formats = json.loads(manifest_path.with_name(manifest["precision"]["plan_file"]).read_text())
+    except (OSError, KeyError, ValueError) as exc:
+        raise QCompileError(f"cannot read the manifest and plan of '{library}': {exc}", phase="compare",
+                            hint="compare takes a library built by `qcompile build`, beside its "
+                                 "NAME.manifest.json and NAME.plan.json") from None
+    p = manifest["precision"]
+    calib = p.get("calibration") or {}
+    settings = {"precision": p["policy"], "rotate": p.get("rotate", False), "rounding": p.get("rounding", "rtn")}
+    quant = QuantOptions(formats=formats, rotate=settings["rotate"], rounding=settings["rounding"])
+    if settings["rounding"] == "gptq":       # GPTQ's rounding depends on the calibration data: replay it exactly
+        from .build import _sha256
+        path = Path(calib.get("file", ""))
+        if not path.is_file() or _sha256(path) != calib.get("sha256"):
+            raise QCompileError(f"the library was built with GPTQ on '{path}', which is gone or has changed, so "
+                                "its rounding cannot be replayed", phase="compare")
+        quant.calibrate, quant.calib_seq, quant.calib_samples = path, calib["seq"], calib["samples"]
+    quantized = prepare(load(model), quant).graph
+    twin = prepare(load(model), QuantOptions(rotate=settings["rotate"])).graph
+    feeds = load_samples(data, quantized, seq_len, max_samples=1)[0]
+    layers = compare_layers(twin, quantized, feeds, formats)
+    from .ir import interpret
+    ref_float, ref_quant = interpret.run(twin, feeds), interpret.run(quantized, feeds)
+    outs = load_library(library)(**{k: v for k, v in feeds.items()})
+    rows = [(name, compare_arrays(ref_float[name], outs[name]), compare_arrays(ref_quant[name], outs[name]))
+            for name in quantized.outputs if name in outs]
+    return Comparison(str(library), settings, [r for r in layers if not r.name.startswith("output ")], rows)

@@ -18,7 +18,7 @@ from . import __version__
 from .errors import QCompileError
 from .frontend import load
 from .ir import dims
-from .passes import run_pipeline
+from .prepare import QuantOptions, check_options, prepare
 from .targets.lower_qlinear import lower_qlinear
 from .targets.plan import make_plan
 from .targets.presets import get_preset
@@ -34,6 +34,11 @@ class BuildOptions:
     group_size: int | None = None     # None: 128 where it divides K, else 64 or 32
     plan: Path | None = None         # per-layer overrides (TOML/JSON)
     rotate: bool = False             # fold norms and Hadamard-rotate the residual stream before quantizing
+    calibrate: Path | None = None    # calibration inputs (.npz) or token ids (.npy/.txt)
+    calib_seq: int = 512
+    calib_samples: int = 4
+    rounding: str = "rtn"            # rtn or gptq
+    budget: float | None = None      # --precision auto: allowed relative output error
     out_dir: Path = Path("out")
     name: str | None = None
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
@@ -41,6 +46,10 @@ class BuildOptions:
     dump_ir: Path | None = None
     cc: str | None = None
     keep_temps: bool = False
+
+    def quant(self) -> QuantOptions:
+        return QuantOptions(self.precision, self.middle, self.group_size, self.plan, self.rotate, self.calibrate,
+                            self.calib_seq, self.calib_samples, self.rounding, self.budget, dump_ir=self.dump_ir)
 
 
 @dataclass
@@ -77,10 +86,10 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     from .targets.tvm.host import resolve
     from .targets.tvm.kernels import build_kernels, check_coverage
 
-    from .passes.assign_precision import PrecisionConfig, assign, load_plan, table
-    from .passes.quantize_weights import quantize_weights
-    precision = PrecisionConfig(opts.precision, opts.middle, opts.group_size,
-                                load_plan(opts.plan) if opts.plan else {})    # bad options fail here, first
+    from .passes.assign_precision import PrecisionConfig, load_plan
+    quant = opts.quant()
+    check_options(quant)                            # bad options fail here, first
+    PrecisionConfig(opts.precision, opts.middle, opts.group_size, load_plan(opts.plan) if opts.plan else {})
     say = progress or (lambda phase, detail: None)
     preset = resolve(get_preset(opts.target))
     tc = toolchain.for_preset(preset, opts.cc)      # a missing compiler fails here, before hours of work
@@ -98,16 +107,8 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     graph = load(model_path)
     model_hash = _sha256(model_path)
     phase("passes")
-    say("passes", "default pipeline")
-    graph, _report = run_pipeline(graph, "default", dump_ir=opts.dump_ir)
-    if opts.rotate:
-        from .passes import get_pass
-        graph = get_pass("rotate").fn(get_pass("fold_norms").fn(graph))
-        say("passes", "norm gammas folded into the linear layers; residual stream rotated by H/sqrt(d)")
-    phase("precision")
-    layers = assign(graph, precision)
-    quantize_weights(graph)
-    say("precision", f"policy {opts.precision}: {len(layers)} layers\n" + table(layers))
+    prepared = prepare(graph, quant, say)
+    graph, layers = prepared.graph, prepared.layers
     qlinear = lower_qlinear(graph)
     if qlinear:
         packed = sum(r["packed_bytes"] for r in qlinear)
@@ -211,7 +212,11 @@ def _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, checks
         "model": {"name": name, "sha256": model_hash},
         "symbol_prefix": prefix,
         "target": {"preset": preset.name, "tvm_target": preset.tvm_target, "cpu_features": list(preset.cpu_features)},
-        "precision": {"policy": opts.precision, "plan_file": f"{prefix}.plan.json"},
+        "precision": {"policy": opts.precision, "plan_file": f"{prefix}.plan.json", "rotate": opts.rotate,
+                      "rounding": opts.rounding, "budget": opts.budget,
+                      "calibration": {"file": str(Path(opts.calibrate).resolve()), "sha256": _sha256(opts.calibrate),
+                                      "seq": opts.calib_seq, "samples": opts.calib_samples}
+                      if opts.calibrate else None},
         "inputs": _signature(g, g.inputs, plan.bounds),
         "outputs": _signature(g, g.outputs, plan.bounds),
         "dim_bounds": plan.bounds,

@@ -28,7 +28,15 @@ Set QCOMPILE_DEBUG=1 to verify the IR after every pass and to see full traceback
 INSPECT_HELP = """\
 Print a model's inputs and outputs (symbolic dims kept), parameter count and bytes, the op
 histogram, and every op qcompile does not support (with the nodes that use it). With --ir, also
-convert it to qcompile's IR, run a pass pipeline and print the result in its text form."""
+convert it to qcompile's IR, run a pass pipeline and print the result in its text form.
+
+With --compare LIB --data FILE, measure what quantization did to a library built from this model:
+its settings (from LIB's manifest and plan) are replayed in the reference interpreter, and every
+quantized layer's output is compared with the float model's (SNR, cosine, max error), then the
+library's own outputs with both.
+
+  qcompile inspect llama.onnx --compare out/llama.so --data tokens.npy
+  qcompile inspect mlp.onnx --compare out/mlp.so --data inputs.npz"""
 
 BUILD_HELP = """\
 Compile an ONNX model into one self-contained shared library for one target: the kernels (TVM
@@ -71,6 +79,44 @@ Greedy by default. Prints the new token ids (and text) and the prefill and decod
 EPILOG = "Docs and issues: see README.md. Exit status: 0 ok, 1 a qcompile error (explained), 2 bad usage."
 
 
+def _quant_arguments(p: argparse.ArgumentParser) -> None:
+    q = p.add_argument_group("quantization")
+    q.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "int4", "ternary", "mixed", "auto"],
+                   help="weight precision policy: fp32; bf16 (weights stored bf16, computed fp32); int8, int4, "
+                        "ternary; mixed (embeddings and LM head bf16, middle layers int4 or ternary); auto (per "
+                        "layer, the cheapest of ternary < int4 < int8 < bf16 within --budget, measured on "
+                        "--calibrate data) (default: %(default)s)")
+    q.add_argument("--middle", default="int4", choices=["int4", "ternary"], help="mixed: format of the middle layers")
+    q.add_argument("--group-size", type=int, choices=[32, 64, 128],
+                   help="int4 group size (default: 128, or 64/32 for layers whose K 128 does not divide)")
+    q.add_argument("--plan", metavar="FILE", help="per-layer formats: TOML/JSON mapping node-name globs to formats")
+    q.add_argument("--rotate", action="store_true",
+                   help="before quantizing, fold norm gammas into the linear layers and rotate the residual "
+                        "stream by a Hadamard matrix (QuaRot): the same function in fp32, with outlier channels "
+                        "spread out so int8/int4 lose less (decoders with RMSNorm)")
+    q.add_argument("--calibrate", metavar="FILE",
+                   help="calibration data: .npz of graph inputs (a leading axis for several samples), or token "
+                        "ids (.npy, or text of integers) for language models, cut into --calib-seq windows")
+    q.add_argument("--calib-seq", type=int, default=512, metavar="N", help="tokens per calibration window "
+                   "(default: %(default)s)")
+    q.add_argument("--calib-samples", type=int, default=4, metavar="N",
+                   help="calibration windows or samples used (default: %(default)s)")
+    q.add_argument("--rounding", default="rtn", choices=["rtn", "gptq"],
+                   help="weight rounding: rtn (to nearest) or gptq (error feedback weighted by the calibration "
+                        "activations; needs --calibrate) (default: %(default)s)")
+    q.add_argument("--budget", type=float, metavar="X",
+                   help="--precision auto: allowed relative output error (noise power / signal power of the "
+                        "outputs, summed over layers), e.g. 0.02")
+
+
+def _quant_options(args) -> dict:
+    from pathlib import Path
+    return dict(precision=args.precision, middle=args.middle, group_size=args.group_size,
+                plan=Path(args.plan) if args.plan else None, rotate=args.rotate,
+                calibrate=Path(args.calibrate) if args.calibrate else None, calib_seq=args.calib_seq,
+                calib_samples=args.calib_samples, rounding=args.rounding, budget=args.budget)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qcompile", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, metavar="N",
                    help="upper bound for symbolic sequence dims (seq, past, ...) recorded on the graph")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--compare", metavar="LIB", help="compare a library built from this model with it: per-layer "
+                   "SNR, cosine and max error of its quantization against fp32 (needs --data)")
+    p.add_argument("--data", metavar="FILE", help="--compare: inputs (.npz) or token ids (.npy/.txt)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("build", help="compile a model into a self-contained library", description=BUILD_HELP,
@@ -95,18 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="path to an .onnx file")
     p.add_argument("--target", default="native", metavar="PRESET", help="target preset (`qcompile targets`; "
                    "default: %(default)s, the CPU this command runs on with exactly the features it reports)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "int4", "ternary", "mixed"],
-                   help="weight precision policy: fp32; bf16 (weights stored bf16, computed fp32); int8, int4, "
-                        "ternary; mixed (embeddings and LM head bf16, middle layers int4 or ternary). Kernels for "
-                        "int8/int4/ternary are not in this version yet (default: %(default)s)")
-    p.add_argument("--middle", default="int4", choices=["int4", "ternary"], help="mixed: format of the middle layers")
-    p.add_argument("--group-size", type=int, choices=[32, 64, 128],
-                   help="int4 group size (default: 128, or 64/32 for layers whose K 128 does not divide)")
-    p.add_argument("--plan", metavar="FILE", help="per-layer formats: TOML/JSON mapping node-name globs to formats")
-    p.add_argument("--rotate", action="store_true",
-                   help="before quantizing, fold norm gammas into the linear layers and rotate the residual "
-                        "stream by a Hadamard matrix (QuaRot): the same function in fp32, with outlier channels "
-                        "spread out so int8/int4 lose less (decoders with RMSNorm)")
+    _quant_arguments(p)
     p.add_argument("-o", "--out", default="out", metavar="DIR", help="output directory (default: %(default)s)")
     p.add_argument("--name", help="library and C symbol prefix (default: the model file's stem)")
     p.add_argument("--max-seq-len", type=int, default=2048, metavar="N",
@@ -159,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_inspect(args) -> int:
     from . import api
+    if args.compare:
+        if not args.data:
+            print("qcompile: error: --compare needs --data FILE (inputs .npz or token ids)", file=sys.stderr)
+            return 2
+        print(api.compare(args.compare, args.model, args.data, seq_len=args.max_seq_len or 64).render())
+        return 0
     info = api.inspect(args.model)
     graph, report = info.graph, None
     if graph is not None:
@@ -201,8 +245,7 @@ def cmd_build(args) -> int:
             print(f"qcompile: error: --dim expects NAME=N with N >= 1, got '{item}'", file=sys.stderr)
             return 2
         bounds[name] = int(value)
-    opts = BuildOptions(target=args.target, precision=args.precision, middle=args.middle, group_size=args.group_size,
-                        plan=Path(args.plan) if args.plan else None, rotate=args.rotate, out_dir=Path(args.out), name=args.name,
+    opts = BuildOptions(target=args.target, **_quant_options(args), out_dir=Path(args.out), name=args.name,
                         max_seq_len=args.max_seq_len, dim_bounds=bounds,
                         dump_ir=Path(args.dump_ir) if args.dump_ir else None, cc=args.cc, keep_temps=args.keep_temps)
     start = time.perf_counter()

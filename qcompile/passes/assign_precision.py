@@ -8,6 +8,9 @@ attribute `qcompile.precision`; quantize_weights acts on it. Policies:
   mixed                             embeddings and the LM head bf16, the other linear layers
                                     int4 (or ternary: middle="ternary"); norms, softmax and
                                     residuals stay fp32 (they are not linear layers)
+  auto                              like mixed, but each middle layer gets the cheapest format
+                                    that keeps the measured output error within a budget
+                                    (qcompile.sensitivity chooses; the result arrives as `chosen`)
 
 A plan maps glob patterns on node names to formats and wins over the policy; a pattern that
 matches no layer is an error, so a typo never silently changes nothing.
@@ -25,7 +28,7 @@ from ..errors import QCompileError
 from ..ir.graph import Graph, Node
 
 ATTR = "qcompile.precision"
-POLICIES = ("fp32", "bf16", "int8", "int4", "ternary", "mixed")
+POLICIES = ("fp32", "bf16", "int8", "int4", "ternary", "mixed", "auto")
 WEIGHT_FORMATS = ("fp32", "bf16", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g32-asym", "int4-g64-asym",
                   "int4-g128-asym", "ternary", "ternary-pc")
 
@@ -40,6 +43,7 @@ class PrecisionConfig:
     middle: str = "int4"             # mixed: format family of the middle layers (int4 or ternary)
     group_size: int | None = None    # None: 128, or the largest of 64, 32 that divides a layer's K
     overrides: dict[str, str] = field(default_factory=dict)   # glob on node name -> format
+    chosen: dict[str, str] = field(default_factory=dict)      # exact node name -> format (auto's choice)
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -89,7 +93,7 @@ def linear_layers(g: Graph) -> list[tuple[Node, str]]:
 
 
 def _policy_format(cfg: PrecisionConfig, role: str) -> str:
-    if cfg.policy == "mixed":
+    if cfg.policy in ("mixed", "auto"):
         if role in ("embedding", "lm_head"):
             return "bf16"
         return f"int4-g{cfg.group_size or 128}" if cfg.middle == "int4" else "ternary"
@@ -98,7 +102,21 @@ def _policy_format(cfg: PrecisionConfig, role: str) -> str:
     return {"int4": f"int4-g{cfg.group_size or 128}"}.get(cfg.policy, cfg.policy)
 
 
-def assign(g: Graph, cfg: PrecisionConfig) -> list[tuple[str, str, str, str]]:
+def fit_group(fmt: str, k: int) -> str:
+    """An int4 format whose group divides K: g128 becomes g64 or g32 where it must (else unchanged)."""
+    if not fmt.startswith("int4"):
+        return fmt
+    group = int(fmt.split("-g")[1].split("-")[0])
+    fits = [size for size in (group, 64, 32) if size <= group and k % size == 0]
+    return fmt.replace(f"-g{group}", f"-g{fits[0]}") if fits else fmt
+
+
+def weight_k(g: Graph, node: Node) -> int:
+    """K, the reduction length, of a linear layer's weight."""
+    return g.values[node.inputs[1]].shape[1 if node.op == "Gemm" and node.attrs.get("transB") else 0]
+
+
+def assign(g: Graph, cfg: PrecisionConfig, sensitivity: dict | None = None) -> list[tuple[str, str, str, str]]:
     """Annotate g; returns rows (node, role, format, why) for the per-layer table."""
     layers = linear_layers(g)
     unmatched = [p for p in cfg.overrides if not any(fnmatch.fnmatchcase(n.name, p) for n, _ in layers)]
@@ -108,17 +126,21 @@ def assign(g: Graph, cfg: PrecisionConfig) -> list[tuple[str, str, str, str]]:
     rows = []
     for node, role in layers:
         fmt, why = _policy_format(cfg, role), f"policy {cfg.policy}"
+        if node.name in cfg.chosen:
+            fmt = cfg.chosen[node.name]
+            err = (sensitivity or {}).get(node.name, {}).get(fmt)
+            why = f"auto: error {err:.2e} alone" if err is not None else "as given"
         for pattern, override in cfg.overrides.items():
             if fnmatch.fnmatchcase(node.name, pattern):
                 fmt, why = override, f"plan '{pattern}'"
         if fmt.startswith("int4") and role != "embedding":
-            k = g.values[node.inputs[1]].shape[1 if node.op == "Gemm" and node.attrs.get("transB") else 0]
+            k = weight_k(g, node)
             group = int(fmt.split("-g")[1].split("-")[0])
             if k % group and cfg.group_size is None and why.startswith("policy"):
-                fits = [size for size in (64, 32) if k % size == 0]
-                if fits:          # the default group size adapts; an explicit one is a promise
-                    fmt, why = fmt.replace(f"-g{group}", f"-g{fits[0]}"), f"{why}; g{fits[0]}: K={k}"
-                    group = fits[0]
+                fitted = fit_group(fmt, k)      # the default group size adapts; an explicit one is a promise
+                if fitted != fmt:
+                    group = int(fitted.split("-g")[1].split("-")[0])
+                    fmt, why = fitted, f"{why}; g{group}: K={k}"
             if k % group:
                 raise PrecisionError(f"group size {group} does not divide K={k} of this layer", node=node.name,
                                      op=node.op, hint="choose another group size (--group-size 32/64) or keep "

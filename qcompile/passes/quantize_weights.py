@@ -6,6 +6,10 @@
                        Activations are quantized int8 per token at run time (attr activations=int8)
 
 Weights that are already ternary-valued are kept ternary losslessly whatever was asked.
+With rounding="gptq" and calibration statistics, integer weights are rounded by GPTQ (error
+feedback weighted by the layer's input second moment) instead of to nearest; same formats.
+activations="fp32" keeps the activations in float (weight-only, W4A16-style): the reference
+interpreter runs it, the CPU kernels do not yet.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from ..ir import dtypes
 from ..ir.graph import Graph, Node
 from ..quant import detect_ternary, quantize
 from ..quant.formats import bf16_bits_to_float32, float32_to_bf16_bits
+from ..quant.gptq import gptq, layer_error
 from .assign_precision import ATTR, PrecisionError
 
 
@@ -23,7 +28,8 @@ def _round_bf16(w: np.ndarray) -> np.ndarray:
     return bf16_bits_to_float32(float32_to_bf16_bits(w)).astype(np.float32)
 
 
-def quantize_weights(g: Graph) -> list[tuple[str, str]]:
+def quantize_weights(g: Graph, rounding: str = "rtn", calibration=None,
+                     activations: str = "int8") -> list[tuple[str, str]]:
     """Rewrite g in place; returns (node, what happened) for every layer that changed."""
     report = []
     for node in list(g.nodes):
@@ -48,10 +54,15 @@ def quantize_weights(g: Graph) -> list[tuple[str, str]]:
         why = "already ternary-valued: kept ternary losslessly" if qw is not None else fmt
         if qw is None:
             try:
-                qw = quantize(w, fmt)
+                if rounding == "gptq" and calibration is not None and node.name in calibration:
+                    qw = gptq(w, calibration[node.name].hessian, fmt)
+                    why = f"{fmt}, gptq: output error {layer_error(w, qw, calibration[node.name].hessian):.2e} " \
+                          f"(rtn {layer_error(w, quantize(w, fmt), calibration[node.name].hessian):.2e})"
+                else:
+                    qw = quantize(w, fmt)
             except ValueError as exc:
                 raise PrecisionError(str(exc), node=node.name, op=node.op) from None
-        _rewrite(g, node, qw)
+        _rewrite(g, node, qw, activations)
         report.append((node.name, why))
     g.prune_values()
     return report
@@ -80,7 +91,7 @@ def _gemm_as_matmul(g: Graph, node: Node, w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w)
 
 
-def _rewrite(g: Graph, node: Node, qw) -> None:
+def _rewrite(g: Graph, node: Node, qw, activations: str = "int8") -> None:
     spec = qw.spec
     base = node.inputs[1]
     q = g.add_const(f"{base}.q", np.asarray(qw.q, np.int8), dtypes.INT8)
@@ -89,4 +100,4 @@ def _rewrite(g: Graph, node: Node, qw) -> None:
         inputs.append(g.add_const(f"{base}.zero_points", np.asarray(spec.zero_points)).name)
     node.op, node.domain, node.inputs = "QLinear", "qcompile", inputs
     node.attrs = {"format": qw.format, "family": spec.format, "bits": spec.bits, "granularity": spec.granularity,
-                  "axis": spec.axis, "group_size": spec.group_size or 0, "activations": "int8"}
+                  "axis": spec.axis, "group_size": spec.group_size or 0, "activations": activations}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -67,8 +67,11 @@ def bind_inputs(g: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
 
 
 def run(g: Graph, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None,
-        keep_all: bool = False) -> dict[str, np.ndarray]:
-    """Execute g on feeds; return the graph outputs (or `outputs`, or every value with keep_all)."""
+        keep_all: bool = False, observe: Callable[[Node, list], None] | None = None) -> dict[str, np.ndarray]:
+    """Execute g on feeds; return the graph outputs (or `outputs`, or every value with keep_all).
+
+    observe(node, inputs), when given, sees every node's input arrays before it runs (calibration
+    reads the activations of the linear layers through it)."""
     env = bind_inputs(g, feeds)
     for v in g.constants():
         env[v.name] = v.const
@@ -89,6 +92,8 @@ def run(g: Graph, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = N
             else:
                 raise InterpretError(f"input '{name}' has not been computed", node=n.name, op=n.op_id,
                                      hint="the graph is not in topological order or the value is dangling")
+        if observe is not None:
+            observe(n, args)
         results = run_node(n, args)
         if len(results) < len([o for o in n.outputs if o]):
             raise InterpretError(f"produced {len(results)} outputs, the node declares {len(n.outputs)}",

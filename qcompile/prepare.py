@@ -1,0 +1,105 @@
+"""The target-neutral half of a build: passes, accuracy passes, calibration and quantization.
+
+`qcompile build` lowers the graph this returns; `qcompile inspect --compare` and the accuracy
+benchmark run the very same graph in the reference interpreter, so what they measure is what
+gets compiled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import QCompileError
+from .ir.graph import Graph
+from .passes import run_pipeline
+
+Say = Callable[[str, str], None]   # (phase, detail)
+
+
+@dataclass
+class QuantOptions:
+    precision: str = "fp32"          # a policy: fp32 bf16 int8 int4 ternary mixed auto
+    middle: str = "int4"
+    group_size: int | None = None    # None: 128 where it divides K, else 64 or 32
+    plan: Path | None = None         # per-layer overrides (TOML/JSON)
+    rotate: bool = False             # fold norms and Hadamard-rotate the residual stream before quantizing
+    calibrate: Path | None = None    # .npz of inputs or token ids (.npy/.txt)
+    calib_seq: int = 512             # tokens per calibration window
+    calib_samples: int = 4           # calibration windows (or .npz samples) used
+    rounding: str = "rtn"            # rtn or gptq (needs calibration)
+    budget: float | None = None      # auto: allowed relative output error (noise / signal power)
+    activations: str = "int8"        # int8 (per token, at run time) or fp32 (weight-only; reference only)
+    formats: dict[str, str] | None = None   # exact node name -> format (a built library's plan.json)
+    dump_ir: Path | None = None
+
+
+@dataclass
+class Prepared:
+    graph: Graph
+    layers: list = field(default_factory=list)          # (node, role, format, why) rows
+    params: dict = field(default_factory=dict)          # node -> weight count of each linear layer
+    calibration: object | None = None                   # calibration.Calibration
+    sensitivity: dict | None = None                     # node -> {format: relative output error}
+    notes: list[str] = field(default_factory=list)
+
+
+def check_options(q: QuantOptions) -> None:
+    """Option combinations that cannot work fail here, before any work."""
+    if q.rounding not in ("rtn", "gptq"):
+        raise QCompileError(f"--rounding must be rtn or gptq, got '{q.rounding}'", phase="options")
+    if q.rounding == "gptq" and q.calibrate is None:
+        raise QCompileError("--rounding gptq needs calibration data (--calibrate FILE)", phase="options")
+    if q.precision == "auto" and q.formats is None and (q.calibrate is None or q.budget is None):
+        raise QCompileError("--precision auto needs --calibrate FILE and --budget X (the allowed relative "
+                            "output error, e.g. 0.02)", phase="options")
+    if q.budget is not None and (q.precision != "auto" or not q.budget > 0):
+        raise QCompileError("--budget is a positive error bound for --precision auto", phase="options")
+    if q.activations not in ("int8", "fp32"):
+        raise QCompileError(f"activations must be int8 or fp32, got '{q.activations}'", phase="options")
+    if q.calibrate is not None and not Path(q.calibrate).exists():
+        raise QCompileError(f"calibration file '{q.calibrate}' does not exist", phase="options")
+
+
+def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
+    """Run the default pipeline, the accuracy passes and quantization on an imported graph."""
+    from .passes import get_pass
+    from .passes.assign_precision import PrecisionConfig, assign, load_plan, table
+    from .passes.quantize_weights import quantize_weights
+    check_options(q)
+    say = say or (lambda phase, detail: None)
+    policy = "mixed" if q.precision == "auto" else q.precision
+    precision = PrecisionConfig(policy, q.middle, q.group_size, load_plan(q.plan) if q.plan else {})
+    say("passes", "default pipeline")
+    graph, _report = run_pipeline(graph, "default", dump_ir=q.dump_ir)
+    out = Prepared(graph)
+    if q.rotate:
+        graph = out.graph = get_pass("rotate").fn(get_pass("fold_norms").fn(graph))
+        say("passes", "norm gammas folded into the linear layers; residual stream rotated by H/sqrt(d)")
+    samples = None
+    if q.calibrate is not None:
+        from .calibration import collect, load_samples
+        samples = load_samples(q.calibrate, graph, q.calib_seq, q.calib_samples)
+        out.calibration = collect(graph, samples,
+                                  progress=lambda i, n: say("calibrate", f"sample {i}/{n} through the reference"))
+        say("calibrate", f"{out.calibration.samples} samples, {out.calibration.rows} rows per layer input")
+    if q.formats is not None:
+        precision.chosen = dict(q.formats)
+    elif q.precision == "auto":
+        from .sensitivity import choose, measure
+        candidates = ("ternary", f"int4-g{q.group_size or 128}", "int8", "bf16")
+        out.sensitivity = measure(graph, samples[0], candidates, q.activations,
+                                  progress=lambda i, n: say("calibrate", f"sensitivity: layer {i}/{n}"))
+        precision.chosen = choose(graph, out.sensitivity, q.budget)
+        say("precision", f"auto: {len(precision.chosen)} layers chosen within budget {q.budget:g}")
+    from .passes.assign_precision import linear_layers
+    out.params = {n.name: int(np.prod(graph.values[n.inputs[0 if role == "embedding" else 1]].shape))
+                  for n, role in linear_layers(graph)}
+    out.layers = assign(graph, precision, out.sensitivity)
+    report = quantize_weights(graph, rounding=q.rounding, calibration=out.calibration, activations=q.activations)
+    out.notes += [f"{node}: {what}" for node, what in report if "gptq" in what]
+    say("precision", f"policy {q.precision}: {len(out.layers)} layers\n" + table(out.layers))
+    return out

