@@ -76,6 +76,13 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
     say("passes", "default pipeline")
     graph, _report = run_pipeline(graph, "default", dump_ir=q.dump_ir)
     out = Prepared(graph)
+    from .passes.import_quantized import import_report
+    imported = import_report(graph)
+    if imported:
+        exact = sum(e["exact"] for e in imported)
+        say("passes", f"{len(imported)} pre-quantized layers imported ({exact} exactly):\n" +
+            "\n".join(f"  {e['node']}: {e['op']} -> {e['format']}" + ("" if e["exact"] else f" ({e['note']})")
+                      for e in imported))
     if q.rotate:
         graph = out.graph = get_pass("rotate").fn(get_pass("fold_norms").fn(graph))
         say("passes", "norm gammas folded into the linear layers; residual stream rotated by H/sqrt(d)")

@@ -1,7 +1,7 @@
 """Graph passes. Importing this package registers every pass; none of them imports TVM."""
 
-from . import (eliminate_dead, fold_constants, fold_norms, fuse_attention, fuse_rms_norm,  # noqa: F401  (register)
-               fuse_rotary, infer_shapes, rotate)
+from . import (eliminate_dead, fold_constants, fold_norms, fold_scales, fuse_attention, fuse_rms_norm,  # noqa: F401
+               fuse_rotary, import_quantized, infer_shapes, rotate)
 from .manager import PipelineReport, run_pipeline
 from .pipeline import PIPELINES, Phase
 from .registry import PASSES, get_pass, register_pass

@@ -20,9 +20,11 @@ PIPELINES: dict[str, tuple[Phase, ...]] = {
         Phase("simplify", ("infer_shapes", "fold_constants", "eliminate_dead", "infer_shapes")),
     ),
     "default": (
-        Phase("simplify", ("infer_shapes", "fold_constants", "eliminate_dead", "infer_shapes")),
+        # import_quantized first: fold_constants would turn a weight's DequantizeLinear into floats
+        Phase("simplify", ("infer_shapes", "import_quantized", "fold_constants", "eliminate_dead", "infer_shapes")),
         # recognize what exporters decompose, so kernels see whole operations
-        Phase("canonicalize", ("fuse_rms_norm", "fuse_rotary", "fuse_attention", "eliminate_dead", "infer_shapes")),
+        Phase("canonicalize", ("fuse_rms_norm", "fuse_rotary", "fuse_attention", "fold_scales", "eliminate_dead",
+                               "infer_shapes")),
     ),
 }
 

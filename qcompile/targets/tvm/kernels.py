@@ -25,6 +25,7 @@ _BUILDERS = {
     "Range": ("range", te_ops.range_),
     "qcompile.Attention": ("plain", te_ops.attention), "qcompile.Rotary": ("plain", te_ops.rotary),
     "qcompile.Hadamard": ("plain", te_ops.hadamard),
+    "QuantizeLinear": ("plain", te_ops.quantize_linear), "DequantizeLinear": ("plain", te_ops.dequantize_linear),
     "qcompile.QuantizeRows": ("plain", extern_ops.quantize_rows),
     "qcompile.QLinearPacked": ("plain", extern_ops.qlinear_packed),
 }

@@ -127,6 +127,58 @@ def elementwise(node, ins, out_shapes, out_dtypes):
 ELEMENTWISE_OPS = set(_BINARY) | set(_UNARY) | {"Where", "Cast", "Clip"}
 
 
+# -- quantization (ONNX QuantizeLinear / DequantizeLinear) ---------------------------------------
+
+_QRANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+def _qparam(node, t, shape):
+    """Index function of a Q/DQ scale or zero point: one value (per tensor) or a 1-D tensor along
+    the node's `axis` (per axis). Blocked quantization (opset 21 block_size) has no kernel."""
+    if t is None:
+        return None
+    if node.attrs.get("block_size"):
+        raise NotImplementedError(f"{node.op} with block_size (blocked quantization) of run-time values")
+    if isinstance(t, Inline) or all(_is_one(d) for d in t.shape):
+        zeros = [0] * len(t.shape)
+        return lambda *i: t(*zeros)
+    if len(t.shape) != 1:
+        raise NotImplementedError(f"{node.op} with a rank-{len(t.shape)} scale")
+    axis = int(node.attrs.get("axis", 1)) % len(shape)
+    return lambda *i: t[i[axis]]
+
+
+def quantize_linear(node, ins, out_shapes, out_dtypes):
+    """y = saturate(round_half_even(x / scale) + zero_point), float32 math as the interpreter's."""
+    shape, dt = out_shapes[0], out_dtypes[0]
+    if dt not in _QRANGE:
+        raise NotImplementedError(f"QuantizeLinear to {dt} (kernels exist for int8 and uint8)")
+    x = bcast(ins[0], shape)
+    scale, zp = _qparam(node, ins[1], shape), _qparam(node, ins[2] if len(ins) > 2 else None, shape)
+    lo, hi = (tirx.const(v, "float32") for v in _QRANGE[dt])
+
+    def q(*i):
+        v = tirx.nearbyint(x(*i).astype("float32") / scale(*i).astype("float32"))
+        if zp is not None:
+            v = v + zp(*i).astype("float32")
+        return tirx.max(tirx.min(v, hi), lo).astype(dt)
+    return [te.compute(shape, q, name="quantize")]
+
+
+def dequantize_linear(node, ins, out_shapes, out_dtypes):
+    """y = (x - zero_point) * scale in float32, then the output type."""
+    shape, dt = out_shapes[0], out_dtypes[0]
+    x = bcast(ins[0], shape)
+    scale, zp = _qparam(node, ins[1], shape), _qparam(node, ins[2] if len(ins) > 2 else None, shape)
+
+    def dq(*i):
+        v = x(*i).astype("float32")
+        if zp is not None:
+            v = v - zp(*i).astype("float32")
+        return (v * scale(*i).astype("float32")).astype(dt)
+    return [te.compute(shape, dq, name="dequantize")]
+
+
 # -- linear algebra -----------------------------------------------------------------------------
 
 def matmul(node, ins, out_shapes, out_dtypes):
