@@ -36,7 +36,7 @@ class BuildOptions:
     rotate: bool = False             # fold norms and Hadamard-rotate the residual stream before quantizing
     calibrate: Path | None = None    # calibration inputs (.npz) or token ids (.npy/.txt)
     calib_seq: int = 512
-    calib_samples: int = 4
+    calib_samples: int = 16
     rounding: str = "rtn"            # rtn or gptq
     budget: float | None = None      # --precision auto: allowed relative output error
     out_dir: Path = Path("out")

@@ -99,7 +99,7 @@ def _quant_arguments(p: argparse.ArgumentParser) -> None:
                         "ids (.npy, or text of integers) for language models, cut into --calib-seq windows")
     q.add_argument("--calib-seq", type=int, default=512, metavar="N", help="tokens per calibration window "
                    "(default: %(default)s)")
-    q.add_argument("--calib-samples", type=int, default=4, metavar="N",
+    q.add_argument("--calib-samples", type=int, default=16, metavar="N",
                    help="calibration windows or samples used (default: %(default)s)")
     q.add_argument("--rounding", default="rtn", choices=["rtn", "gptq"],
                    help="weight rounding: rtn (to nearest) or gptq (error feedback weighted by the calibration "

@@ -29,7 +29,7 @@ class QuantOptions:
     rotate: bool = False             # fold norms and Hadamard-rotate the residual stream before quantizing
     calibrate: Path | None = None    # .npz of inputs or token ids (.npy/.txt)
     calib_seq: int = 512             # tokens per calibration window
-    calib_samples: int = 4           # calibration windows (or .npz samples) used
+    calib_samples: int = 16          # calibration windows (or .npz samples) used
     rounding: str = "rtn"            # rtn or gptq (needs calibration)
     budget: float | None = None      # auto: allowed relative output error (noise / signal power)
     activations: str = "int8"        # int8 (per token, at run time) or fp32 (weight-only; reference only)
@@ -93,12 +93,17 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
         out.calibration = collect(graph, samples,
                                   progress=lambda i, n: say("calibrate", f"sample {i}/{n} through the reference"))
         say("calibrate", f"{out.calibration.samples} samples, {out.calibration.rows} rows per layer input")
+        widest = max((s.k for s in out.calibration.layers.values()), default=0)
+        if q.rounding == "gptq" and out.calibration.rows < 4 * widest:
+            say("calibrate", f"warning: {out.calibration.rows} calibration rows for layers with up to {widest} "
+                             "inputs; GPTQ fits so few rows too closely (fewer than 4x the inputs) and can end "
+                             "up worse than rtn on other data: give more (--calib-samples, a longer file)")
     if q.formats is not None:
         precision.chosen = dict(q.formats)
     elif q.precision == "auto":
         from .sensitivity import choose, measure
         candidates = ("ternary", f"int4-g{q.group_size or 128}", "int8", "bf16")
-        out.sensitivity = measure(graph, samples[0], candidates, q.activations,
+        out.sensitivity = measure(graph, _short(graph, samples[0]), candidates, q.activations,
                                   progress=lambda i, n: say("calibrate", f"sensitivity: layer {i}/{n}"))
         precision.chosen = choose(graph, out.sensitivity, q.budget)
         say("precision", f"auto: {len(precision.chosen)} layers chosen within budget {q.budget:g}")
@@ -110,3 +115,16 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
     out.notes += [f"{node}: {what}" for node, what in report if "gptq" in what]
     say("precision", f"policy {q.precision}: {len(out.layers)} layers\n" + table(out.layers))
     return out
+
+
+SENSITIVITY_TOKENS = 128
+
+
+def _short(graph: Graph, feeds: dict) -> dict:
+    """A language model's calibration window cut to SENSITIVITY_TOKENS for the sensitivity trials
+    (one trial per layer and format: their cost grows with the tokens, their ranking hardly does)."""
+    from .calibration import lm_feeds
+    tokens = next((v for k, v in feeds.items() if graph.values[k].dtype.name == "int64" and v.ndim == 2), None)
+    if tokens is None or tokens.shape[1] <= SENSITIVITY_TOKENS or len(feeds) != len(lm_feeds(graph, tokens)):
+        return feeds
+    return lm_feeds(graph, tokens[0, :SENSITIVITY_TOKENS])

@@ -172,3 +172,22 @@ def test_smollm2_truncated_export(smollm2_2_layers, tmp_path, kv_cache) -> None:
     assert_agrees(agree, atol=1e-3)
     if kv_cache:
         assert_session_matches_onnxruntime(path, tmp_path, vocab=49152)
+
+
+@pytest.mark.torch
+@needs_smollm2
+def test_smollm2_folded_and_rotated_computes_the_same_function(smollm2_2_layers, tmp_path) -> None:
+    """Issue 7: fold_norms + rotate (residual Hadamard of order 576 = 36 x 16, online 1536 = 12 x 128
+    before down_proj) leave SmolLM2's fp32 logits equal within 1e-5 of their range."""
+    from qcompile.api import load
+    from qcompile.calibration import lm_feeds
+    from qcompile.ir import interpret
+    from qcompile.prepare import QuantOptions, prepare
+    path = em.export(smollm2_2_layers, tmp_path / "smollm2.onnx", kv_cache=True, verbose=False)
+    plain = prepare(load(path), QuantOptions()).graph
+    rotated = prepare(load(path), QuantOptions(rotate=True)).graph
+    assert sum(n.op_id == "qcompile.Hadamard" for n in rotated.nodes) == 2
+    feeds = lm_feeds(plain, em.sample_ids(49152, batch=1, tokens=24, seed=5)[0])
+    want = interpret.run(plain, feeds)["logits"]
+    got = interpret.run(rotated, feeds)["logits"]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

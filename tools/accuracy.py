@@ -4,8 +4,9 @@
 Every configuration goes through qcompile.prepare, the same passes, calibration and quantization
 `qcompile build` uses, and is scored by the reference interpreter, whose QLinear is the
 bit-level contract of the kernels (int8 per-token activations included). Evaluation text: the
-Lee news corpus (gensim's test data, fetched as a wheel from PyPI); calibration text: Python's
-own pydoc topics, so calibration never sees the evaluation tokens.
+Lee news corpus (gensim's test data, fetched as a wheel from PyPI), its first --tokens tokens;
+calibration text: by default the same corpus from token 8192 on (disjoint from the evaluation
+tokens, the way GPTQ papers calibrate on a corpus's train split), or Python's pydoc topics.
 
   python tools/accuracy.py --model smollm2_kv.onnx                   all configurations
   python tools/accuracy.py --model m.onnx --only fp32 w4a8-rtn        a subset
@@ -46,6 +47,8 @@ CONFIGS = {
     "w4a8-rtn":        ("W4A8 g128 RTN", dict(precision="mixed")),
     "w4a16-rot":       ("W4A16 g128 rotated", dict(precision="mixed", activations="fp32", rotate=True)),
     "w4a8-rot":        ("W4A8 g128 rotated", dict(precision="mixed", rotate=True)),
+    "w4a16-gptq":      ("W4A16 g128 GPTQ", dict(precision="mixed", activations="fp32", rounding="gptq",
+                                                  calibrate=True)),
     "w4a8-gptq":       ("W4A8 g128 GPTQ", dict(precision="mixed", rounding="gptq", calibrate=True)),
     "w4a16-rot-gptq":  ("W4A16 g128 rotated + GPTQ", dict(precision="mixed", activations="fp32", rotate=True,
                                                            rounding="gptq", calibrate=True)),
@@ -113,7 +116,7 @@ def run_config(model: Path, key: str, eval_ids, calib_path: Path, window: int, c
     for fmt in formats.values():
         counts[fmt] = counts.get(fmt, 0) + 1
     return {"config": key, "label": label, "perplexity": ppl, "tokens": n, "middle_bits": mid, "all_bits": every,
-            "formats": counts, "prepare_s": round(t_prep, 1), "eval_s": round(time.perf_counter() - start - t_prep, 1)}
+            "formats": counts, "calibration": str(calib_path.name) if fields.get("calibrate") else None, "prepare_s": round(t_prep, 1), "eval_s": round(time.perf_counter() - start - t_prep, 1)}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -141,13 +144,19 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", choices=list(CONFIGS), help="configurations to run (default: all)")
     ap.add_argument("--tokens", type=int, default=2048, help="evaluation tokens (default: %(default)s)")
     ap.add_argument("--window", type=int, default=1024, help="tokens per window (default: %(default)s)")
-    ap.add_argument("--calib-samples", type=int, default=4, help="512-token calibration windows")
+    ap.add_argument("--calib-samples", type=int, default=16, help="512-token calibration windows (default: "
+                    "%(default)s; GPTQ overfits with fewer rows than a few times a layer's K)")
+    ap.add_argument("--calib-text", choices=["lee", "pydoc"], default="lee",
+                    help="calibration text: Lee from token 8192 on, or the pydoc topics (default: %(default)s)")
     ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
     ap.add_argument("--doc", type=Path, help="write a markdown table and a plot (PNG beside it) from --json")
     args = ap.parse_args(argv)
     eval_ids = cached_tokens("lee_background", lee_text)[:args.tokens]
-    calib = cached_tokens("pydoc_topics", pydoc_text)[:512 * args.calib_samples]
-    calib_path = CACHE / "calibration_tokens.npy"
+    if args.calib_text == "lee":
+        calib = cached_tokens("lee_background", lee_text)[8192:8192 + 512 * args.calib_samples]
+    else:
+        calib = cached_tokens("pydoc_topics", pydoc_text)[:512 * args.calib_samples]
+    calib_path = CACHE / f"calibration_{args.calib_text}.npy"
     np.save(calib_path, calib)
     for key in args.only if args.only is not None else CONFIGS:
         r = run_config(args.model, key, eval_ids, calib_path, args.window, args.calib_samples)
