@@ -55,7 +55,7 @@ def quantize_weights(g: Graph, rounding: str = "rtn", calibration=None,
         if qw is None:
             try:
                 if rounding == "gptq" and calibration is not None and node.name in calibration:
-                    qw = gptq(w, calibration[node.name].hessian, fmt)
+                    qw = gptq(w, calibration[node.name].hessian, fmt, act_order=True)
                     why = f"{fmt}, gptq: output error {layer_error(w, qw, calibration[node.name].hessian):.2e} " \
                           f"(rtn {layer_error(w, quantize(w, fmt), calibration[node.name].hessian):.2e})"
                 else:

@@ -54,8 +54,13 @@ def _inverse_cholesky(h: np.ndarray, damp: float, tries: int = 4) -> np.ndarray:
                      f"({tries} tries of raising damp); check the calibration statistics")
 
 
-def gptq(w: np.ndarray, hessian: np.ndarray, format: str, damp: float = 0.01, block: int = 128) -> QuantizedWeight:
-    """Quantize a [K, N] weight with GPTQ, given H = XᵀX [K, K] of the layer inputs x [M, K]."""
+def gptq(w: np.ndarray, hessian: np.ndarray, format: str, damp: float = 0.01, block: int = 128,
+         act_order: bool = False) -> QuantizedWeight:
+    """Quantize a [K, N] weight with GPTQ, given H = XᵀX [K, K] of the layer inputs x [M, K].
+
+    act_order: round the rows with the largest input energy (diag H) first, so the rows that
+    matter most are rounded before errors pile onto them; int4 scales are then RTN's (static
+    groups: a group's rows are no longer contiguous in the sweep)."""
     fmt = get_format(format)
     if fmt.name == "bf16":
         raise ValueError("GPTQ does not support format 'bf16' (no scales, nothing to round); use quantize()")
@@ -81,6 +86,9 @@ def gptq(w: np.ndarray, hessian: np.ndarray, format: str, damp: float = 0.01, bl
 
     h = h.astype(np.float64)  # copies: caller's arrays untouched
     W = w.astype(np.float64)
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(K)
+    if act_order:
+        return _act_order(fmt, rtn, W[order], h[np.ix_(order, order)], order, damp, blk)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     W[dead, :] = 0.0
@@ -115,6 +123,35 @@ def gptq(w: np.ndarray, hessian: np.ndarray, format: str, damp: float = 0.01, bl
         spec = dataclasses.replace(spec, scales=np.stack(scales).astype(np.float32),
                                    zero_points=np.stack(zps).astype(np.int8) if zps else None)
     return QuantizedWeight(rtn.format, Q, spec, rtn.storage_bits, rtn.signed)
+
+
+def _act_order(fmt, rtn: QuantizedWeight, W: np.ndarray, h: np.ndarray, order: np.ndarray, damp: float,
+               blk: int) -> QuantizedWeight:
+    """GPTQ over rows permuted by `order`, with RTN's (static) scales and zero points."""
+    K, N = W.shape
+    lo, hi = fmt.qrange
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    W[dead, :] = 0.0
+    U = _inverse_cholesky(h, damp)
+    per_row = np.broadcast_to(rtn.expanded_scales(), (K, N))[order].astype(np.float64)
+    zps = rtn.spec.zero_points
+    zp_row = (np.repeat(np.asarray(zps, np.float64), fmt.group_size, axis=0)[order] if zps is not None
+              else np.zeros((K, N)))
+    Q = np.zeros((K, N), dtype=np.int8)
+    for i1 in range(0, K, blk):
+        i2 = min(i1 + blk, K)
+        W1 = W[i1:i2]
+        Err = np.zeros((i2 - i1, N))
+        for i in range(i2 - i1):
+            k = i1 + i
+            q = np.clip(np.rint(W1[i] / per_row[k]) + zp_row[k], lo, hi)
+            Q[order[k]] = q
+            err = (W1[i] - (q - zp_row[k]) * per_row[k]) / U[k, k]
+            W1[i + 1:] -= np.outer(U[k, k + 1:i2], err)
+            Err[i] = err
+        W[i2:] -= U[i1:i2, i2:].T @ Err
+    return QuantizedWeight(rtn.format, Q, rtn.spec, rtn.storage_bits, rtn.signed)
 
 
 def layer_error(w: np.ndarray, wq, hessian: np.ndarray) -> float:
