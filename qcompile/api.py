@@ -179,14 +179,16 @@ def compare(library: str | os.PathLike, model: str | os.PathLike, data: str | os
                                  "NAME.manifest.json and NAME.plan.json") from None
     p = manifest["precision"]
     calib = p.get("calibration") or {}
-    settings = {"precision": p["policy"], "rotate": p.get("rotate", False), "rounding": p.get("rounding", "rtn")}
-    quant = QuantOptions(formats=formats, rotate=settings["rotate"], rounding=settings["rounding"])
-    if settings["rounding"] == "gptq":       # GPTQ's rounding depends on the calibration data: replay it exactly
+    settings = {"precision": p["policy"], "rotate": p.get("rotate", False), "rounding": p.get("rounding", "rtn"),
+                "activations": p.get("activations", "int8")}
+    quant = QuantOptions(formats=formats, rotate=settings["rotate"], rounding=settings["rounding"],
+                         activations=p.get("activations", "int8"), act_clip=p.get("act_clip", "percentile"))
+    if settings["rounding"] == "gptq" or quant.activations == "int8-static":       # GPTQ's rounding depends on the calibration data: replay it exactly
         from .build import _sha256
         path = Path(calib.get("file", ""))
         if not path.is_file() or _sha256(path) != calib.get("sha256"):
-            raise QCompileError(f"the library was built with GPTQ on '{path}', which is gone or has changed, so "
-                                "its rounding cannot be replayed", phase="compare")
+            raise QCompileError(f"the library was calibrated on '{path}', which is gone or has changed, so "
+                                "its quantization cannot be replayed", phase="compare")
         quant.calibrate, quant.calib_seq, quant.calib_samples = path, calib["seq"], calib["samples"]
     quantized = prepare(load(model), quant).graph
     twin = prepare(load(model), QuantOptions(rotate=settings["rotate"])).graph

@@ -39,6 +39,8 @@ class BuildOptions:
     calib_samples: int = 16
     rounding: str = "rtn"            # rtn or gptq
     budget: float | None = None      # --precision auto: allowed relative output error
+    activations: str = "int8"        # int8 (dynamic, per token) or int8-static (calibrated ranges)
+    act_clip: str = "percentile"
     out_dir: Path = Path("out")
     name: str | None = None
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
@@ -49,7 +51,8 @@ class BuildOptions:
 
     def quant(self) -> QuantOptions:
         return QuantOptions(self.precision, self.middle, self.group_size, self.plan, self.rotate, self.calibrate,
-                            self.calib_seq, self.calib_samples, self.rounding, self.budget, dump_ir=self.dump_ir)
+                            self.calib_seq, self.calib_samples, self.rounding, self.budget, self.activations,
+                            self.act_clip, dump_ir=self.dump_ir)
 
 
 @dataclass
@@ -112,8 +115,9 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     qlinear = lower_qlinear(graph)
     if qlinear:
         packed = sum(r["packed_bytes"] for r in qlinear)
+        modes = sorted({r["activations"].split(" (")[0] for r in qlinear})
         say("precision", f"{len(qlinear)} layers packed ({qlinear[0]['layout']} layout, {packed / 2**20:.2f} MiB); "
-                         "activations quantized to int8 per token at run time")
+                         f"activations quantized to {' and '.join(modes)} at run time")
     phase("plan")
     bounds = default_bounds(graph, opts)
     graph.dim_bounds.update(bounds)
@@ -213,7 +217,8 @@ def _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, checks
         "symbol_prefix": prefix,
         "target": {"preset": preset.name, "tvm_target": preset.tvm_target, "cpu_features": list(preset.cpu_features)},
         "precision": {"policy": opts.precision, "plan_file": f"{prefix}.plan.json", "rotate": opts.rotate,
-                      "rounding": opts.rounding, "budget": opts.budget,
+                      "rounding": opts.rounding, "budget": opts.budget, "activations": opts.activations,
+                      "act_clip": opts.act_clip,
                       "calibration": {"file": str(Path(opts.calibrate).resolve()), "sha256": _sha256(opts.calibrate),
                                       "seq": opts.calib_seq, "samples": opts.calib_samples}
                       if opts.calibrate else None},

@@ -104,6 +104,13 @@ def _quant_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--rounding", default="rtn", choices=["rtn", "gptq"],
                    help="weight rounding: rtn (to nearest) or gptq (error feedback weighted by the calibration "
                         "activations; needs --calibrate) (default: %(default)s)")
+    q.add_argument("--activations", default="dynamic", choices=["dynamic", "static"],
+                   help="int8 activation scales: dynamic (per token, measured at run time) or static (one "
+                        "calibrated range per layer, values beyond it saturate; needs --calibrate) "
+                        "(default: %(default)s)")
+    q.add_argument("--act-clip", default="percentile", choices=["percentile", "mse", "max"],
+                   help="static ranges: the 99.99th percentile of |x|, the int8-MSE-optimal clip, or the "
+                        "maximum seen (default: %(default)s)")
     q.add_argument("--budget", type=float, metavar="X",
                    help="--precision auto: allowed relative output error (noise power / signal power of the "
                         "outputs, summed over layers), e.g. 0.02")
@@ -114,7 +121,8 @@ def _quant_options(args) -> dict:
     return dict(precision=args.precision, middle=args.middle, group_size=args.group_size,
                 plan=Path(args.plan) if args.plan else None, rotate=args.rotate,
                 calibrate=Path(args.calibrate) if args.calibrate else None, calib_seq=args.calib_seq,
-                calib_samples=args.calib_samples, rounding=args.rounding, budget=args.budget)
+                calib_samples=args.calib_samples, rounding=args.rounding, budget=args.budget,
+                activations={"dynamic": "int8", "static": "int8-static"}[args.activations], act_clip=args.act_clip)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,9 @@ class QuantOptions:
     calib_samples: int = 16          # calibration windows (or .npz samples) used
     rounding: str = "rtn"            # rtn or gptq (needs calibration)
     budget: float | None = None      # auto: allowed relative output error (noise / signal power)
-    activations: str = "int8"        # int8 (per token, at run time) or fp32 (weight-only; reference only)
+    activations: str = "int8"        # int8 (per token, at run time), int8-static (calibrated per-layer
+                                     # ranges) or fp32 (weight-only; reference interpreter only)
+    act_clip: str = "percentile"     # int8-static: how a range is chosen (percentile, mse or max)
     formats: dict[str, str] | None = None   # exact node name -> format (a built library's plan.json)
     dump_ir: Path | None = None
 
@@ -58,8 +60,13 @@ def check_options(q: QuantOptions) -> None:
                             "output error, e.g. 0.02)", phase="options")
     if q.budget is not None and (q.precision != "auto" or not q.budget > 0):
         raise QCompileError("--budget is a positive error bound for --precision auto", phase="options")
-    if q.activations not in ("int8", "fp32"):
-        raise QCompileError(f"activations must be int8 or fp32, got '{q.activations}'", phase="options")
+    if q.activations not in ("int8", "int8-static", "fp32"):
+        raise QCompileError(f"activations must be int8, int8-static or fp32, got '{q.activations}'", phase="options")
+    if q.activations == "int8-static" and q.calibrate is None:
+        raise QCompileError("static activation scales (--activations static) need calibration data "
+                            "(--calibrate FILE)", phase="options")
+    if q.act_clip not in ("percentile", "mse", "max"):
+        raise QCompileError(f"--act-clip must be percentile, mse or max, got '{q.act_clip}'", phase="options")
     if q.calibrate is not None and not Path(q.calibrate).exists():
         raise QCompileError(f"calibration file '{q.calibrate}' does not exist", phase="options")
 
@@ -98,12 +105,18 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
             say("calibrate", f"warning: {out.calibration.rows} calibration rows for layers with up to {widest} "
                              "inputs; GPTQ fits so few rows too closely (fewer than 4x the inputs) and can end "
                              "up worse than rtn on other data: give more (--calib-samples, a longer file)")
+    act_ranges = None
+    if q.activations == "int8-static":
+        act_ranges = {name: stats.clip_range("percentile", 100.0 if q.act_clip == "max" else 99.99)
+                      if q.act_clip != "mse" else stats.clip_range("mse")
+                      for name, stats in out.calibration.layers.items()}
+        say("calibrate", f"static activation ranges ({q.act_clip}) for {len(act_ranges)} layers")
     if q.formats is not None:
         precision.chosen = dict(q.formats)
     elif q.precision == "auto":
         from .sensitivity import choose, measure
         candidates = ("ternary", f"int4-g{q.group_size or 128}", "int8", "bf16")
-        out.sensitivity = measure(graph, _short(graph, samples[0]), candidates, q.activations,
+        out.sensitivity = measure(graph, _short(graph, samples[0]), candidates, q.activations, act_ranges,
                                   progress=lambda i, n: say("calibrate", f"sensitivity: layer {i}/{n}"))
         precision.chosen = choose(graph, out.sensitivity, q.budget)
         say("precision", f"auto: {len(precision.chosen)} layers chosen within budget {q.budget:g}")
@@ -111,7 +124,8 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
     out.params = {n.name: int(np.prod(graph.values[n.inputs[0 if role == "embedding" else 1]].shape))
                   for n, role in linear_layers(graph)}
     out.layers = assign(graph, precision, out.sensitivity)
-    report = quantize_weights(graph, rounding=q.rounding, calibration=out.calibration, activations=q.activations)
+    report = quantize_weights(graph, rounding=q.rounding, calibration=out.calibration, activations=q.activations,
+                              act_ranges=act_ranges)
     out.notes += [f"{node}: {what}" for node, what in report if "gptq" in what]
     say("precision", f"policy {q.precision}: {len(out.layers)} layers\n" + table(out.layers))
     return out

@@ -55,7 +55,7 @@ def _weight(graph: Graph, node) -> np.ndarray:
 
 
 def measure(graph: Graph, feeds: dict, candidates: tuple[str, ...], activations: str = "int8",
-            progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, float]]:
+            act_ranges: dict[str, float] | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, float]]:
     """{layer: {format: relative output error with only that layer in that format}}."""
     names = _outputs(graph)
     env = interpret.run(graph, feeds, keep_all=True)
@@ -71,8 +71,9 @@ def measure(graph: Graph, feeds: dict, candidates: tuple[str, ...], activations:
                 wq = quantize(w, fmt).dequantize().astype(np.float64)
             except ValueError:
                 continue                       # no group size of this format fits K
-            if fmt != "bf16" and activations == "int8":
-                xq, scale = quantize_per_token(x)
+            if fmt != "bf16" and activations in ("int8", "int8-static"):
+                amax = act_ranges[node.name] if activations == "int8-static" else None
+                xq, scale = quantize_per_token(x, amax)
                 y = (xq.astype(np.float64) @ wq) * scale
             else:
                 y = x.astype(np.float64) @ wq

@@ -73,6 +73,8 @@ def test_calibration_files_and_their_errors(llama, tmp_path):
         load_samples(tmp_path / "missing.npy", g)
     with pytest.raises(QCompileError, match="needs calibration data"):
         prepare(load(path), QuantOptions(precision="int4", rounding="gptq"))
+    with pytest.raises(QCompileError, match="need calibration data"):
+        prepare(load(path), QuantOptions(precision="int8", activations="int8-static"))
     with pytest.raises(QCompileError, match="--budget"):
         prepare(load(path), QuantOptions(precision="auto", calibrate=tmp_path / "ids.txt"))
 
@@ -181,18 +183,23 @@ def test_compare_layers_metrics():
         assert all(25 < r.snr_db < 80 and r.cosine > 0.99 for r in rows)
 
 
-def test_cli_compare_replays_a_gptq_build(llama, tmp_path, capsys):
+@pytest.mark.parametrize("extra", [["--rounding", "gptq"], ["--activations", "static", "--act-clip", "mse"]],
+                         ids=["gptq", "static"])
+def test_cli_compare_replays_a_calibrated_build(llama, tmp_path, capsys, extra):
     from qcompile.cli import main
     path, ids_path, _ = llama
     out = tmp_path / "out"
-    assert main(["build", str(path), "--precision", "int4", "--rotate", "--calibrate", str(ids_path),
-                 "--rounding", "gptq", "--calib-seq", "64", "--max-seq-len", "128", "-o", str(out)]) == 0
+    assert main(["build", str(path), "--precision", "int4", "--rotate", "--calibrate", str(ids_path), *extra,
+                 "--calib-seq", "64", "--max-seq-len", "128", "-o", str(out)]) == 0
     manifest = json.loads((out / "llama.manifest.json").read_text())
-    assert manifest["precision"]["rounding"] == "gptq" and manifest["precision"]["calibration"]["seq"] == 64
+    assert manifest["precision"]["calibration"]["seq"] == 64
+    static = "static" in extra
+    assert manifest["precision"]["activations"] == ("int8-static" if static else "int8")
+    assert all(("static" in r["activations"]) == static for r in manifest["quantized_layers"])
     capsys.readouterr()
     assert main(["inspect", str(path), "--compare", str(out / "llama.so"), "--data", str(ids_path)]) == 0
     text = capsys.readouterr().out
-    assert "rounding gptq" in text and "lm_head/MatMul" in text
+    assert f"rounding {'rtn' if static else 'gptq'}" in text and "lm_head/MatMul" in text
     # the library computes what the replayed reference computes: its quantization is the one measured
     for line in text.split("outputs of the library:")[1].strip().splitlines():
         assert float(line.rsplit("max error", 1)[1]) < 1e-4, line

@@ -4,6 +4,8 @@
   int8, int4-*, ternary*   MatMul(x, W) -> qcompile.QLinear(x, q, scales[, zero_points]), q holding
                        logical values with the format's QuantSpec; targets pack q as they need.
                        Activations are quantized int8 per token at run time (attr activations=int8)
+                       or, with activations="int8-static", with one calibrated clipping range per
+                       layer (attr act_amax, from act_ranges: node name -> amax)
 
 Weights that are already ternary-valued are kept ternary losslessly whatever was asked.
 With rounding="gptq" and calibration statistics, integer weights are rounded by GPTQ (error
@@ -19,6 +21,7 @@ import numpy as np
 from ..ir import dtypes
 from ..ir.graph import Graph, Node
 from ..quant import detect_ternary, quantize
+from ..quant.activations import static_amax
 from ..quant.formats import bf16_bits_to_float32, float32_to_bf16_bits
 from ..quant.gptq import gptq, layer_error
 from .assign_precision import ATTR, PrecisionError
@@ -29,8 +32,14 @@ def _round_bf16(w: np.ndarray) -> np.ndarray:
 
 
 def quantize_weights(g: Graph, rounding: str = "rtn", calibration=None,
-                     activations: str = "int8") -> list[tuple[str, str]]:
-    """Rewrite g in place; returns (node, what happened) for every layer that changed."""
+                     activations: str = "int8",
+                     act_ranges: dict[str, float] | None = None) -> list[tuple[str, str]]:
+    """Rewrite g in place; returns (node, what happened) for every layer that changed.
+
+    activations="int8-static": every QLinear created gets act_amax = act_ranges[node name] (the
+    clipping range of its input activations, chosen from calibration); a layer without a valid
+    (positive, finite) range is a PrecisionError, raised before anything is rewritten."""
+    amaxes = _static_ranges(g, act_ranges) if activations == "int8-static" else {}
     report = []
     for node in list(g.nodes):
         fmt = node.attrs.pop(ATTR, None)
@@ -63,9 +72,33 @@ def quantize_weights(g: Graph, rounding: str = "rtn", calibration=None,
             except ValueError as exc:
                 raise PrecisionError(str(exc), node=node.name, op=node.op) from None
         _rewrite(g, node, qw, activations)
+        if node.name in amaxes:
+            node.attrs["act_amax"] = amaxes[node.name]
         report.append((node.name, why))
     g.prune_values()
     return report
+
+
+def _static_ranges(g: Graph, act_ranges: dict[str, float] | None) -> dict[str, float]:
+    """node -> its static clipping range (the float32 value the kernels use) for every layer that
+    will become a QLinear; PrecisionError naming the first one without a usable range."""
+    act_ranges = act_ranges or {}
+    out = {}
+    for node in g.nodes:
+        fmt = node.attrs.get(ATTR)
+        if fmt is None or fmt in ("fp32", "bf16") or node.op not in ("MatMul", "Gemm"):
+            continue
+        hint = "calibrate (each layer's input absmax or a percentile of it) and pass act_ranges, " \
+               "or use activations='int8' (per-token scales at run time)"
+        if node.name not in act_ranges:
+            raise PrecisionError("static activation scales need a calibrated range for this layer (none given)",
+                                 node=node.name, op=node.op, hint=hint)
+        try:
+            out[node.name] = float(static_amax(act_ranges[node.name]))
+        except ValueError as exc:
+            raise PrecisionError(f"static activation scales need a calibrated range for this layer: {exc}",
+                                 node=node.name, op=node.op, hint=hint) from None
+    return out
 
 
 def _gemm_as_matmul(g: Graph, node: Node, w: np.ndarray) -> np.ndarray:

@@ -1,15 +1,18 @@
 """Lower `qcompile.QLinear` to what the CPU kernels run: quantize the activations once, then a
 packed dot-product GEMV/GEMM.
 
-    y = QLinear(x, q, scales[, zero_points])      (int8 activations, per token)
- -> xq, xscale, xsum = qcompile.QuantizeRows(x)                   [group]
+    y = QLinear(x, q, scales[, zero_points])      (int8 activations, per token or static)
+ -> xq, xscale, xsum = qcompile.QuantizeRows(x)                   [group, amax (static only)]
     y = qcompile.QLinearPacked(xq, xscale, xsum, w, s, zp, colsum) [family, bits, group, K, N, tiles]
 
-QLinear nodes reading the same activations with the same group size share one QuantizeRows
-(q/k/v projections, gate/up). The packed layout (qlinear_layout) is the dot-product layout every
-CPU kernel uses: 16 output columns x 4 consecutive k per 64-byte field, the shape of both
-AVX-512 `vpdpbusd` and NEON `sdot`. The model file stays target-neutral; the layout is chosen
-here and recorded in the manifest.
+activations="int8" quantizes each row with its own absmax (qc_quantize_rows); "int8-static"
+with the calibrated clipping range attr act_amax, recorded as QuantizeRows attr amax
+(qc_quantize_rows_static). QLinear nodes reading the same activations with the same group size
+and the same static range (or both dynamic) share one QuantizeRows (q/k/v projections, gate/up).
+The packed layout (qlinear_layout) is the dot-product layout every CPU kernel uses: 16 output
+columns x 4 consecutive k per 64-byte field, the shape of both AVX-512 `vpdpbusd` and NEON
+`sdot`. The model file stays target-neutral; the layout is chosen here and recorded in the
+manifest.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from ..ir import dtypes
 from ..ir.graph import Graph, Node
+from ..quant.activations import static_amax
 from .plan import LoweringError
 from .qlinear_layout import FAMILY_CODES, pack_qlinear
 
@@ -31,15 +35,24 @@ def _family(node: Node) -> str:
     return family
 
 
-def _check(g: Graph, node: Node) -> None:
+def _check(g: Graph, node: Node) -> float | None:
+    """Checks what the kernels need; returns the static clipping range (float32 value), or None
+    for per-token (dynamic) scales."""
     acts = node.attrs.get("activations", "int8")
-    if acts != "int8":
-        raise LoweringError(f"QLinear with {acts} activations has no CPU kernel yet (only int8 per-token)",
-                            node=node.name, op=node.op_id, hint="build with the default activations")
+    if acts not in ("int8", "int8-static"):
+        raise LoweringError(f"QLinear with {acts} activations has no CPU kernel yet (only int8, per token or "
+                            "static)", node=node.name, op=node.op_id, hint="build with the default activations")
     x = g.values[node.inputs[0]]
     if x.shape is None or len(x.shape) < 2 or not isinstance(x.shape[-1], int):
         raise LoweringError(f"the activations must be [rows..., K] with K known at build time, got "
                             f"{list(x.shape or [])}", node=node.name, op=node.op_id)
+    if acts == "int8":
+        return None
+    try:
+        return float(static_amax(node.attrs.get("act_amax")))
+    except ValueError as exc:
+        raise LoweringError(f"int8-static activations need a valid act_amax: {exc}", node=node.name,
+                            op=node.op_id, hint="quantize with act_ranges from calibration") from None
 
 
 def _pad_columns(q, scales, zp):
@@ -60,13 +73,13 @@ def _pad_columns(q, scales, zp):
 def lower_qlinear(g: Graph) -> list[dict]:
     """Rewrite every QLinear in g in place; returns one manifest record per layer."""
     records = []
-    shared: dict[tuple[str, int], tuple[str, str, str]] = {}
+    shared: dict[tuple[str, int, float | None], tuple[str, str, str]] = {}
     new_nodes: list[Node] = []
     for node in g.nodes:
         if node.op_id != "qcompile.QLinear":
             new_nodes.append(node)
             continue
-        _check(g, node)
+        amax = _check(g, node)
         x = g.values[node.inputs[0]]
         q = g.values[node.inputs[1]].const
         k, n = q.shape
@@ -80,14 +93,15 @@ def lower_qlinear(g: Graph) -> list[dict]:
         except ValueError as exc:
             raise LoweringError(f"cannot pack this weight for the CPU kernels: {exc}", node=node.name,
                                 op=node.op_id, hint="keep this layer bf16 or fp32 with a plan file") from None
-        key = (x.name, group)
+        key = (x.name, group, amax)
         if key not in shared:
             lead = tuple(x.shape[:-1])
             outs = (g.add_value(g.unique_name(f"{x.name}.q8"), dtypes.INT8, x.shape).name,
                     g.add_value(g.unique_name(f"{x.name}.q8scale"), dtypes.FP32, lead + (1,)).name,
                     g.add_value(g.unique_name(f"{x.name}.q8sum"), dtypes.INT32, lead + (k // group,)).name)
+            attrs = {"group": group} if amax is None else {"group": group, "amax": amax}
             new_nodes.append(Node(g.unique_name(f"{node.name}/quantize_rows"), "QuantizeRows", [x.name], list(outs),
-                                  {"group": group}, "qcompile"))
+                                  attrs, "qcompile"))
             shared[key] = outs
         base = node.inputs[1]
 
@@ -108,7 +122,8 @@ def lower_qlinear(g: Graph) -> list[dict]:
                     (("start", 0), ("end", n), ("axis", -1))]
             new_nodes.append(Node(g.unique_name(f"{node.name}/unpad"), "Slice", [y, *ints], list(node.outputs)))
         records.append({"node": node.name, "format": node.attrs.get("format", family), "layout": LAYOUT,
-                        "tiles": packed.tiles, "group": group, "activations": "int8 per token",
+                        "tiles": packed.tiles, "group": group,
+                        "activations": "int8 per token" if amax is None else f"int8 static (amax {np.float32(amax)!s})",
                         "packed_bytes": int(sum(a.nbytes for a in (packed.weights, packed.scales, packed.zero_points,
                                                                    packed.colsum) if a is not None))})
     g.nodes = new_nodes

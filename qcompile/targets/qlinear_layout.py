@@ -13,6 +13,8 @@ Activations, per row (mirrored bit-exactly by qc_quantize_rows, float32 througho
   amax = max|x|;  inv = 127/amax, xscale = amax/127  (both 0 when amax == 0)
   xq = rint(clamp(x*inv, -127, 127))  (round half to even; a NaN product becomes -127)
   xsum[g] = sum of xq over group g
+  Static scales (activations "int8-static", qc_quantize_rows_static): amax is a constant clipping
+  range for every row, the rest unchanged (|x| beyond amax saturates at +-127).
 Integer part: I[m,g,n] = sum_{k in g} c[k,n]*xq[m,k] - zp(g,n)*xsum[m,g]   (= sum q*xq, exact int32)
 Float part:   y[m,n] = xscale[m] * acc,  acc = fma(s[g,n], float(I[m,g,n]), acc) for g = 0, 1, ...
 
@@ -189,14 +191,16 @@ def unpack_codes(p: PackedQLinear) -> np.ndarray:
     return np.ascontiguousarray(fields.transpose(1, 5, 4, 0, 2, 3).reshape(p.K, p.N)).astype(np.uint8)
 
 
-def quantize_rows(x, group):
+def quantize_rows(x, group, amax=None):
     """Per-token absmax int8: (xq int8 [M,K], xscale float32 [M], xsum int32 [M, K/group]).
-    Bit-identical to qc_quantize_rows for finite x (same float32 operations in the same order)."""
+    Bit-identical to qc_quantize_rows for finite x (same float32 operations in the same order).
+    amax (a scalar): static scales with that clipping range for every row, bit-identical to
+    qc_quantize_rows_static (|x| beyond amax saturates at +-127)."""
     x = np.asarray(x, np.float32)
     M, K = x.shape
     if group <= 0 or K % group:
         raise ValueError(f"K={K} is not a multiple of the group size {group}")
-    xq, xscale = quantize_per_token(x)
+    xq, xscale = quantize_per_token(x, amax)
     xsum = xq.reshape(M, K // group, group).sum(axis=2, dtype=np.int32)
     return xq, xscale.reshape(M), xsum
 

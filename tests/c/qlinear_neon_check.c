@@ -22,6 +22,8 @@
  * codes extreme against all +127 or all -127.  Then quantizer cases with NaN,
  * infinities, signed zeros, denormals, .5 ties, all-zero rows and lengths that leave vector tails.
  *
+ * qc_quantize_rows_static likewise, with constant ranges (ties, saturation, specials).
+ *
  *   ./check sigill [M]   quantizes M rows (default 1), prints "kernel" and runs one kernel call
  *                        (for the SIGILL tests; M = 4 reaches the i8mm build's smmla rows)
  */
@@ -238,6 +240,44 @@ static void quant_cases(void) {
     }
 }
 
+/* qc_quantize_rows_static: constant clipping ranges (ties at amax = 127 and 63.5, saturation
+ * beyond +-amax, specials, vector tails), printed like quant_cases; then refused ranges' codes */
+static void quant_static_cases(void) {
+    static const float specials[] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1e-45f, -3e-39f,
+                                     0.5f, 1.5f, 2.5f, -2.5f, 126.5f, -126.5f, 127.0f, 3.4e38f};
+    static const float ranges[] = {127.0f, 63.5f, 1.0f, 0.75f, 3.0e38f, 1e-30f, 5.0f, 200.0f};
+    for (int id = 0; id < 48; id++) {
+        const int64_t K = 1 + (id * 7) % 45, M = 1 + id % 4;
+        const int64_t G = id % 3 == 0 ? K : 1;
+        const float amax = ranges[id % 8];
+        float* x = malloc(sizeof(float) * M * K);
+        int8_t* xq = malloc(M * K);
+        float* xs = malloc(sizeof(float) * M);
+        int32_t* xsum = malloc(sizeof(int32_t) * M * K);
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t k = 0; k < K; k++) {
+                float v = rfloat(rint_in(-4, 10));                            /* some beyond amax */
+                if (id % 8 < 2) v = (float)rint_in(-300, 300) * (id % 8 ? 0.25f : 0.5f); /* ties */
+                if (id % 5 == 1 && rint_in(0, 3) == 0) v = specials[rint_in(0, 15)];
+                if (m == 3) v = 0.0f;                                      /* a zero row */
+                x[m * K + k] = v;
+            }
+        const int32_t rc = qc_quantize_rows_static(x, xq, xs, xsum, 0, M, K, G, amax);
+        uint64_t h = fnv(fnv(fnv(FNV0, xq, M * K), xs, sizeof(float) * M), xsum, sizeof(int32_t) * M * (K / G));
+        printf("quant-static %d K=%lld M=%lld G=%lld amax=%a rc=%d h=%016llx xs0=%08x xq0=", id, (long long)K,
+               (long long)M, (long long)G, amax, (int)rc, (unsigned long long)h, (unsigned)fbits(xs[0]));
+        for (int64_t k = 0; k < K; k++) printf("%d%c", xq[k], k + 1 < K ? ',' : '\n');
+        free(x), free(xq), free(xs), free(xsum);
+    }
+    static const float bad[] = {0.0f, -0.0f, -1.0f, NAN, INFINITY, 1e-38f};
+    float x[8] = {0}, xs[1];
+    int8_t xq[8];
+    int32_t xsum[8];
+    printf("quant-static refused:");
+    for (int i = 0; i < 6; i++) printf(" %d", (int)qc_quantize_rows_static(x, xq, xs, xsum, 0, 1, 8, 8, bad[i]));
+    printf("\n");
+}
+
 int main(int argc, char** argv) {
     if (argc > 7 && strcmp(argv[1], "run") == 0) { /* run FAMILY K N G M REPS: instruction counts */
         int fam = 0;
@@ -287,6 +327,7 @@ int main(int argc, char** argv) {
         run_case(id, fam, K, N, G, M, (int)mode, 0);
     }
     quant_cases();
+    quant_static_cases();
     printf("%s %d cases\n", failures ? "FAILED" : "ok", id);
     return failures ? 1 : 0;
 }

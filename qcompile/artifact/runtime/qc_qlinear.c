@@ -1348,8 +1348,8 @@ int32_t qc_qlinear_panel(float* y, const uint8_t* w, const float* scales, const 
 /* ------------------------------------------------------------------ activations
  * x86 (AVX-512 and AVX2 builds) and NEON vector loops for whole 8-/4-float blocks, scalar tails;
  * the same IEEE operations as the scalar code, so every build quantizes bit-identically. */
-static void quantize_row(const float* x, int8_t* xq, float* xscale, int32_t* xsum, int64_t K,
-                         int64_t group) {
+/* max |x[k]| over the row; a NaN never becomes the max */
+static float row_amax(const float* x, int64_t K) {
     float amax = 0.0f;
     int64_t k = 0;
 #if QL_AVX512 || QL_AVX2
@@ -1376,10 +1376,17 @@ static void quantize_row(const float* x, int8_t* xq, float* xscale, int32_t* xsu
         const float a = fabsf(x[k]);
         if (a > amax) amax = a;
     }
+    return amax;
+}
+
+/* Quantize one row with the clipping range amax (the row's own max, or a calibrated constant:
+ * values beyond +-amax saturate at +-127).  The same float32 operations for both. */
+static void quantize_row_amax(const float* x, int8_t* xq, float* xscale, int32_t* xsum, int64_t K,
+                              int64_t group, float amax) {
     const float inv = amax == 0.0f ? 0.0f : 127.0f / amax;
     *xscale = amax == 0.0f ? 0.0f : amax / 127.0f;
 
-    k = 0;
+    int64_t k = 0;
 #if QL_AVX512 || QL_AVX2
     /* clamp before rounding (same result since +-127 are integers); max_ps(p, lo) maps NaN to lo */
     const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
@@ -1424,6 +1431,18 @@ int32_t qc_quantize_rows(const float* x, int8_t* xq, float* xscale, int32_t* xsu
     if (m0 < 0 || m1 < m0 || K < 0 || group <= 0 || K % group) return -3;
     if (m1 > m0 && (!x || !xq || !xscale || !xsum)) return -1;
     for (int64_t m = m0; m < m1; m++)
-        quantize_row(x + m * K, xq + m * K, xscale + m, xsum + m * (K / group), K, group);
+        quantize_row_amax(x + m * K, xq + m * K, xscale + m, xsum + m * (K / group), K, group,
+                          row_amax(x + m * K, K));
+    return 0;
+}
+
+int32_t qc_quantize_rows_static(const float* x, int8_t* xq, float* xscale, int32_t* xsum, int32_t m0,
+                                int32_t m1, int64_t K, int64_t group, float amax) {
+    if (m0 < 0 || m1 < m0 || K < 0 || group <= 0 || K % group) return -3;
+    /* a positive finite range whose 127/amax is finite too (else 0 * inv would be NaN) */
+    if (!(amax > 0.0f) || !isfinite(amax) || !isfinite(127.0f / amax)) return -2;
+    if (m1 > m0 && (!x || !xq || !xscale || !xsum)) return -1;
+    for (int64_t m = m0; m < m1; m++)
+        quantize_row_amax(x + m * K, xq + m * K, xscale + m, xsum + m * (K / group), K, group, amax);
     return 0;
 }

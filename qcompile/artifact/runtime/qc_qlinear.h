@@ -1,7 +1,8 @@
 /*
  * qc_qlinear.h - C micro-kernels for quantized linear layers: y[M,N] = x[M,K] @ W[K,N] with
- * 2/4/8-bit weights and int8 per-token activations.  Plain C11; the packer and a numpy
- * reference of the same math live in qcompile/targets/qlinear_layout.py.
+ * 2/4/8-bit weights and int8 activations (per-token scales, or one static clipping range).
+ * Plain C11; the packer and a numpy reference of the same math live in
+ * qcompile/targets/qlinear_layout.py.
  *
  * ISA paths, chosen at compile time from the compiler's predefined macros:
  *   __AVX512F__ && __AVX512BW__ && __AVX512VNNI__  zmm, vpdpbusd; plus, for whole 16-row blocks
@@ -52,6 +53,8 @@
  * Activations (qc_quantize_rows): per row amax = max|x|, inv = 127/amax, xscale = amax/127
  * (both 0 if amax == 0), xq = rint(clamp(x*inv, -127, 127)) (nearest-even, NaN -> -127),
  * xsum[m][g] = sum of xq over group g.  xq is never -128, which the no-overflow arguments use.
+ * qc_quantize_rows_static does the same with amax a constant (a calibrated clipping range, the
+ * same for every row): values beyond +-amax saturate at +-127.
  *
  * Output: I = sum_{k in g} c*xq - zp*xsum (exact int32), acc = fma(s[g,n], (float)I, acc) over
  * g = 0, 1, ..., y = xscale[m] * acc.
@@ -84,6 +87,13 @@ extern "C" {
  * row).  Returns 0, or a negative value on bad arguments. */
 int32_t qc_quantize_rows(const float* x, int8_t* xq, float* xscale, int32_t* xsum,
                          int32_t m0, int32_t m1, int64_t K, int64_t group);
+
+/* Static activation scales: as qc_quantize_rows, but every row uses the given clipping range
+ * amax instead of its own max|x| (inv = 127/amax, xscale = amax/127, the same float32 operations;
+ * |x| > amax saturates at +-127, NaN -> -127).  amax must be positive and finite, with 127/amax
+ * finite too (amax >= about 3.7e-37).  Returns 0, or a negative value on bad arguments. */
+int32_t qc_quantize_rows_static(const float* x, int8_t* xq, float* xscale, int32_t* xsum,
+                                int32_t m0, int32_t m1, int64_t K, int64_t group, float amax);
 
 /* y[0:M, panel*16T : (panel+1)*16T] (row stride N) for one panel; w, scales, zero_points and
  * colsum are the whole packed tensors (the panel is located inside them).  zero_points is

@@ -123,7 +123,8 @@ def _qlinear(node, x, q, scales=None, zero_points=None):
     q holds logical values (int8 for int8/int4/ternary, bf16 for bf16) shaped [K, N]; scales and
     zero points follow the QuantSpec given by the attributes (granularity, axis, group_size).
     With activations="int8" x is first quantized per token (qcompile.quant.activations), as the
-    kernels do; the products are then exact and summed in float64."""
+    kernels do; with "int8-static" every row uses the calibrated clipping range attr act_amax
+    instead of its own max |x|; the products are then exact and summed in float64."""
     from ..quant import QuantSpec
     if scales is None:
         w = q.astype(np.float32)
@@ -132,9 +133,12 @@ def _qlinear(node, x, q, scales=None, zero_points=None):
                          node.attrs["granularity"], node.attrs.get("axis"), node.attrs.get("group_size") or None,
                          scales=scales, zero_points=zero_points)
         w = spec.dequantize(q)
-    if node.attrs.get("activations", "fp32") == "int8":
+    acts = node.attrs.get("activations", "fp32")
+    if acts in ("int8", "int8-static"):
         from ...quant.activations import quantize_per_token
-        xq, xscale = quantize_per_token(x)
+        if acts == "int8-static" and node.attrs.get("act_amax") is None:
+            raise ValueError(f"QLinear {node.name} has int8-static activations but no act_amax attribute")
+        xq, xscale = quantize_per_token(x, node.attrs["act_amax"] if acts == "int8-static" else None)
         y = np.matmul(xq.astype(np.float64), np.asarray(w, np.float64)) * xscale.astype(np.float64)
         return y.astype(x.dtype)
     return np.matmul(x.astype(np.float32), w).astype(x.dtype)

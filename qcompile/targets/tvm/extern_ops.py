@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import reduce
 
+import numpy as np
 from tvm import te, tirx
 from tvm.ir import StringImm
 
@@ -47,19 +48,23 @@ def _rows(shape) -> object:
 
 
 def quantize_rows(node, data, out_shapes, out_dtypes):
-    """x[rows..., K] -> int8 rows, their scales and per-group sums (see qc_quantize_rows)."""
+    """x[rows..., K] -> int8 rows, their scales and per-group sums (see qc_quantize_rows; with attr
+    amax, static scales: qc_quantize_rows_static with that clipping range as a float constant)."""
     x = data[0]
     k, group = int(x.shape[-1]), int(node.attrs["group"])
+    amax = node.attrs.get("amax")
+    fn = "qc_quantize_rows" if amax is None else "qc_quantize_rows_static"
+    extra = [] if amax is None else [tirx.const(float(np.float32(amax)), "float32")]
     rows = _rows(x.shape)
 
     def body(ins, outs):
         t = tirx.Var("task", "int64")
         lo = t * ROWS_PER_TASK
         hi = tirx.min(lo + ROWS_PER_TASK, rows)
-        call = tirx.call_extern("int32", "qc_quantize_rows", ins[0].data, outs[0].data, outs[1].data, outs[2].data,
-                                _index(lo), _index(hi), _i64(k), _i64(group))
+        call = tirx.call_extern("int32", fn, ins[0].data, outs[0].data, outs[1].data, outs[2].data,
+                                _index(lo), _index(hi), _i64(k), _i64(group), *extra)
         tasks = tirx.floordiv(rows + ROWS_PER_TASK - 1, _i64(ROWS_PER_TASK))
-        return tirx.For(t, _i64(0), tasks, tirx.ForKind.PARALLEL, _checked(call, "qc_quantize_rows"))
+        return tirx.For(t, _i64(0), tasks, tirx.ForKind.PARALLEL, _checked(call, fn))
 
     return list(te.extern(out_shapes, [x], body, dtype=list(out_dtypes), name="quantize_rows"))
 
