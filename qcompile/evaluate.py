@@ -30,18 +30,23 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def perplexity(graph: Graph, ids: np.ndarray, window: int = 1024,
-               progress: Callable[[int, int], None] | None = None) -> tuple[float, int]:
+               progress: Callable[[int, int], None] | None = None,
+               run: Callable[[dict], dict] | None = None) -> tuple[float, int]:
     """(perplexity, tokens scored) over non-overlapping windows, each run from an empty cache:
-    every token but a window's first is predicted from the ones before it in its window."""
+    every token but a window's first is predicted from the ones before it in its window.
+
+    The graph is run by the reference interpreter, or by `run` (feeds -> outputs; e.g. a built
+    library, `qcompile.load(lib)`), with the graph then only naming the inputs."""
     ids = np.asarray(ids, np.int64).reshape(-1)
     name = _logits_name(graph)
+    run = run or (lambda feeds: interpret.run(graph, feeds, outputs=[name]))
     starts = range(0, ids.size - 1, window)
     total, count = 0.0, 0
     for i, s in enumerate(starts, 1):
         chunk = ids[s:s + window]
         if chunk.size < 2:
             continue
-        logits = interpret.run(graph, lm_feeds(graph, chunk), outputs=[name])[name].reshape(chunk.size, -1)
+        logits = run(lm_feeds(graph, chunk))[name].reshape(chunk.size, -1)
         nll = token_nll(logits[:-1], chunk[1:])
         total, count = total + float(nll.sum()), count + nll.size
         if progress:

@@ -203,3 +203,13 @@ def test_cli_compare_replays_a_calibrated_build(llama, tmp_path, capsys, extra):
     # the library computes what the replayed reference computes: its quantization is the one measured
     for line in text.split("outputs of the library:")[1].strip().splitlines():
         assert float(line.rsplit("max error", 1)[1]) < 1e-4, line
+    # and so scores the same perplexity as the reference running the same quantized graph (to float
+    # rounding: an fp32 kernel's last bit can move an activation across an int8 rounding boundary)
+    import qcompile
+    lib = qcompile.load(out / "llama.so")
+    opts = dict(activations="int8-static", act_clip="mse") if static else dict(rounding="gptq")
+    ref = prepare(load(path), QuantOptions(precision="int4", rotate=True, calibrate=ids_path, calib_seq=64,
+                                           **opts)).graph
+    ids = np.load(ids_path)[:128]
+    assert perplexity(ref, ids, 64, run=lambda feeds: lib(**feeds))[0] == pytest.approx(perplexity(ref, ids, 64)[0],
+                                                                                       rel=1e-3)

@@ -54,6 +54,10 @@ CONFIGS = {
                                                            rounding="gptq", calibrate=True)),
     "w4a8-rot-gptq":   ("W4A8 g128 rotated + GPTQ", dict(precision="mixed", rotate=True, rounding="gptq",
                                                           calibrate=True)),
+    "w8a8-static":     ("W8A8 static act. ranges", dict(precision="int8", activations="int8-static", calibrate=True)),
+    "w4a8s-rot-gptq":  ("W4A8 static act., rotated + GPTQ", dict(precision="mixed", rotate=True, rounding="gptq",
+                                                                 activations="int8-static", calibrate=True)),
+    "ternary":         ("ternary (absmean) middle layers", dict(precision="mixed", middle="ternary")),
     "auto":            ("auto (rotated, GPTQ)", dict(precision="auto", rotate=True, rounding="gptq", calibrate=True,
                                                      budget=0.05)),
 }
@@ -148,6 +152,8 @@ def main(argv=None) -> int:
                     "%(default)s; GPTQ overfits with fewer rows than a few times a layer's K)")
     ap.add_argument("--calib-text", choices=["lee", "pydoc"], default="lee",
                     help="calibration text: Lee from token 8192 on, or the pydoc topics (default: %(default)s)")
+    ap.add_argument("--library", type=Path, help="score this built library (qcompile build of --model) instead "
+                    "of configurations: its perplexity on the same tokens, run by its own kernels")
     ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
     ap.add_argument("--doc", type=Path, help="write a markdown table and a plot (PNG beside it) from --json")
     args = ap.parse_args(argv)
@@ -158,6 +164,13 @@ def main(argv=None) -> int:
         calib = cached_tokens("pydoc_topics", pydoc_text)[:512 * args.calib_samples]
     calib_path = CACHE / f"calibration_{args.calib_text}.npy"
     np.save(calib_path, calib)
+    if args.library:
+        import qcompile
+        lib = qcompile.load(args.library)
+        start = time.perf_counter()
+        ppl, n = perplexity(load(args.model), eval_ids, args.window, run=lambda feeds: lib(**feeds))
+        print(f"{args.library}: ppl {ppl:.3f} over {n} tokens ({time.perf_counter() - start:.1f}s)")
+        return 0
     for key in args.only if args.only is not None else CONFIGS:
         r = run_config(args.model, key, eval_ids, calib_path, args.window, args.calib_samples)
         print(f"{r['label']:<30} ppl {r['perplexity']:8.3f}  middle {r['middle_bits']:5.2f} bpw  all "
