@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import traceback
 
@@ -261,9 +262,10 @@ def cmd_build(args) -> int:
 
     def progress(phase: str, detail: str) -> None:
         line = f"[{time.perf_counter() - start:6.1f}s] {phase:<9} {detail}"
-        if interactive and detail.startswith("scheduling"):
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        elif not detail.startswith("scheduling"):
+        counter = re.search(r"(\d+)/(\d+)$", detail)       # "kernel 3/40": a counter, updated in place
+        if counter and interactive:
+            print("\r" + line + " " * 10, end="", file=sys.stderr, flush=True)
+        elif counter is None or counter.group(1) == counter.group(2) and not detail.startswith("scheduling"):
             print(("\r" if interactive else "") + line + (" " * 10 if interactive else ""), file=sys.stderr)
     result = build(args.model, opts, progress)
     size = result.library.stat().st_size
