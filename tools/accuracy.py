@@ -58,8 +58,10 @@ CONFIGS = {
     "w4a8s-rot-gptq":  ("W4A8 static act., rotated + GPTQ", dict(precision="mixed", rotate=True, rounding="gptq",
                                                                  activations="int8-static", calibrate=True)),
     "ternary":         ("ternary (absmean) middle layers", dict(precision="mixed", middle="ternary")),
-    "auto":            ("auto (rotated, GPTQ)", dict(precision="auto", rotate=True, rounding="gptq", calibrate=True,
-                                                     budget=0.05)),
+    "auto":            ("auto 0.05 (rotated, GPTQ)", dict(precision="auto", rotate=True, rounding="gptq",
+                                                          calibrate=True, budget=0.05)),
+    "auto-0.15":       ("auto 0.15 (rotated, GPTQ)", dict(precision="auto", rotate=True, rounding="gptq",
+                                                          calibrate=True, budget=0.15)),
 }
 
 
@@ -123,23 +125,54 @@ def run_config(model: Path, key: str, eval_ids, calib_path: Path, window: int, c
             "formats": counts, "calibration": str(calib_path.name) if fields.get("calibrate") else None, "prepare_s": round(t_prep, 1), "eval_s": round(time.perf_counter() - start - t_prep, 1)}
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, top: float = 160.0) -> None:
+    """Perplexity vs bits per weight, one point per configuration; points above `top` (a model the
+    configuration destroys) sit on the top edge, marked with their value."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        ax.scatter(r["middle_bits"], r["perplexity"], s=30)
-        ax.annotate(r["label"], (r["middle_bits"], r["perplexity"]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    base = next((r["perplexity"] for r in results if r["config"] == "fp32"), None)
+    last: dict[float, float] = {}           # per x: the label height used last, to stack close labels
+    for r in sorted(results, key=lambda r: (r["middle_bits"], r["perplexity"])):
+        x, y = r["middle_bits"], r["perplexity"]
+        off = y > top
+        weight_only = "a16" in r["config"]
+        color = "tab:red" if off else ("tab:green" if "gptq" in r["config"] else "tab:blue")
+        ax.scatter(x, min(y, top), s=36, marker="^" if off else "o", facecolors="none" if weight_only else color,
+                   edgecolors=color)
+        label = r["label"] + (f" ({y:.3g})" if off else f" {y:.2f}")
+        ly = max(min(y, top), last.get(x, 0) * 1.045)
+        last[x] = ly
+        ax.annotate(label, (x, min(y, top)), xytext=(x * 1.04, ly), fontsize=7, va="center",
+                    arrowprops=dict(arrowstyle="-", color="0.7", lw=0.5) if ly != min(y, top) else None)
+    if base:
+        ax.axhline(base, color="gray", lw=0.8, ls="--")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("storage bits per weight (middle linear layers)")
-    ax.set_ylabel("perplexity (Lee corpus, first tokens)")
-    ax.set_title("SmolLM2-135M: perplexity vs bits per weight")
+    ax.set_ylim(top=top * 1.1)
+    ax.set_xlabel("storage bits per weight of the middle linear layers (log2)")
+    ax.set_ylabel("perplexity, first 2,048 Lee tokens (log)")
+    ax.set_title("SmolLM2-135M (dashed: fp32; hollow: W4A16; green: GPTQ)")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def table(results: list[dict]) -> str:
+    """The markdown table of docs/accuracy.md."""
+    base = next((r["perplexity"] for r in results if r["config"] == "fp32"), None)
+    rtn = next((r["perplexity"] for r in results if r["config"] == "w4a8-rtn"), None)
+    lines = ["| configuration | perplexity | increase | cut of RTN's increase | bits/weight (middle) | "
+             "bits/weight (all linear + embedding) | formats |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (-r["middle_bits"], r["perplexity"])):
+        inc = r["perplexity"] - base if base else float("nan")
+        cut = f"{1 - inc / (rtn - base):.0%}" if base and rtn and r["config"] != "fp32" and inc < 1e3 else ""
+        fmts = ", ".join(f"{k} {v}" for k, v in sorted(r["formats"].items()))
+        ppl = f"{r['perplexity']:.3g}" if r["perplexity"] > 1e4 else f"{r['perplexity']:.2f}"
+        lines.append(f"| {r['label']} | {ppl} | {'' if r['config'] == 'fp32' else f'{inc:+.2f}' if inc < 1e4 else ''} "
+                     f"| {cut} | {r['middle_bits']:.2f} | {r['all_bits']:.2f} | {fmts} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -181,6 +214,7 @@ def main(argv=None) -> int:
     if args.doc and args.json:
         results = [json.loads(line) for line in args.json.read_text().splitlines() if line.strip()]
         plot(results, args.doc.with_suffix(".png"))
+        print(table(results))
     return 0
 
 
