@@ -12,8 +12,9 @@ tokens, the way GPTQ papers calibrate on a corpus's train split), or Python's py
   python tools/accuracy.py --model m.onnx --only fp32 w4a8-rtn        a subset
   python tools/accuracy.py --model m.onnx --doc docs/accuracy.md      also write the table and plot
 
-Needs the torch extra for the tokenizer (bash tools/setup.sh --torch) and network access to PyPI
-once (the gensim wheel, cached in ~/.cache/qcompile). Slow: minutes per configuration.
+Needs the torch extra for the tokenizer (bash tools/setup.sh --torch), the plot extra for --doc
+(pip install -e '.[plot]'), and network access to PyPI once (the gensim wheel, cached in
+~/.cache/qcompile). Slow: minutes per configuration.
 """
 
 from __future__ import annotations
