@@ -53,6 +53,15 @@ class InputStats:
         if self.sample.size > RESERVOIR:
             self.sample = rng.choice(self.sample, RESERVOIR, replace=False)
 
+    def static_range(self, clip: str) -> float:
+        """The int8 range of static activation scales: `percentile` (99.99th of |x|), `mse` (the
+        clip with the least int8 error) or `max` (the largest |x| seen, nothing clipped)."""
+        if clip == "max":
+            if self.absmax is None:
+                raise CalibrationError("no calibration rows reached this layer")
+            return float(self.absmax.max())
+        return self.clip_range(clip)
+
     def clip_range(self, method: str = "percentile", percentile: float = 99.99) -> float:
         """A static activation range: the percentile of |x|, or the clip minimizing int8 MSE."""
         if self.sample is None or not self.sample.size:

@@ -74,7 +74,8 @@ def check_options(q: QuantOptions) -> None:
 def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
     """Run the default pipeline, the accuracy passes and quantization on an imported graph."""
     from .passes import get_pass
-    from .passes.assign_precision import PrecisionConfig, assign, load_plan, table
+    from .passes.assign_precision import PrecisionConfig, assign, linear_layers, load_plan, table
+    from .passes.import_quantized import import_report
     from .passes.quantize_weights import quantize_weights
     check_options(q)
     say = say or (lambda phase, detail: None)
@@ -83,7 +84,6 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
     say("passes", "default pipeline")
     graph, _report = run_pipeline(graph, "default", dump_ir=q.dump_ir)
     out = Prepared(graph)
-    from .passes.import_quantized import import_report
     imported = import_report(graph)
     if imported:
         exact = sum(e["exact"] for e in imported)
@@ -107,9 +107,7 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
                              "up worse than rtn on other data: give more (--calib-samples, a longer file)")
     act_ranges = None
     if q.activations == "int8-static":
-        act_ranges = {name: stats.clip_range("percentile", 100.0 if q.act_clip == "max" else 99.99)
-                      if q.act_clip != "mse" else stats.clip_range("mse")
-                      for name, stats in out.calibration.layers.items()}
+        act_ranges = {name: stats.static_range(q.act_clip) for name, stats in out.calibration.layers.items()}
         say("calibrate", f"static activation ranges ({q.act_clip}) for {len(act_ranges)} layers")
     if q.formats is not None:
         precision.chosen = dict(q.formats)
@@ -120,7 +118,6 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
                                   progress=lambda i, n: say("calibrate", f"sensitivity: layer {i}/{n}"))
         precision.chosen = choose(graph, out.sensitivity, q.budget)
         say("precision", f"auto: {len(precision.chosen)} layers chosen within budget {q.budget:g}")
-    from .passes.assign_precision import linear_layers
     out.params = {n.name: int(np.prod(graph.values[n.inputs[0 if role == "embedding" else 1]].shape))
                   for n, role in linear_layers(graph)}
     out.layers = assign(graph, precision, out.sensitivity)

@@ -56,6 +56,8 @@ def test_hessian_is_the_inputs_second_moment_and_shared(llama):
     top = float(np.abs(x).max())
     assert 0 < cal[q.name].clip_range("percentile", 99.0) <= cal[q.name].clip_range("percentile", 100.0) <= top
     assert 0 < cal[q.name].clip_range("mse") <= top
+    assert cal[q.name].static_range("max") == pytest.approx(top, rel=1e-6)       # the true max, not a sample's
+    assert cal[q.name].static_range("percentile") == cal[q.name].clip_range("percentile", 99.99)
 
 
 def test_calibration_files_and_their_errors(llama, tmp_path):
