@@ -77,8 +77,10 @@ def measure(graph: Graph, feeds: dict, candidates: tuple[str, ...], activations:
                 y = (xq.astype(np.float64) @ wq) * scale
             else:
                 y = x.astype(np.float64) @ wq
-            if node.op == "Gemm" and node.input(2):
-                y = y + env[node.inputs[2]] * node.attrs.get("beta", 1.0)
+            if node.op == "Gemm":           # alpha * A B + beta * C, as the layer computes it
+                y = y * node.attrs.get("alpha", 1.0)
+                if node.input(2):
+                    y = y + env[node.inputs[2]] * node.attrs.get("beta", 1.0)
             errors[fmt] = relative_error(env, _rerun(graph, env, index[node.name], y.astype(np.float32)), names)
         result[node.name] = errors
         if progress:

@@ -215,3 +215,19 @@ def test_cli_compare_replays_a_calibrated_build(llama, tmp_path, capsys, extra):
     ids = np.load(ids_path)[:128]
     assert perplexity(ref, ids, 64, run=lambda feeds: lib(**feeds))[0] == pytest.approx(perplexity(ref, ids, 64)[0],
                                                                                        rel=1e-3)
+
+
+def test_sensitivity_of_a_gemm_layer_keeps_alpha_and_bias():
+    """A Gemm's trial output is alpha * x Wq + beta * C, so a near-lossless format scores near 0."""
+    from qcompile.ir import dtypes
+    from qcompile.ir.graph import Graph
+    rng = np.random.default_rng(0)
+    g = Graph("gemm")
+    g.add_input("x", dtypes.FP32, (4, 32))
+    w = g.add_const("w", rng.standard_normal((16, 32)).astype(np.float32)).name
+    c = g.add_const("c", rng.standard_normal((16,)).astype(np.float32)).name
+    g.add_node("Gemm", ["x", w, c], [g.add_value("y", dtypes.FP32, (4, 16)).name],
+               {"transB": 1, "alpha": 0.5, "beta": 2.0}, name="fc")
+    g.outputs = ["y"]
+    sens = measure(g, {"x": rng.standard_normal((4, 32)).astype(np.float32)}, ("bf16", "int8", "int4-g32"))
+    assert sens["fc"]["bf16"] < 1e-5 and sens["fc"]["int8"] < 1e-3 < sens["fc"]["int4-g32"] < 0.05
