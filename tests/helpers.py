@@ -10,6 +10,18 @@ import onnxruntime as ort
 from qcompile.ir import dims
 
 
+def host_cpu_flags() -> set[str]:
+    """The CPU feature flags /proc/cpuinfo lists (empty where it cannot be read)."""
+    from pathlib import Path
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def ort_run(path, feeds) -> dict:
     """Run an ONNX file with onnxruntime's CPU provider; outputs by name."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -20,23 +20,15 @@ from hypothesis import strategies as st
 
 from qcompile.targets import qlinear_layout as ql
 
+from .helpers import host_cpu_flags
+
 RUNTIME = Path(__file__).resolve().parents[1] / "qcompile" / "artifact" / "runtime"
 SRC = RUNTIME / "qc_qlinear.c"
 FAMILIES = ["int8", "int4", "uint4", "ternary"]
 HYP = settings(deadline=None, max_examples=25)
 
 
-def _host_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-FLAGS = _host_flags()
+FLAGS = host_cpu_flags()
 BUILDS = {"scalar": []}
 if {"avx2", "fma", "f16c"} <= FLAGS:
     BUILDS["avx2"] = ["-mavx2", "-mfma", "-mf16c"]

@@ -37,22 +37,14 @@ from qcompile.targets.lower_qlinear import lower_qlinear
 from qcompile.targets.plan import LoweringError
 from qcompile.zoo import make_mlp
 
+from .helpers import host_cpu_flags
+
 RUNTIME = Path(__file__).resolve().parents[1] / "qcompile" / "artifact" / "runtime"
 SRC = RUNTIME / "qc_qlinear.c"
 EMU_DIR = Path(__file__).resolve().parent / "c"
 
 
-def _host_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-FLAGS = _host_flags()
+FLAGS = host_cpu_flags()
 BUILDS = {"scalar": [], "avx512-emulated": ["-DQL_EMULATE_X86", f"-I{EMU_DIR}"]}
 if {"avx2", "fma", "f16c"} <= FLAGS:
     BUILDS["avx2"] = ["-mavx2", "-mfma", "-mf16c"]

@@ -210,10 +210,12 @@ static void run_case_x(int id, int fam, int64_t K, int64_t N, int64_t G, int64_t
     free(xscale), free(xsum), free(y);
 }
 
+/* values that exercise the NaN, infinity, denormal, signed-zero, tie and saturation paths */
+static const float specials[] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1e-45f, -3e-39f,
+                                 0.5f, 1.5f, 2.5f, -2.5f, 126.5f, -126.5f, 127.0f, 3.4e38f};
+
 /* qc_quantize_rows on special values; prints every output hashed, plus the first row's xq */
 static void quant_cases(void) {
-    static const float specials[] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1e-45f, -3e-39f,
-                                     0.5f, 1.5f, 2.5f, -2.5f, 126.5f, -126.5f, 127.0f, 3.4e38f};
     for (int id = 0; id < 60; id++) {
         const int64_t K = 1 + id % 37, M = 1 + id % 5;
         const int64_t G = id % 3 == 0 ? K : 1;
@@ -243,8 +245,6 @@ static void quant_cases(void) {
 /* qc_quantize_rows_static: constant clipping ranges (ties at amax = 127 and 63.5, saturation
  * beyond +-amax, specials, vector tails), printed like quant_cases; then refused ranges' codes */
 static void quant_static_cases(void) {
-    static const float specials[] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1e-45f, -3e-39f,
-                                     0.5f, 1.5f, 2.5f, -2.5f, 126.5f, -126.5f, 127.0f, 3.4e38f};
     static const float ranges[] = {127.0f, 63.5f, 1.0f, 0.75f, 3.0e38f, 1e-30f, 5.0f, 200.0f};
     for (int id = 0; id < 48; id++) {
         const int64_t K = 1 + (id * 7) % 45, M = 1 + id % 4;
