@@ -48,6 +48,8 @@ class BuildOptions:
     dump_ir: Path | None = None
     cc: str | None = None
     keep_temps: bool = False
+    schedules: Path | None = None     # the schedule database's root (None: qcompile.tune.db.default_root())
+    use_tuned: bool = True           # False: rule-based schedules only
 
     def quant(self) -> QuantOptions:
         return QuantOptions(self.precision, self.middle, self.group_size, self.plan, self.rotate, self.calibrate,
@@ -84,10 +86,9 @@ def default_bounds(graph, opts: BuildOptions) -> dict[str, int]:
 
 
 def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
-    from .artifact import codegen, decoder, link, toolchain
+    from .artifact import codegen, link, toolchain
     from .targets.tvm.compile import compile_kernels, tvm_version
     from .targets.tvm.host import resolve
-    from .targets.tvm.kernels import build_kernels, check_coverage
 
     from .passes.assign_precision import PrecisionConfig, load_plan
     quant = opts.quant()
@@ -105,35 +106,12 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     model_path = Path(model_path)
     name = opts.name or model_path.stem
     prefix = codegen.c_prefix(name)
-    phase("import")
-    say("import", str(model_path))
-    graph = load(model_path)
+    chooser = _chooser(preset, opts, say)
+    f = front(model_path, opts, preset, prefix, say, phase, tiles=_tiles_from(chooser))
+    graph, layers, qlinear, plan, kernels, dec, why_not = (f.graph, f.layers, f.qlinear, f.plan, f.kernels, f.decoder,
+                                                           f.why_not)
     model_hash = _sha256(model_path)
-    phase("passes")
-    prepared = prepare(graph, quant, say)
-    graph, layers = prepared.graph, prepared.layers
-    qlinear = lower_qlinear(graph)
-    if qlinear:
-        packed = sum(r["packed_bytes"] for r in qlinear)
-        modes = sorted({r["activations"].split(" (")[0] for r in qlinear})
-        say("precision", f"{len(qlinear)} layers packed ({qlinear[0]['layout']} layout, {packed / 2**20:.2f} MiB); "
-                         f"activations quantized to {' and '.join(modes)} at run time")
-    phase("plan")
-    bounds = default_bounds(graph, opts)
-    graph.dim_bounds.update(bounds)
-    plan = make_plan(graph, bounds, simd_bits=512 if "avx512f" in preset.cpu_features else 256)
-    say("plan", f"{len(plan.steps)} steps, arena {plan.arena_bytes / 2**20:.1f} MiB, weights "
-                f"{plan.weight_bytes / 2**20:.1f} MiB")
-    try:
-        dec, why_not = decoder.detect(graph), None
-        say("plan", f"decoder: a session API holds {len(dec.caches)} cache tensors of up to "
-                    f"{bounds[dec.past]} tokens")
-    except decoder.NotADecoder as exc:
-        dec, why_not = None, str(exc)
-    phase("lower")
-    check_coverage(plan, preset.name)
-    kernels = build_kernels(plan, prefix)
-    say("lower", f"{len(kernels)} kernels")
+    tuning = _choose_schedules(plan, kernels, chooser, say)
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"qcompile_{prefix}_"))
@@ -141,7 +119,8 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         phase("compile")
         obj = tmp / "kernels.o"
         schedules = compile_kernels(kernels, preset, obj,
-                                    progress=lambda i, n: say("compile", f"scheduling kernel {i}/{n}"))
+                                    progress=lambda i, n: say("compile", f"scheduling kernel {i}/{n}"),
+                                    params={k: c["params"] for k, c in tuning.items()})
         say("compile", "LLVM done")
         phase("executor")
         src = codegen.generate(plan, prefix, name, preset.name, preset.cpu_features, model_hash, dec)
@@ -169,7 +148,9 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
                                                      + "\n")
         manifest = out_dir / f"{prefix}.manifest.json"
         record = _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, src.checksum, opts,
-                           tvm_version())
+                           tvm_version(), tuning)
+        record["schedule_database"] = {"files": [str(f) for f in chooser.files] if chooser else [],
+                                       "warnings": chooser.warnings if chooser else []}
         record["quantized_layers"] = qlinear
         record["session"] = dec.manifest() if dec else {"available": False, "why": why_not}
         manifest.write_text(json.dumps(record, indent=2) + "\n")
@@ -182,6 +163,54 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     phases.append(("done", time.perf_counter()))
     timing = [(phases[i][0], phases[i + 1][1] - phases[i][1]) for i in range(len(phases) - 1)]
     return BuildResult(library, header, manifest, len(kernels), len(plan.steps), time.perf_counter() - start, timing)
+
+
+@dataclass
+class Front:
+    graph: object
+    layers: list
+    qlinear: list[dict]
+    plan: object
+    kernels: dict
+    decoder: object
+    why_not: str | None
+
+
+def front(model_path: Path, opts: BuildOptions, preset, prefix: str, say: Progress, phase=lambda name: None,
+          tiles=None) -> Front:
+    """The first half of a build, shared with `qcompile tune`: import, passes, quantization, packing
+    (with `tiles` choosing panel widths), plan and kernels (TIR, unscheduled)."""
+    from .artifact import decoder
+    from .targets.tvm.kernels import build_kernels, check_coverage
+    phase("import")
+    say("import", str(model_path))
+    graph = load(model_path)
+    phase("passes")
+    prepared = prepare(graph, opts.quant(), say)
+    graph, layers = prepared.graph, prepared.layers
+    qlinear = lower_qlinear(graph, tiles=tiles)
+    if qlinear:
+        packed = sum(r["packed_bytes"] for r in qlinear)
+        modes = sorted({r["activations"].split(" (")[0] for r in qlinear})
+        say("precision", f"{len(qlinear)} layers packed ({qlinear[0]['layout']} layout, {packed / 2**20:.2f} MiB); "
+                         f"activations quantized to {' and '.join(modes)} at run time")
+    phase("plan")
+    bounds = default_bounds(graph, opts)
+    graph.dim_bounds.update(bounds)
+    plan = make_plan(graph, bounds, simd_bits=512 if "avx512f" in preset.cpu_features else 256)
+    say("plan", f"{len(plan.steps)} steps, arena {plan.arena_bytes / 2**20:.1f} MiB, weights "
+                f"{plan.weight_bytes / 2**20:.1f} MiB")
+    try:
+        dec, why_not = decoder.detect(graph), None
+        say("plan", f"decoder: a session API holds {len(dec.caches)} cache tensors of up to "
+                    f"{bounds[dec.past]} tokens")
+    except decoder.NotADecoder as exc:
+        dec, why_not = None, str(exc)
+    phase("lower")
+    check_coverage(plan, preset.name)
+    kernels = build_kernels(plan, prefix)
+    say("lower", f"{len(kernels)} kernels")
+    return Front(graph, layers, qlinear, plan, kernels, dec, why_not)
 
 
 def _sha256(path: Path) -> str:
@@ -201,7 +230,65 @@ def _signature(graph, names, bounds):
     return out
 
 
-def _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, checksum, opts, tvm_ver) -> dict:
+def _chooser(preset, opts: BuildOptions, say):
+    """The schedule database for this build's target and machine (None with use_tuned off)."""
+    if not opts.use_tuned:
+        return None
+    from .targets.tvm.compile import tvm_version
+    from .tune import db, env
+    chooser = db.Chooser(opts.schedules or db.default_root(), env.for_build(preset, tvm_version()))
+    for w in chooser.warnings:
+        say("schedules", f"warning: {w}")
+    return chooser
+
+
+def _tiles_from(chooser):
+    """lower_qlinear's panel-width choice: a tuned record's, else the rule-based one."""
+    if chooser is None:
+        return None
+    from .targets.qlinear_layout import tiles_for
+    from .tune import keys
+    from .tune.space import space_for
+
+    def tiles(family, group, k, n, lead):
+        key, cls, dm = keys.qlinear(family, group, k, n, lead)
+        space = space_for("qlinear", {"N": n})
+        choice = chooser.choose(key, cls, dm, space)
+        return choice.params["tiles"] if choice.record else tiles_for(n)
+    return tiles
+
+
+def _choose_schedules(plan, kernels, chooser, say) -> dict[str, dict]:
+    """kernel -> {params, source, workload, record}: what each kernel's schedule comes from."""
+    from .targets.tvm.tuning import describe
+    first = {}
+    for st in plan.steps:
+        for k in filter(None, (st.kernel, st.tail_kernel)):
+            first.setdefault(k, st)
+    out, counts = {}, {}
+    for name, kernel in kernels.items():
+        w = describe(plan.graph, first[name], kernel) if name in first else None
+        if w is None:
+            continue
+        choice = chooser.choose(w.key, w.cls, w.dims, w.space) if chooser else None
+        source = choice.source if choice else "default"
+        params = choice.params if choice else w.space.default()
+        if w.qlinear:           # its layout was chosen (or not) when the weights were packed
+            params = {"tiles": w.qlinear["tiles"]}
+        out[name] = {"params": {} if w.qlinear else params, "source": source, "workload": w.key,
+                     "chosen": params, "from": choice.describe() if choice else "default (tuning off)",
+                     "record": {k: choice.record.get(k) for k in ("time_us", "device", "qcompile", "tvm", "runner",
+                                                                  "workload")} if choice and choice.record else None}
+        counts[source] = counts.get(source, 0) + 1
+        if choice and choice.record:
+            say("schedules", f"{name}: {w.key} -> {params}, {choice.describe()}")
+    if out:
+        say("schedules", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + " (of tunable kernels)")
+    return out
+
+
+def _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, checksum, opts, tvm_ver,
+              tuning=None) -> dict:
     g = plan.graph
     by_kernel: dict[str, list[str]] = {}
     op_of: dict[str, str] = {}
@@ -228,6 +315,6 @@ def _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, checks
         "arena_bytes": plan.arena_bytes,
         "weights": {"bytes": plan.weight_bytes, "checksum64": f"{checksum:016x}", "tensors": len(plan.weights)},
         "kernels": [{"name": k.name, "kind": k.kind, "schedule": schedules[k.name],
-                     "op": op_of[k.name],
+                     "op": op_of[k.name], "tuning": (tuning or {}).get(k.name),
                      "nodes": by_kernel.get(k.name, [])} for k in kernels.values()],
     }

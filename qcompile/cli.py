@@ -20,6 +20,7 @@ with quantization done by the compiler.
   qcompile generate out/llm.so --prompt-ids 1,2,3   generate tokens with a decoder's session
   qcompile inspect model.onnx            what is in a model, and whether qcompile can compile it
   qcompile inspect model.onnx --ir       the model in qcompile's IR, after the pass pipeline
+  qcompile tune model.onnx               find fast schedules for this machine (used by later builds)
   qcompile targets                       the target presets (--target NAME)
   qcompile passes                        the graph passes and the pipelines that run them
 
@@ -77,6 +78,24 @@ transformers package) --prompt takes text and the output is decoded too.
 
 Greedy by default. Prints the new token ids (and text) and the prefill and decode speeds."""
 
+TUNE_HELP = """\
+Measure schedule candidates for every tunable kernel of a model and append the results to the
+schedule database, schedules/<target>/<device>.jsonl ($QCOMPILE_SCHEDULES or --schedules DIR
+moves it). Later builds for the same target and machine use the fastest record per kernel (else
+the nearest tuned shape, else the rule-based default) and record their choice in the manifest.
+
+Each candidate is built in a worker process (with a timeout), run once and compared with the
+default schedule's output, then timed (median of --repeat rounds). Candidates that fail to build,
+crash, hang or compute different numbers are recorded as rejected and never used. Quantization
+flags must match the build's (they decide which kernels exist). Kernels are measured at one
+decode step (every symbolic dim 1, a decoder's past 255 tokens) unless --dim says otherwise.
+
+  qcompile tune llama.onnx --precision mixed --time-budget 300
+  qcompile tune llama.onnx --precision mixed --resume           (continue a killed run)
+  qcompile tune llama.onnx --precision mixed --report           (default vs tuned, per kernel)
+  qcompile tune llama.onnx --target arm64 --rpc tracker:9190 --device-key rk3588
+        (devices run `python -m tvm.exec.rpc_server --tracker tracker:9190 --key rk3588`)"""
+
 EPILOG = "Docs and issues: see README.md. Exit status: 0 ok, 1 a qcompile error (explained), 2 bad usage."
 
 
@@ -126,6 +145,22 @@ def _quant_options(args) -> dict:
                 activations={"dynamic": "int8", "static": "int8-static"}[args.activations], act_clip=args.act_clip)
 
 
+def _schedule_arguments(p) -> None:
+    p.add_argument("--schedules", metavar="DIR", help="the schedule database's root (default: $QCOMPILE_SCHEDULES, "
+                   "else the schedules/ folder shipped with qcompile)")
+
+
+def _parse_dims(items) -> dict[str, int] | None:
+    bounds = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not value.isdigit() or int(value) < 1:
+            print(f"qcompile: error: --dim expects NAME=N with N >= 1, got '{item}'", file=sys.stderr)
+            return None
+        bounds[name] = int(value)
+    return bounds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qcompile", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,7 +198,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
     p.add_argument("--cc", help="C compiler for the final link (default: the preset's)")
     p.add_argument("--keep-temps", action="store_true", help="keep generated C, weights and objects in OUT/NAME_build")
+    _schedule_arguments(p)
+    p.add_argument("--no-tuned", action="store_true", help="ignore the schedule database: rule-based schedules only")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("tune", help="search fast kernel schedules for this machine or a remote device",
+                       description=TUNE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="path to an .onnx file")
+    p.add_argument("--target", default="native", metavar="PRESET", help="target preset (default: %(default)s)")
+    _quant_arguments(p)
+    p.add_argument("--trials", type=int, default=12, metavar="N",
+                   help="candidates per kernel, the default included (default: %(default)s; the whole grid "
+                        "when it is smaller, an evolutionary search when larger)")
+    p.add_argument("--time-budget", type=float, metavar="S", help="stop after S seconds (most important kernels "
+                   "first: launches per call x bytes moved)")
+    p.add_argument("--resume", action="store_true", help="count records already measured in this environment, "
+                   "so a killed run continues where it stopped")
+    p.add_argument("--workers", type=int, default=0, metavar="N", help="parallel candidate builds (default: cores)")
+    p.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="measure at this value of a symbolic dim (e.g. --dim seq=64 for prefill)")
+    p.add_argument("--only", action="append", default=[], metavar="TEXT",
+                   help="tune only kernels whose workload key contains TEXT (repeatable; e.g. qlinear, gemm)")
+    p.add_argument("--rpc", metavar="HOST:PORT", help="measure on devices registered with this TVM RPC tracker")
+    p.add_argument("--device-key", metavar="KEY", help="with --rpc: the devices' key; also the database's device name")
+    p.add_argument("--ssh", metavar="HOST", help="measure over ssh with a C bench program (not available yet)")
+    p.add_argument("--repeat", type=int, default=7, metavar="N", help="timed rounds per candidate (median kept)")
+    p.add_argument("--report", action="store_true", help="print default vs tuned time per kernel from the "
+                   "database (measures nothing)")
+    p.add_argument("--max-seq-len", type=int, default=2048, metavar="N", help=argparse.SUPPRESS)
+    _schedule_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per kernel instead)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("run", help="run a built library on .npy inputs", description=RUN_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -247,16 +312,13 @@ def cmd_build(args) -> int:
     from pathlib import Path
 
     from .build import BuildOptions, build
-    bounds = {}
-    for item in args.dim:
-        name, _, value = item.partition("=")
-        if not value.isdigit() or int(value) < 1:
-            print(f"qcompile: error: --dim expects NAME=N with N >= 1, got '{item}'", file=sys.stderr)
-            return 2
-        bounds[name] = int(value)
+    bounds = _parse_dims(args.dim)
+    if bounds is None:
+        return 2
     opts = BuildOptions(target=args.target, **_quant_options(args), out_dir=Path(args.out), name=args.name,
                         max_seq_len=args.max_seq_len, dim_bounds=bounds,
-                        dump_ir=Path(args.dump_ir) if args.dump_ir else None, cc=args.cc, keep_temps=args.keep_temps)
+                        dump_ir=Path(args.dump_ir) if args.dump_ir else None, cc=args.cc, keep_temps=args.keep_temps,
+                        schedules=Path(args.schedules) if args.schedules else None, use_tuned=not args.no_tuned)
     start = time.perf_counter()
     interactive = sys.stderr.isatty()
 
@@ -273,6 +335,36 @@ def cmd_build(args) -> int:
           f"target {args.target}, {result.seconds:.1f}s")
     print("  " + ", ".join(f"{name} {sec:.2f}s" for name, sec in result.phases))
     print(f"  C API: {result.header}; manifest: {result.manifest}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from pathlib import Path
+
+    from .build import BuildOptions
+    from .tune.report import report
+    from .tune.tuner import TuneOptions, tune
+    if args.ssh:
+        print("qcompile: error: --ssh (a C bench program driven over ssh/adb) is not available yet; for a device "
+              "that runs Python, start TVM's RPC server there and use --rpc/--device-key", file=sys.stderr)
+        return 2
+    bind = _parse_dims(args.dim)
+    if bind is None:
+        return 2
+    bo = BuildOptions(target=args.target, **_quant_options(args), max_seq_len=args.max_seq_len,
+                      schedules=Path(args.schedules) if args.schedules else None)
+    opts = TuneOptions(trials=args.trials, time_budget=args.time_budget, resume=args.resume, rpc=args.rpc,
+                       device_key=args.device_key, dims=bind, repeat=args.repeat, only=args.only)
+    if args.workers:
+        opts.workers = args.workers
+    if args.report:
+        print(report(Path(args.model), bo, opts))
+        return 0
+    result = tune(Path(args.model), bo, opts, progress=not args.no_progress and sys.stderr.isatty())
+    done = [w for w in result.workloads if w.best_us]
+    print(f"tuned {len(done)} kernels in {result.seconds:.0f} s ({sum(w.tried for w in result.workloads)} candidates, "
+          f"{sum(w.failed for w in result.workloads)} rejected); records in {result.database}")
+    print(report(Path(args.model), bo, opts))
     return 0
 
 

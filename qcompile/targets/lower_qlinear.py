@@ -17,6 +17,8 @@ manifest.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..ir import dtypes
@@ -70,8 +72,11 @@ def _pad_columns(q, scales, zp):
     return q, scales, zp, n_pad
 
 
-def lower_qlinear(g: Graph) -> list[dict]:
-    """Rewrite every QLinear in g in place; returns one manifest record per layer."""
+def lower_qlinear(g: Graph, tiles: Callable | None = None) -> list[dict]:
+    """Rewrite every QLinear in g in place; returns one manifest record per layer.
+
+    `tiles(family, group, K, N, lead_shape)` may choose each layer's panel width (a tuned
+    schedule); None keeps the rule-based one."""
     records = []
     shared: dict[tuple[str, int, float | None], tuple[str, str, str]] = {}
     new_nodes: list[Node] = []
@@ -89,7 +94,8 @@ def lower_qlinear(g: Graph) -> list[dict]:
         zp = g.values[node.inputs[3]].const if node.input(3) else None
         q, scales, zp, n_pad = _pad_columns(q, scales, zp)
         try:
-            packed = pack_qlinear(q, family, scales, zp, group if family in ("int4", "uint4") else None)
+            t = tiles(family, group, k, n_pad, tuple(x.shape[:-1])) if tiles else None
+            packed = pack_qlinear(q, family, scales, zp, group if family in ("int4", "uint4") else None, t)
         except ValueError as exc:
             raise LoweringError(f"cannot pack this weight for the CPU kernels: {exc}", node=node.name,
                                 op=node.op_id, hint="keep this layer bf16 or fp32 with a plan file") from None

@@ -24,7 +24,8 @@ Packed layout (the contract with the kernel; repeated in qc_qlinear.h):
   16-column subtile, j in 0..3); its bit field f (bits [f*b, f*b+b)) holds the code of column
   subtile*16 + nl at k = chunk*4v + f*4 + j.  So field f of a chunk, after (byte >> f*b) & mask, is
   the 16 columns x 4 k block that one vpdpbusd (or two maddubs on 32-byte halves) consumes.
-  Tiles: T = 4 subtiles per panel if N % 64 == 0, else 2 if N % 32 == 0, else 1.  Panel p covers the
+  Tiles: T = 4 subtiles per panel if N % 64 == 0, else 2 if N % 32 == 0, else 1 (tuning may choose
+  a smaller T: more, narrower panels, for a better split over threads).  Panel p covers the
   columns [p*16T, (p+1)*16T).  Byte stream: for p: for chunk c in K/(4v): for t in T: chunk c of
   subtile p*T + t -- each panel is one contiguous stream that the kernel reads once, in order.
   scales float32 [N/16T, K/G, 16T]: scales[p, g, t*16+nl] = s[g, p*16T + t*16 + nl]
@@ -109,8 +110,9 @@ def _to_panels(a: np.ndarray, T: int) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(rows, N // (16 * T), 16 * T).transpose(1, 0, 2))
 
 
-def pack_qlinear(q, family, scales, zero_points=None, group_size=None) -> PackedQLinear:
-    """Pack logical weights q (integer [K,N]) of `family` into the kernel layout (see module doc)."""
+def pack_qlinear(q, family, scales, zero_points=None, group_size=None, tiles: int | None = None) -> PackedQLinear:
+    """Pack logical weights q (integer [K,N]) of `family` into the kernel layout (see module doc);
+    `tiles` (T) defaults to tiles_for(N), a tuned schedule may pick another."""
     if family not in BITS:
         raise ValueError(f"unknown qlinear family {family!r} (expected one of {sorted(BITS)})")
     q = np.asarray(q)
@@ -152,7 +154,9 @@ def pack_qlinear(q, family, scales, zero_points=None, group_size=None) -> Packed
         raise ValueError(f"{family} scales must have shape ({ng}, {N}), got {s.shape}")
     s = s.reshape(ng, N)
 
-    T = tiles_for(N)
+    T = tiles_for(N) if tiles is None else int(tiles)
+    if T not in (1, 2, 4) or N % (16 * T):
+        raise ValueError(f"tiles={T}: a panel must be 1, 2 or 4 subtiles of 16 columns that divide N={N}")
     P = N // (16 * T)
     zps = None
     if family == "uint4":

@@ -19,12 +19,15 @@ def tvm_target(preset: Preset, num_cores: int | None = None) -> "tvm.target.Targ
     return tvm.target.Target(spec)
 
 
-def schedule_all(kernels: dict[str, Kernel], target, progress=None) -> tuple["tvm.IRModule", dict[str, str]]:
-    """Apply each kernel's schedule template; returns the module and kernel -> template name."""
+def schedule_all(kernels: dict[str, Kernel], target, progress=None,
+                 params: dict[str, dict] | None = None) -> tuple["tvm.IRModule", dict[str, str]]:
+    """Apply each kernel's schedule template (with its tuned parameters, if any); returns the
+    module and kernel -> template name."""
     funcs, used = {}, {}
+    params = params or {}
     for i, k in enumerate(kernels.values()):
         try:
-            funcs[k.name], used[k.name] = schedule(k, target)
+            funcs[k.name], used[k.name] = schedule(k, target, params.get(k.name))
         except Exception as exc:
             raise LoweringError(f"scheduling kernel {k.name} ({k.kind}) failed: {type(exc).__name__}: {exc}",
                                 phase="schedule") from exc
@@ -33,10 +36,11 @@ def schedule_all(kernels: dict[str, Kernel], target, progress=None) -> tuple["tv
     return tvm.IRModule(funcs), used
 
 
-def compile_kernels(kernels: dict[str, Kernel], preset: Preset, out_obj: Path, progress=None) -> dict[str, str]:
+def compile_kernels(kernels: dict[str, Kernel], preset: Preset, out_obj: Path, progress=None,
+                    params: dict[str, dict] | None = None) -> dict[str, str]:
     """Schedule and compile; returns kernel -> schedule name, and writes out_obj."""
     target = tvm_target(preset)
-    module, used = schedule_all(kernels, target, progress)
+    module, used = schedule_all(kernels, target, progress, params)
     try:
         executable = tvm.compile(module, target=target)
     except Exception as exc:

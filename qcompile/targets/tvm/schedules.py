@@ -1,4 +1,5 @@
-"""CPU schedule templates, chosen by kernel family. Rule-based defaults until tuning exists.
+"""CPU schedule templates, chosen by kernel family, with parameters (qcompile/tune/space.py lists
+them and their rule-based defaults; `qcompile tune` measures other values).
 
 Every template only splits, reorders, parallelizes, vectorizes and caches: it never changes
 what a kernel computes, so the tests that compare kernels with the reference cover them all.
@@ -18,17 +19,24 @@ MATMUL_NB = 64       # columns of the register tile (4 vectors)
 MATMUL_KU = 4        # k unroll
 
 
-def schedule(kernel: Kernel, target) -> tuple[object, str]:
-    """Returns (scheduled PrimFunc, name of the template applied)."""
+def schedule(kernel: Kernel, target, params: dict | None = None) -> tuple[object, str]:
+    """Returns (scheduled PrimFunc, name of the template applied). `params` are the template's
+    (missing ones take their defaults)."""
+    params = params or {}
     for template in _TEMPLATES.get(kernel.kind, []) + [_parallel_outer]:
         sch = s_tir.Schedule(tvm.IRModule({"main": kernel.func}))
         try:
-            name = template(sch, kernel)
+            name = template(sch, kernel, params)
         except Exception:       # the template does not fit this kernel: try the next, simpler one
             continue
         if name:
             return sch.mod["main"], name
     return kernel.func, "naive"
+
+
+def _parallel(sch, loop, params) -> None:
+    if params.get("parallel", 1):
+        sch.parallel(loop)
 
 
 def _blocks(sch):
@@ -44,34 +52,37 @@ def _extent(sch, loop):
 
 
 def _gemm(rows_per_tile: int):
-    def template(sch, kernel) -> str | None:
+    def template(sch, kernel, params) -> str | None:
         """2-D GEMM: rows_per_tile x NB accumulators in registers, NB vectorized, parallel over N tiles."""
         block = sch.get_sblock("matmul")
         m, n, k = sch.get_loops(block)
         nb = kernel.panel
-        if nb % VECTOR:
+        vector = params.get("vector", VECTOR)
+        if nb % vector:
             return None
         mo, mi = sch.split(m, [None, rows_per_tile])
         no, ni = sch.split(n, [None, nb])
-        nio, nii = sch.split(ni, [None, VECTOR])
+        nio, nii = sch.split(ni, [None, vector])
         k_ext = _static(_extent(sch, k))
-        ku = MATMUL_KU if k_ext and k_ext % MATMUL_KU == 0 else 1
+        ku = params.get("ku", MATMUL_KU)
+        ku = ku if k_ext and k_ext % ku == 0 else 1
         ko, ki = sch.split(k, [None, ku])
         sch.reorder(no, mo, ko, ki, mi, nio, nii)
         acc = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(acc, mo)
-        sch.parallel(no)
+        _parallel(sch, no, params)
         sch.unroll(ki)
         sch.unroll(mi)
         sch.unroll(nio)
         sch.vectorize(nii)
         sch.decompose_reduction(block, ko)
-        sch.vectorize(sch.split(sch.get_loops(acc)[-1], [None, VECTOR])[1])
-        return f"gemm-{rows_per_tile}x{nb}"
+        sch.vectorize(sch.split(sch.get_loops(acc)[-1], [None, vector])[1])
+        serial = "" if params.get("parallel", 1) else "-serial"
+        return f"gemm-{rows_per_tile}x{nb}-ku{ku}-v{vector}{serial}"
     return template
 
 
-def _batched_matmul(sch, kernel=None) -> str | None:
+def _batched_matmul(sch, kernel, params) -> str | None:
     """Batched A[..., m, k] x B[..., k, n] (attention): rows in parallel, k outside n, each row
     of B added into the output row (which stays in L1)."""
     blocks = _blocks(sch)
@@ -81,49 +92,51 @@ def _batched_matmul(sch, kernel=None) -> str | None:
     *outer, m, n, k = sch.get_loops(block)
     rows = sch.fuse(*outer, m) if outer else m
     sch.reorder(rows, k, n)
-    sch.parallel(rows)
+    _parallel(sch, rows, params)
     sch.decompose_reduction(block, k)
-    return "batched-matmul-rows"      # n has a run-time extent: LLVM vectorizes it with a remainder
+    return "batched-matmul-rows" + ("" if params.get("parallel", 1) else "-serial")      # n has a run-time extent: LLVM vectorizes it with a remainder
 
 
-def _injective(sch, kernel=None) -> str | None:
-    """Vectorize the innermost dim when it is a static multiple of 16 lanes (no index math per
+def _injective(sch, kernel, params) -> str | None:
+    """Vectorize the innermost dim when it is a static multiple of the lanes (no index math per
     lane) and run the outer loops in parallel; otherwise fuse everything and vectorize chunks."""
     blocks = _blocks(sch)
     if len(blocks) != 1:
         return None
+    vector, chunk = params.get("vector", VECTOR), params.get("chunk", VECTOR * 64)
+    serial = "" if params.get("parallel", 1) else "-serial"
     loops = sch.get_loops(blocks[0])
     inner = _static(_extent(sch, loops[-1]))
-    if inner and inner % VECTOR == 0 and len(loops) > 1:
+    if inner and inner % vector == 0 and len(loops) > 1:
         outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
-        sch.parallel(outer)
-        _, lanes = sch.split(loops[-1], [None, VECTOR])
+        _parallel(sch, outer, params)
+        _, lanes = sch.split(loops[-1], [None, vector])
         sch.vectorize(lanes)
-        return "injective-rows-vector"
+        return f"injective-rows-vector{vector}{serial}"
     if len(loops) > 1 and inner is None:
         # a run-time inner extent (a sequence dim): keep it as the loop it is, so indices step by
         # one instead of being rebuilt with divisions per element, and run the rows in parallel
         outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
-        sch.parallel(outer)
-        return "injective-rows"
+        _parallel(sch, outer, params)
+        return f"injective-rows{serial}"
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    outer, inner_loop = sch.split(fused, [None, VECTOR * 64])
-    sch.parallel(outer)
-    _, lanes = sch.split(inner_loop, [None, VECTOR])
+    outer, inner_loop = sch.split(fused, [None, chunk])
+    _parallel(sch, outer, params)
+    _, lanes = sch.split(inner_loop, [None, vector])
     sch.vectorize(lanes)
-    return "injective-parallel-vector"
+    return f"injective-parallel-vector{vector}-chunk{chunk}{serial}"
 
 
-def _fused(sch, kernel=None) -> str | None:
+def _fused(sch, kernel, params) -> str | None:
     """An elementwise chain: inline every member into the last, then as injective."""
     blocks = _blocks(sch)
     for b in blocks[:-1]:
         sch.compute_inline(b)
-    name = _injective(sch, kernel)
+    name = _injective(sch, kernel, params)
     return name and f"fused-{len(blocks)}-{name}"
 
 
-def _parallel_outer(sch, kernel=None) -> str | None:
+def _parallel_outer(sch, kernel, params) -> str | None:
     """Fallback: each block's spatial loops outside any reduction, fused and parallelized."""
     changed = False
     for block in _blocks(sch):
@@ -143,7 +156,7 @@ def _parallel_outer(sch, kernel=None) -> str | None:
 
 
 def _rows(name: str):
-    def template(sch, kernel=None) -> str | None:
+    def template(sch, kernel, params) -> str | None:
         """One parallel task per row (every output axis but the last): each stage (attention's
         scores, max, exp, sum and weighted values; a Hadamard's butterflies) is computed inside
         its row, on row-sized scratch."""
@@ -155,14 +168,14 @@ def _rows(name: str):
         if not lead:
             return None
         row = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-        sch.parallel(row)
+        _parallel(sch, row, params)
         for block in reversed(blocks[:-1]):
             sch.compute_at(block, row)
-        return name
+        return name + ("" if params.get("parallel", 1) else "-serial")
     return template
 
 
-def _extern(sch, kernel=None) -> str:
+def _extern(sch, kernel, params) -> str:
     """Loops around a C micro-kernel: built parallel already (extern_ops)."""
     return "extern-parallel"
 
