@@ -33,10 +33,10 @@ def link_shared(out: Path, objects: list[Path], c_sources: list[Path], asm_sourc
                         f"{proc.stderr.strip()[:4000]}", hint=_BUG)
 
 
-def compile_object(out: Path, source: Path, tc: Toolchain) -> Path:
+def compile_object(out: Path, source: Path, tc: Toolchain, includes: list[str] = ()) -> Path:
     """One C source to an object, with the target's instruction-set flags (micro-kernels)."""
     cmd = [*tc.driver, "-c", "-fPIC", "-O3", "-std=gnu11", "-Wall", "-fvisibility=hidden", *tc.isa_flags,
-           str(source), "-o", str(out)]
+           *(f"-I{d}" for d in includes), str(source), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise LinkError(f"compiling {source.name} failed ({tc.driver[-1]} exited {proc.returncode}):\n"

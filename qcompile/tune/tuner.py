@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -149,42 +150,45 @@ def open_session(model_path: Path, build_opts, opts: TuneOptions, say: Say = pri
 
 
 def tune(model_path: Path, build_opts, opts: TuneOptions, say: Say = print, progress: bool = True) -> TuneResult:
-    from ..artifact import link, toolchain
-    from ..artifact.runtime import RUNTIME_DIR
-
-    start = time.monotonic()
+    from ..artifact import toolchain
     s = open_session(model_path, build_opts, opts, say)
-    preset, scenario, bind, workloads, env, database, runner = (s.preset, s.scenario, s.bind, s.workloads, s.env,
-                                                                 s.database, s.runner)
-    remote = bool(opts.rpc)
-    tc = toolchain.for_preset(preset, build_opts.cc)
-    say(f"tuning {len(workloads)} workloads of {Path(model_path).name} for {preset.name} on {env['device']} "
-        f"({runner}), at {scenario}; records: {database.path}")
-    tmp = Path(tempfile.mkdtemp(prefix="qcompile_tune_"))
-    link_objects = [str(link.compile_object(tmp / "qc_qlinear.o", RUNTIME_DIR / "qc_qlinear.c", tc))]
-    target_spec = dict(preset.tvm_target)
+    say(f"tuning {len(s.workloads)} workloads of {Path(model_path).name} for {s.preset.name} on {s.env['device']} "
+        f"({s.runner}), at {s.scenario}; records: {s.database.path}")
+    return run_session(s, opts, toolchain.for_preset(s.preset, build_opts.cc), say, progress)
+
+
+def run_session(s: Session, opts: TuneOptions, tc, say: Say = print, progress: bool = True) -> TuneResult:
+    """Tune every workload of a session, most important first, within the time budget."""
     from tvm.support.popen_pool import PopenPoolExecutor
+
+    from ..artifact import link
+    from ..artifact.runtime import RUNTIME_DIR, include_dirs
+    start = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="qcompile_tune_"))
+    # every candidate links the artifact's micro-kernels, runtime and thread pool (bound by the shim)
+    link_objects = [str(link.compile_object(tmp / f"{src}.o", RUNTIME_DIR / f"{src}.c", tc, include_dirs()))
+                    for src in ("qc_qlinear", "qc_runtime", "qc_tune_shim")]
     builders = PopenPoolExecutor(max_workers=opts.workers, timeout=opts.build_timeout)
-    runners = None if remote else PopenPoolExecutor(max_workers=1, timeout=opts.run_timeout)
+    runners = None if opts.rpc else PopenPoolExecutor(max_workers=1, timeout=opts.run_timeout)
     rng = random.Random(opts.seed)
     results = []
-    planned = sum(min(opts.trials, len(w.space.points())) for w in workloads)
-    bar = _bar(planned, progress)
+    bar = _bar(sum(min(opts.trials, len(w.space.points())) for w in s.workloads), progress)
     try:
-        for w in workloads:
+        for w in s.workloads:
             if opts.time_budget and time.monotonic() - start > opts.time_budget:
-                say(f"time budget of {opts.time_budget:.0f} s spent: {len(workloads) - len(results)} workloads left "
-                    f"untuned (run again with --resume to continue)")
+                say(f"time budget of {opts.time_budget:.0f} s spent: {len(s.workloads) - len(results)} workloads "
+                    f"left untuned (run again with --resume to continue)")
                 break
-            ctx = _Context(w, opts, env, scenario, bind, runner, database, tmp, target_spec, link_objects,
-                           builders, runners, bar, say)
+            ctx = _Context(w, opts, s.env, s.scenario, s.bind, s.runner, s.database, tmp, dict(s.preset.tvm_target),
+                           link_objects, builders, runners, bar, say)
             results.append(ctx.run(rng, start))
     finally:
         bar.close()
         builders.shutdown()
         if runners:
             runners.shutdown()
-    return TuneResult(database.path, results, s.skipped, time.monotonic() - start, scenario, bind)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return TuneResult(s.database.path, results, s.skipped, time.monotonic() - start, s.scenario, s.bind)
 
 
 def _host_runs(preset) -> bool:
@@ -295,14 +299,17 @@ class _Context:
             futures.append((p, lib, self.builders.submit(
                 tuning.build_candidate, save_json(kernel.func), kernel.kind, kernel.panel, list(kernel.scalars), p,
                 self.target_spec, self.link_objects, str(lib))))
-        out = []
-        for p, lib, fut in futures:
-            rec = self._record(p)
+        built = []
+        for p, lib, fut in futures:     # every build of the batch ends before anything is timed:
+            rec = self._record(p)       # a compiler running beside a measurement takes its cores
             try:
                 rec["template"] = fut.result()
             except Exception as exc:       # the pool raises TimeoutError or the worker's exception
                 rec.update(status="timeout" if isinstance(exc, TimeoutError) else "build-error",
                            error=_short(exc))
+            built.append((p, lib, rec))
+        out = []
+        for p, lib, rec in built:
             if rec["status"] == "ok":
                 self._run(p, lib, rec)
             if record:
