@@ -94,7 +94,9 @@ decode step (every symbolic dim 1, a decoder's past 255 tokens) unless --dim say
   qcompile tune llama.onnx --precision mixed --resume           (continue a killed run)
   qcompile tune llama.onnx --precision mixed --report           (default vs tuned, per kernel)
   qcompile tune llama.onnx --target arm64 --rpc tracker:9190 --device-key rk3588
-        (devices run `python -m tvm.exec.rpc_server --tracker tracker:9190 --key rk3588`)"""
+        (devices run `python -m tvm.exec.rpc_server --tracker tracker:9190 --key rk3588`)
+  qcompile tune llama.onnx --target arm64 --ssh pi@raspberrypi     (no Python there: a C bench)
+  qcompile tune llama.onnx --target arm64-android --ssh - --ssh-command 'adb shell'"""
 
 EPILOG = "Docs and issues: see README.md. Exit status: 0 ok, 1 a qcompile error (explained), 2 bad usage."
 
@@ -221,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tune only kernels whose workload key contains TEXT (repeatable; e.g. qlinear, gemm)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="measure on devices registered with this TVM RPC tracker")
     p.add_argument("--device-key", metavar="KEY", help="with --rpc: the devices' key; also the database's device name")
-    p.add_argument("--ssh", metavar="HOST", help="measure over ssh with a C bench program (not available yet)")
+    p.add_argument("--ssh", metavar="HOST", help="measure on HOST with a small C bench program sent over ssh "
+                   "(for devices without Python or TVM); '-' with an --ssh-command that needs no host")
+    p.add_argument("--ssh-command", default="ssh", metavar="CMD", help="how to run a shell command there "
+                   "(default: %(default)s; e.g. 'ssh -p 2222', or 'adb -s SERIAL shell' with --ssh -)")
     p.add_argument("--repeat", type=int, default=7, metavar="N", help="timed rounds per candidate (median kept)")
     p.add_argument("--report", action="store_true", help="print default vs tuned time per kernel from the "
                    "database (measures nothing)")
@@ -344,17 +349,14 @@ def cmd_tune(args) -> int:
     from .build import BuildOptions
     from .tune.report import report
     from .tune.tuner import TuneOptions, tune
-    if args.ssh:
-        print("qcompile: error: --ssh (a C bench program driven over ssh/adb) is not available yet; for a device "
-              "that runs Python, start TVM's RPC server there and use --rpc/--device-key", file=sys.stderr)
-        return 2
     bind = _parse_dims(args.dim)
     if bind is None:
         return 2
     bo = BuildOptions(target=args.target, **_quant_options(args), max_seq_len=args.max_seq_len,
                       schedules=Path(args.schedules) if args.schedules else None)
     opts = TuneOptions(trials=args.trials, time_budget=args.time_budget, resume=args.resume, rpc=args.rpc,
-                       device_key=args.device_key, dims=bind, repeat=args.repeat, only=args.only)
+                       device_key=args.device_key, ssh=args.ssh, ssh_command=args.ssh_command, dims=bind,
+                       repeat=args.repeat, only=args.only)
     if args.workers:
         opts.workers = args.workers
     if args.report:

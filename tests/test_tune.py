@@ -249,11 +249,19 @@ def test_candidates_that_crash_hang_or_compute_wrong_numbers_are_rejected(tmp_pa
     assert tuple(choice.params[k] for k in ("vector", "chunk", "parallel")) not in faults
 
 
-def test_rpc_loopback_gives_the_same_records_as_local(model, tmp_path):
+def test_remote_runners_give_the_same_records_as_local(model, tmp_path):
+    """TVM's RPC tracker and server over loopback, and the C bench program behind an ssh command
+    (here a stand-in that runs the script locally, as `ssh HOST script` would run it remotely)."""
     from tvm.rpc import server, tracker
     only = ["qlinear:int4:g32:K64:N128", "gemm1", "Sigmoid"]
     local = tune(model, _opts(tmp_path / "local"), TuneOptions(trials=3, only=only), say=lambda s: None,
                  progress=False)
+    fake_ssh = tmp_path / "ssh"
+    fake_ssh.write_text('#!/bin/sh\nshift\nexec sh -c "$1"\n')      # drops the host, runs the script
+    fake_ssh.chmod(0o755)
+    over_ssh = tune(model, _opts(tmp_path / "ssh-db"), TuneOptions(trials=3, only=only, ssh="board",
+                                                                   ssh_command=str(fake_ssh)),
+                    say=lambda s: None, progress=False)
     trk = tracker.Tracker(host="127.0.0.1", port=9190, port_end=9290, silent=True)
     srv = server.Server(host="127.0.0.1", port=9300, port_end=9400, tracker_addr=("127.0.0.1", trk.port),
                         key="loopback", silent=True)
@@ -277,7 +285,41 @@ def test_rpc_loopback_gives_the_same_records_as_local(model, tmp_path):
 
     def keyed(path):
         return sorted((r["workload"], json.dumps(r["params"], sort_keys=True), r["status"]) for r in _lines(path))
-    assert keyed(remote.database) == keyed(local.database) and len(keyed(local.database)) >= 6
+    assert keyed(remote.database) == keyed(local.database) == keyed(over_ssh.database)
+    assert len(keyed(local.database)) >= 6
     rec = _lines(remote.database)[0]
     assert rec["runner"].startswith("rpc:loopback@") and rec["device"] == "loopback"
     assert remote.database.parent.name == "native" and remote.database.name == "loopback.jsonl"
+    assert _lines(over_ssh.database)[0]["runner"] == "ssh:board" and over_ssh.database.name == "board.jsonl"
+
+
+@pytest.mark.parametrize("params", [{"vector": 16}, {"vector": 8}, {"vector": 0}, {"vector": 16, "parallel": 0}])
+def test_attention_schedules_compute_softmax_attention(params):
+    """Every point of the attention space (rfactor'ed q.k lanes, p.v with the head dim as the
+    vector, or scalar loops) against numpy, with grouped-query heads and a run-time length."""
+    import tvm
+    from tvm import te, tirx
+
+    from qcompile.targets.tvm import te_ops
+    from qcompile.targets.tvm.kernels import Kernel
+    from qcompile.targets.tvm.schedules import schedule
+
+    t = tirx.Var("t", "int64")
+    q = te.placeholder((1, 4, 3, 32), "float32", name="in0")
+    k = te.placeholder((1, 2, t, 32), "float32", name="in1")
+    v = te.placeholder((1, 2, t, 32), "float32", name="in2")
+
+    class Node:
+        attrs = {"scale": 0.17}
+    out = te_ops.attention(Node, [q, k, v], [[1, 4, 3, 32]], ["float32"])[0]
+    kernel = Kernel("att", te.create_prim_func([q, k, v, out]).with_attr("global_symbol", "att"), "attention", [])
+    func, name = schedule(kernel, tvm.target.Target({"kind": "llvm"}), params)
+    assert ("vector" in name) == bool(params["vector"]) and ("serial" in name) == (params.get("parallel") == 0)
+    rng = np.random.default_rng(0)
+    qa, ka, va = (rng.standard_normal(s).astype(np.float32) for s in ((1, 4, 3, 32), (1, 2, 37, 32), (1, 2, 37, 32)))
+    y = tvm.runtime.tensor(np.zeros((1, 4, 3, 32), np.float32))
+    tvm.compile(tvm.IRModule({"att": func}), target="llvm")["att"](*map(tvm.runtime.tensor, (qa, ka, va)), y)
+    kr, vr = np.repeat(ka, 2, axis=1), np.repeat(va, 2, axis=1)
+    s = qa @ kr.transpose(0, 1, 3, 2) * 0.17
+    p = np.exp(s - s.max(-1, keepdims=True))
+    np.testing.assert_allclose(y.numpy(), (p / p.sum(-1, keepdims=True)) @ vr, rtol=1e-5, atol=1e-6)

@@ -60,9 +60,9 @@ def time_of(rec: dict) -> float | None:
     return float(t) if ok else None
 
 
-def short(key: tuple, width: int = 40) -> str:
+def short(key: tuple, width: int = 40, scenario: bool = True) -> str:
     workload = key[0] if len(key[0]) <= width else key[0][:width - 1] + "…"
-    return workload + (f" [{key[1]}]" if key[1] else "")
+    return workload + (f" [{key[1]}]" if key[1] and scenario else "")
 
 
 def summarize(recs: list[dict]) -> dict:
@@ -95,7 +95,7 @@ def plot_one(ax, key: tuple, s: dict) -> None:
         ax.plot(bad, [0.97] * len(bad), "x", color="red", transform=ax.get_xaxis_transform(), clip_on=False,
                 label=f"failed ({len(bad)})")
     ax.set_ylim(0, max(ys) * 1.1 if ys else 1)
-    ax.set_title(short(key), fontsize=9)
+    ax.set_title(short(key, scenario=False) + (f"\n{key[1]}" if key[1] else ""), fontsize=8)
     ax.set_xlabel("trial")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("µs per call")

@@ -42,3 +42,14 @@ def compile_object(out: Path, source: Path, tc: Toolchain, includes: list[str] =
         raise LinkError(f"compiling {source.name} failed ({tc.driver[-1]} exited {proc.returncode}):\n"
                         f"{proc.stderr.strip()[:4000]}", hint=_BUG)
     return out
+
+
+def compile_program(out: Path, source: Path, tc: Toolchain, includes: list[str] = ()) -> Path:
+    """One C source to an executable for the target (qcompile tune's bench program)."""
+    cmd = [*tc.driver, "-O2", "-std=gnu11", "-Wall", *tc.isa_flags, *(f"-I{d}" for d in includes), str(source),
+           "-o", str(out), "-ldl", "-lpthread"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LinkError(f"compiling {source.name} failed ({tc.driver[-1]} exited {proc.returncode}):\n"
+                        f"{proc.stderr.strip()[:4000]}", hint=_BUG)
+    return out

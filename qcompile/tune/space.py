@@ -32,10 +32,12 @@ PARAMS: dict[str, tuple[Param, ...]] = {
                   Param("chunk", (256, 1024, 4096), 1024, "elements per parallel task (flat loops)"),
                   Param("parallel", (1, 0), 1, "run the outer loop on the thread pool")),
     "rows": (Param("parallel", (1, 0), 1, "run the rows on the thread pool"),),
+    "attention": (Param("vector", (16, 8, 0), 16, "lanes of the q.k and p.v products (0: scalar loops)"),
+                  Param("parallel", (1, 0), 1, "run the rows on the thread pool")),
     "matmul": (Param("parallel", (1, 0), 1, "run the rows on the thread pool"),),
 }
 FAMILY_OF_KIND = {"gemm4": "gemm", "gemm1": "gemm", "injective": "injective", "fused": "injective",
-                  "rows": "rows", "attention": "rows", "matmul": "matmul"}
+                  "rows": "rows", "attention": "attention", "matmul": "matmul"}
 
 
 @dataclass

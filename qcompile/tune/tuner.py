@@ -42,6 +42,9 @@ class TuneOptions:
     workers: int = max(1, min(4, os.cpu_count() or 1))   # parallel candidate builds
     rpc: str | None = None             # host:port of a TVM RPC tracker
     device_key: str | None = None      # the tracker's key of the devices to measure on
+    ssh: str | None = None             # a host reached by `ssh_command HOST 'script'`: the C bench runs there
+    ssh_command: str = "ssh"           # e.g. "ssh -p 2222 -i key", or "adb -s SERIAL shell" with ssh "-"
+    bench_program: str | None = None   # qc_bench built for the target (run_session sets it for --ssh)
     dims: dict[str, int] = field(default_factory=dict)   # symbolic dims to measure at (else decode)
     repeat: int = 7
     min_repeat_ms: int = 20
@@ -126,7 +129,9 @@ def open_session(model_path: Path, build_opts, opts: TuneOptions, say: Say = pri
     if opts.rpc and not opts.device_key:
         raise TuneError("--rpc needs --device-key: the key the devices registered with the tracker",
                         phase="options")
-    remote = bool(opts.rpc)
+    if opts.rpc and opts.ssh:
+        raise TuneError("--rpc and --ssh are two ways to reach a device: give one", phase="options")
+    remote = bool(opts.rpc or opts.ssh)
     if not remote and preset.name != "native" and not _host_runs(preset):
         raise TuneError(f"target {preset.name} does not run on this machine; measure on the device with "
                         f"--rpc TRACKER:PORT --device-key KEY", phase="options")
@@ -139,13 +144,13 @@ def open_session(model_path: Path, build_opts, opts: TuneOptions, say: Say = pri
     workloads.sort(key=lambda w: -w.uses * w.bytes)
     if opts.max_workloads:
         workloads = workloads[:opts.max_workloads]
-    device = opts.device_key if remote else envmod.host_device(preset)
+    device = (opts.device_key or opts.ssh) if remote else envmod.host_device(preset)
     env = envmod.environment(preset, tuning.tvm_version(), device, None if remote else os.cpu_count())
     root = build_opts.schedules or dbmod.default_root()
     database = dbmod.Database.open(dbmod.path_for(root, preset.name, device))
     for w in database.warnings:
         say(f"warning: {w}")
-    runner = f"rpc:{opts.device_key}@{opts.rpc}" if remote else "local"
+    runner = f"rpc:{opts.device_key}@{opts.rpc}" if opts.rpc else f"ssh:{opts.ssh}" if opts.ssh else "local"
     return Session(preset, scenario, bind, workloads, skipped, env, database, runner)
 
 
@@ -168,8 +173,10 @@ def run_session(s: Session, opts: TuneOptions, tc, say: Say = print, progress: b
     # every candidate links the artifact's micro-kernels, runtime and thread pool (bound by the shim)
     link_objects = [str(link.compile_object(tmp / f"{src}.o", RUNTIME_DIR / f"{src}.c", tc, include_dirs()))
                     for src in ("qc_qlinear", "qc_runtime", "qc_tune_shim")]
+    if opts.ssh:
+        opts.bench_program = str(link.compile_program(tmp / "qc_bench", RUNTIME_DIR / "qc_bench.c", tc, include_dirs()))
     builders = PopenPoolExecutor(max_workers=opts.workers, timeout=opts.build_timeout)
-    runners = None if opts.rpc else PopenPoolExecutor(max_workers=1, timeout=opts.run_timeout)
+    runners = None if opts.rpc or opts.ssh else PopenPoolExecutor(max_workers=1, timeout=opts.run_timeout)
     rng = random.Random(opts.seed)
     results = []
     bar = _bar(sum(min(opts.trials, len(w.space.points())) for w in s.workloads), progress)
@@ -332,6 +339,8 @@ class _Context:
             if self.runners is not None:
                 res = self.runners.submit(tuning.local_measure, str(lib), w.kernel, arrays, w.outputs, opts.repeat,
                                           opts.min_repeat_ms).result()
+            elif opts.ssh:
+                res = _ssh_measure(opts, lib, w.kernel, arrays, w.outputs)
             else:
                 res = _remote_measure(opts, str(lib), w.kernel, arrays, w.outputs)
         except Exception as exc:
@@ -366,6 +375,55 @@ def _remote_measure(opts: TuneOptions, lib: str, name: str, arrays: list, output
     tracker = rpc.connect_tracker(host or "127.0.0.1", int(port))
     session = tracker.request(opts.device_key, priority=1, session_timeout=int(opts.run_timeout))
     return measure_candidate(session, lib, name, arrays, outputs, opts.repeat, opts.min_repeat_ms)
+
+
+_DL_TYPES = {"i": 0, "u": 1, "f": 2, "b": 6}      # DLDataTypeCode by numpy kind (bool: kDLBool)
+
+
+def _dl_type(a: np.ndarray) -> tuple[int, int]:
+    if a.dtype.name == "bfloat16":
+        return 4, 16
+    return _DL_TYPES[a.dtype.kind], a.dtype.itemsize * 8
+
+
+def _ssh_measure(opts: TuneOptions, lib: Path, name: str, arrays: list, outputs: list[int]) -> dict:
+    """One candidate on a device over ssh (or adb shell): a tar of the candidate, the bench
+    program and the inputs goes in on stdin, one JSON line comes back (qc_bench.c)."""
+    import io
+    import json
+    import shlex
+    import subprocess
+    import tarfile
+    written = {i % len(arrays) for i in outputs}
+    spec, files = [], {"cand.so": lib.read_bytes(), "qc_bench": Path(opts.bench_program).read_bytes()}
+    for i, a in enumerate(arrays):
+        if isinstance(a, np.ndarray):
+            code, bits = _dl_type(a)
+            spec.append(f"t {code} {bits} {a.ndim} {' '.join(map(str, a.shape))} a{i}.bin {int(i in written)}")
+            files[f"a{i}.bin"] = np.ascontiguousarray(a).tobytes()
+        else:
+            spec.append(f"s {int(a)}")
+    files["spec.txt"] = ("\n".join(spec) + "\n").encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for fname, data in files.items():
+            info = tarfile.TarInfo(fname)
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    script = (f'd=$(mktemp -d) && cd "$d" && tar xf - && ./qc_bench ./cand.so {shlex.quote(name)} spec.txt '
+              f'{opts.repeat} {opts.min_repeat_ms}; rc=$?; cd /; rm -rf "$d"; exit $rc')
+    cmd = [*shlex.split(opts.ssh_command)] + ([] if opts.ssh == "-" else [opts.ssh]) + [script]
+    try:
+        proc = subprocess.run(cmd, input=buf.getvalue(), capture_output=True, timeout=opts.run_timeout)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"no result from {opts.ssh} within {opts.run_timeout:.0f} s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"qc_bench on {opts.ssh} exited {proc.returncode}: "
+                           f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
+    result = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    got = {i: np.frombuffer(bytes.fromhex(h), arrays[i].dtype).reshape(arrays[i].shape)
+           for i, h in zip(sorted(written), result["outputs"])}
+    return {"times_us": result["times_us"], "outputs": [got[i % len(arrays)] for i in outputs]}
 
 
 def _mismatch(ref: list, got: list) -> str | None:

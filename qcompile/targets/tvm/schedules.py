@@ -175,6 +175,40 @@ def _rows(name: str):
     return template
 
 
+def _attention_vector(sch, kernel, params) -> str | None:
+    """Attention rows (as _rows), with the two products over the head dim vectorized: q.k split
+    into `vector` partial sums (rfactor: lanes of contiguous d, added up at the end), and p.v with
+    the key position outside and the head dim as the vector. Same math; the q.k sum is taken in
+    another order (within float rounding of the scalar one)."""
+    lanes = params.get("vector", VECTOR)
+    if not lanes:
+        return None
+    dot = sch.get_sblock("dot")
+    d = sch.get_loops(dot)[-1]
+    d_ext = _static(_extent(sch, d))
+    if not d_ext or d_ext % lanes:
+        return None
+    _, di = sch.split(d, [None, lanes])
+    rf = sch.rfactor(di, factor_axis=4)       # partial sums [b, h, s, t, lane]: lanes contiguous
+    name = _rows("attention-rows")(sch, kernel, params)       # every stage inside its row
+    if not name:
+        return None
+    lane, t, do = sch.get_loops(rf)[-3:]     # compute_at rebuilt them in the block's iter order
+    if _static(_extent(sch, lane)) != lanes:
+        return None
+    sch.reorder(t, do, lane)
+    sch.vectorize(lane)
+    sch.decompose_reduction(rf, do)
+    acc = sch.get_sblock("acc")
+    j, r = sch.get_loops(acc)[-2:]
+    sch.reorder(r, j)
+    sch.vectorize(j)
+    sch.decompose_reduction(acc, r)        # after vectorize, as the GEMM template does
+    sch.vectorize(sch.get_loops(sch.get_sblock("acc_init"))[-1])
+    sch.vectorize(sch.get_loops(sch.get_sblock("attn"))[-1])
+    return f"{name}-vector{lanes}"
+
+
 def _extern(sch, kernel, params) -> str:
     """Loops around a C micro-kernel: built parallel already (extern_ops)."""
     return "extern-parallel"
@@ -182,7 +216,7 @@ def _extern(sch, kernel, params) -> str:
 
 _TEMPLATES = {
     "extern": [_extern],
-    "attention": [_rows("attention-rows")],
+    "attention": [_attention_vector, _rows("attention-rows")],
     "rows": [_rows("rows")],
     "gemm4": [_gemm(4)],
     "gemm1": [_gemm(1)],

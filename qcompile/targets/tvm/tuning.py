@@ -165,7 +165,10 @@ def _bind_args(w: Workload, g, step, kernel: Kernel, env: dict) -> None:
         w.args += [{"scalar": int(env[s])} for s in kernel.scalars]
     if any(0 in a.get("shape", [1]) for a in w.args):
         raise _NotTunable("empty at these dims")
-    w.bytes = sum(_nbytes(a["shape"], a["dtype"]) for a in w.args if "shape" in a)
+    sized = [a for a in w.args if "shape" in a]
+    if step.node.op_id == "Gather" and not step.group:     # reads only the gathered rows of its table
+        sized = sized[1:] + sized[-1:]
+    w.bytes = sum(_nbytes(a["shape"], a["dtype"]) for a in sized)
 
 
 def _qlinear_kernel(name: str, info: dict, tiles: int) -> Kernel:
