@@ -5,9 +5,11 @@ RPC tracker and server over loopback."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -323,3 +325,28 @@ def test_attention_schedules_compute_softmax_attention(params):
     s = qa @ kr.transpose(0, 1, 3, 2) * 0.17
     p = np.exp(s - s.max(-1, keepdims=True))
     np.testing.assert_allclose(y.numpy(), (p / p.sum(-1, keepdims=True)) @ vr, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")),
+                    reason="needs the aarch64 cross compiler and qemu-user (tools/setup.sh installs both)")
+def test_arm64_is_tuned_on_a_device_over_ssh_and_its_build_uses_the_records(model, tmp_path):
+    """A cross target: candidates cross-compiled and linked for aarch64, shipped with qc_bench over
+    an ssh command to a 'device' (qemu-aarch64 behind a stand-in ssh), checked there against the
+    arm64 default, recorded under schedules/arm64/<device>.jsonl, and used by an arm64 build."""
+    fake_ssh = tmp_path / "ssh"
+    fake_ssh.write_text('#!/bin/sh\nshift\nexec sh -c "$(echo "$1" | sed '
+                        '"s#./qc_bench#qemu-aarch64 -L /usr/aarch64-linux-gnu ./qc_bench#")"\n')
+    fake_ssh.chmod(0o755)
+    root = tmp_path / "schedules"
+    opts = BuildOptions(target="arm64", precision="mixed", group_size=32, max_seq_len=16, schedules=root)
+    result = tune(model, opts, TuneOptions(trials=2, only=["qlinear:int4:g32:K64:N128", "attention"], ssh="rk3588",
+                                           ssh_command=str(fake_ssh), repeat=2, min_repeat_ms=1),
+                  say=lambda s: None, progress=False)
+    records = _lines(result.database)
+    assert result.database == root / "arm64" / "rk3588.jsonl"
+    assert {r["status"] for r in records} == {"ok"} and len(records) == 4
+    assert {r["runner"] for r in records} == {"ssh:rk3588"} and "aarch64" in records[0]["tvm_target"]
+    build(model, dataclasses.replace(opts, out_dir=tmp_path / "out"))
+    manifest = json.loads((tmp_path / "out" / "llama_kv.manifest.json").read_text())
+    sources = {k["tuning"]["workload"]: k["tuning"]["source"] for k in manifest["kernels"] if k["tuning"]}
+    assert {sources[r["workload"]] for r in records} == {"tuned"}

@@ -179,7 +179,7 @@ def run_session(s: Session, opts: TuneOptions, tc, say: Say = print, progress: b
     runners = None if opts.rpc or opts.ssh else PopenPoolExecutor(max_workers=1, timeout=opts.run_timeout)
     rng = random.Random(opts.seed)
     results = []
-    bar = _bar(sum(min(opts.trials, len(w.space.points())) for w in s.workloads), progress)
+    bar = _Bar(sum(min(opts.trials, len(w.space.points())) for w in s.workloads), progress)
     try:
         for w in s.workloads:
             if opts.time_budget and time.monotonic() - start > opts.time_budget:
@@ -187,7 +187,7 @@ def run_session(s: Session, opts: TuneOptions, tc, say: Say = print, progress: b
                     f"left untuned (run again with --resume to continue)")
                 break
             ctx = _Context(w, opts, s.env, s.scenario, s.bind, s.runner, s.database, tmp, dict(s.preset.tvm_target),
-                           link_objects, builders, runners, bar, say)
+                           link_objects, tc, builders, runners, bar, say)
             results.append(ctx.run(rng, start))
     finally:
         bar.close()
@@ -235,13 +235,10 @@ class _Bar:
             self.t.close()
 
 
-def _bar(total, enabled) -> _Bar:
-    return _Bar(total, enabled)
-
-
 @dataclass
 class _Context:
-    w: object
+    """One workload's tuning: its default first, then proposed batches until trials or time run out."""
+    w: object                    # targets.tvm.tuning.Workload
     opts: TuneOptions
     env: dict
     scenario: str
@@ -251,6 +248,7 @@ class _Context:
     tmp: Path
     target_spec: dict
     link_objects: list
+    tc: object                   # the target's toolchain: candidates link as artifacts do
     builders: object
     runners: object
     bar: _Bar
@@ -265,17 +263,18 @@ class _Context:
             for r in self.database.measured(w.key, self.env, self.scenario):
                 measured.append((space.complete(r["params"]), r.get("time_us") if r["status"] == "ok" else None))
         default = space.default()
-        default_us = next((t for p, t in measured if p == default), None)
-        # the default runs first, always: its output is the reference the others must match
+        resumed = next((t for p, t in measured if p == default), None)
+        already = any(p == default for p, _ in measured)
+        # the default runs first, always (resumed or not): its output is the reference to match
         self.reference = None
-        ref_rec = self._candidates([default], record=default_us is None and not any(p == default for p, _ in measured))
+        ref_rec = self._candidates([default], record=not already)[0]
         if self.reference is None:
-            self.bar.write(f"  {w.key}: the default schedule itself failed ({ref_rec[0].get('error', '')[:200]}); "
+            self.bar.write(f"  {w.key}: the default schedule itself failed ({ref_rec.get('error', '')[:200]}); "
                            "skipped", self.say)
             return WorkloadResult(w.key, w.kernel, w.uses, w.bytes, w.ops, None, None, None, 1, 1)
-        if not any(p == default for p, _ in measured):
-            measured.append((default, ref_rec[0].get("time_us")))
-        default_us = default_us or ref_rec[0].get("time_us")
+        if not already:
+            measured.append((default, ref_rec.get("time_us")))
+        default_us = resumed or ref_rec.get("time_us")
         failed = 0
         while True:
             if opts.time_budget and time.monotonic() - start > opts.time_budget:
@@ -296,16 +295,17 @@ class _Context:
 
     def _candidates(self, points: list[dict], record: bool) -> list[dict]:
         """Build `points` in parallel, then run each; returns their records (appended if `record`)."""
+        from tvm.ir import save_json
+
+        from ..targets.tvm import tuning
         w = self.w
         futures = []
         for i, p in enumerate(points):
             kernel = w.kernel_for(p)
             lib = self.tmp / f"{w.kernel}_{abs(hash(repr(sorted(p.items()))))}_{i}.so"
-            from tvm.ir import save_json
-            from ..targets.tvm import tuning
             futures.append((p, lib, self.builders.submit(
                 tuning.build_candidate, save_json(kernel.func), kernel.kind, kernel.panel, list(kernel.scalars), p,
-                self.target_spec, self.link_objects, str(lib))))
+                self.target_spec, self.link_objects, list(self.tc.driver), list(self.tc.libs), str(lib))))
         built = []
         for p, lib, fut in futures:     # every build of the batch ends before anything is timed:
             rec = self._record(p)       # a compiler running beside a measurement takes its cores

@@ -254,18 +254,24 @@ def tvm_version() -> str:
 # ---- the worker side: these run in TVM's Popen worker processes (or over RPC) ------------------
 
 def build_candidate(func_json: str, kind: str, panel: int, scalars: list, params: dict, target_spec: dict,
-                    link_objects: list[str], out_path: str) -> str:
-    """Schedule one kernel with `params`, compile it, export a shared library; returns the
-    template's name. Any failure raises (the pool reports it as the candidate's error)."""
+                    link_objects: list[str], driver: list[str], libs: list[str], out_path: str) -> str:
+    """Schedule one kernel with `params`, compile it and link it as the artifact links its kernels
+    (with the target's C driver, so cross targets work): a plain shared library that TVM's
+    loader, an RPC server and qc_bench.c can all open. Returns the template's name; any failure
+    raises (the pool reports it as the candidate's error)."""
+    import subprocess
     func = tvm.ir.load_json(func_json)
     name = str(func.attrs["global_symbol"])
     kernel = Kernel(name, func, kind, scalars, panel)
     target = tvm.target.Target(target_spec)
     scheduled, template = schedule(kernel, target, params)
-    executable = tvm.compile(tvm.IRModule({name: scheduled}), target=target)
-    from tvm.support import cc
-    executable.export_library(out_path, fcompile=lambda out, files, **kw: cc.create_shared(
-        out, list(files) + list(link_objects), **kw))
+    obj = out_path + ".o"
+    tvm.compile(tvm.IRModule({name: scheduled}), target=target).mod.write_to_file(obj)
+    cmd = [*driver, "-shared", "-fPIC", obj, *link_objects, "-o", out_path, *libs]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    Path(obj).unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"linking the candidate failed: {proc.stderr.strip()[-600:]}")
     return template
 
 
