@@ -152,12 +152,12 @@ def _schedule_arguments(p) -> None:
                    "else the schedules/ folder shipped with qcompile)")
 
 
-def _parse_dims(items) -> dict[str, int] | None:
+def _parse_dims(items, minimum: int = 1) -> dict[str, int] | None:
     bounds = {}
     for item in items:
         name, _, value = item.partition("=")
-        if not value.isdigit() or int(value) < 1:
-            print(f"qcompile: error: --dim expects NAME=N with N >= 1, got '{item}'", file=sys.stderr)
+        if not value.isdigit() or int(value) < minimum:
+            print(f"qcompile: error: --dim expects NAME=N with N >= {minimum}, got '{item}'", file=sys.stderr)
             return None
         bounds[name] = int(value)
     return bounds
@@ -349,7 +349,7 @@ def cmd_tune(args) -> int:
     from .build import BuildOptions
     from .tune.report import report
     from .tune.tuner import TuneOptions, tune
-    bind = _parse_dims(args.dim)
+    bind = _parse_dims(args.dim, minimum=0)      # a decoder's past may be empty (prefill)
     if bind is None:
         return 2
     bo = BuildOptions(target=args.target, **_quant_options(args), max_seq_len=args.max_seq_len,

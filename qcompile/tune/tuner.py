@@ -133,8 +133,9 @@ def open_session(model_path: Path, build_opts, opts: TuneOptions, say: Say = pri
         raise TuneError("--rpc and --ssh are two ways to reach a device: give one", phase="options")
     remote = bool(opts.rpc or opts.ssh)
     if not remote and preset.name != "native" and not _host_runs(preset):
-        raise TuneError(f"target {preset.name} does not run on this machine; measure on the device with "
-                        f"--rpc TRACKER:PORT --device-key KEY", phase="options")
+        raise TuneError(f"target {preset.name} does not run on this machine; measure on a device with "
+                        f"--rpc TRACKER:PORT --device-key KEY (TVM's RPC server there) or --ssh HOST",
+                        phase="options")
     f = front(Path(model_path), build_opts, preset, "tune", lambda phase, detail: None)
     bind = default_bind(f, opts.dims)
     bind, scenario = scenario_of(bind, f.decoder if not opts.dims else None)
