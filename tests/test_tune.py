@@ -65,7 +65,7 @@ def test_search_is_the_grid_when_it_fits_and_stays_in_the_space_when_not():
 def _rec(workload="qlinear:int4:g64:K576:N1536:x[batch,seq]", params=None, t=10.0, status="ok", **kw):
     r = {"workload": workload, "cls": workload.rsplit(":", 3)[0] if workload.startswith("qlinear") else "c",
          "dims": [576, 1536], "family": "qlinear", "params": params or {"tiles": 2}, "status": status,
-         "scenario": "decode", **ENV, **kw}
+         "scenario": "decode batch=1 past=255 seq=1", **ENV, **kw}
     if status == "ok":
         r["time_us"] = t
     return r
@@ -91,7 +91,8 @@ def test_choice_prefers_exact_then_other_version_then_nearest_then_default(tmp_p
     db = dbmod.Database(tmp_path / "x.jsonl")
     db.records = [_rec(params={"tiles": 1}, t=9.0), _rec(params={"tiles": 2}, t=5.0),
                   _rec(params={"tiles": 4}, t=1.0, status="wrong"),             # never chosen
-                  _rec(params={"tiles": 4}, t=0.5, device="cpu-b")]             # another machine
+                  _rec(params={"tiles": 4}, t=0.5, device="cpu-b"),             # another machine
+                  _rec(params={"tiles": 1}, t=0.2, scenario="one-call batch=1 seq=64")]   # prefill: not comparable
     c = db.choose(key, cls, [576, 1536], space, ENV)
     assert (c.source, c.params) == ("tuned", {"tiles": 2})
     c = db.choose(key, cls, [576, 1536], space, dict(ENV, qcompile="2"))

@@ -119,9 +119,9 @@ def _same(record: dict, env: dict, fields) -> bool:
 def _best(records: list[dict], source: str, space: Space) -> Choice:
     """Fastest record, taken within one measuring scenario (decode preferred): times measured
     at different sequence lengths are not comparable."""
-    scenarios = {r.get("scenario") for r in records}
-    pick = "decode" if "decode" in scenarios else sorted(scenarios, key=str)[0]
-    rec = min((r for r in records if r.get("scenario") == pick), key=lambda r: r["time_us"])
+    scenarios = sorted({str(r.get("scenario")) for r in records})
+    pick = next((x for x in scenarios if x.startswith("decode")), scenarios[0])
+    rec = min((r for r in records if str(r.get("scenario")) == pick), key=lambda r: r["time_us"])
     return Choice(space.complete(rec["params"]), source, rec)
 
 

@@ -1,11 +1,11 @@
-"""`qcompile tune`: measure schedule candidates for every tunable kernel of a model, on this machine
-or on a device reached through TVM's RPC tracker, and append the results to the schedule database.
+"""`qcompile tune`: measure schedule candidates for every tunable kernel of a model, on this machine,
+on a device reached through TVM's RPC tracker, or on one reached by ssh (a C bench program), and
+append the results to the schedule database.
 
 Per workload, most important first (launches x bytes moved): the rule-based default is built and
 run first (its output is the reference every other candidate must match), then candidates from
 qcompile/tune/search.py, built in parallel worker processes with a timeout and run one at a time
-(TVM's time_evaluator: a first call that is checked and warms up, then timed rounds; the median
-is kept). A candidate that fails to build, crashes, hangs or computes different numbers is
+(a first call that is checked and warms up, then timed rounds; the median is kept). A candidate that fails to build, crashes, hangs or computes different numbers is
 recorded as such and never chosen. Every record is on disk before the next candidate starts.
 """
 
@@ -82,8 +82,9 @@ class TuneResult:
 Say = Callable[[str], None]
 
 
-def scenario_of(bind: dict, decoder) -> tuple[dict, str]:
-    return bind, ("decode" if decoder else "one-call") + "".join(f" {k}={v}" for k, v in sorted(bind.items()))
+def scenario_of(bind: dict, decode: bool) -> str:
+    """Records measured at different dims are not comparable: each carries its scenario."""
+    return ("decode" if decode else "one-call") + "".join(f" {k}={v}" for k, v in sorted(bind.items()))
 
 
 def default_bind(front, overrides: dict[str, int]) -> dict[str, int]:
@@ -138,7 +139,7 @@ def open_session(model_path: Path, build_opts, opts: TuneOptions, say: Say = pri
                         phase="options")
     f = front(Path(model_path), build_opts, preset, "tune", lambda phase, detail: None)
     bind = default_bind(f, opts.dims)
-    bind, scenario = scenario_of(bind, f.decoder if not opts.dims else None)
+    scenario = scenario_of(bind, f.decoder is not None and not opts.dims)
     workloads, skipped = tuning.extract(f.plan, f.kernels, bind)
     if opts.only:
         workloads = [w for w in workloads if any(s in w.key for s in opts.only)]
@@ -165,8 +166,6 @@ def tune(model_path: Path, build_opts, opts: TuneOptions, say: Say = print, prog
 
 def run_session(s: Session, opts: TuneOptions, tc, say: Say = print, progress: bool = True) -> TuneResult:
     """Tune every workload of a session, most important first, within the time budget."""
-    from tvm.support.popen_pool import PopenPoolExecutor
-
     from ..artifact import link
     from ..artifact.runtime import RUNTIME_DIR, include_dirs
     start = time.monotonic()
@@ -176,8 +175,9 @@ def run_session(s: Session, opts: TuneOptions, tc, say: Say = print, progress: b
                     for src in ("qc_qlinear", "qc_runtime", "qc_tune_shim")]
     if opts.ssh:
         opts.bench_program = str(link.compile_program(tmp / "qc_bench", RUNTIME_DIR / "qc_bench.c", tc, include_dirs()))
-    builders = PopenPoolExecutor(max_workers=opts.workers, timeout=opts.build_timeout)
-    runners = None if opts.rpc or opts.ssh else PopenPoolExecutor(max_workers=1, timeout=opts.run_timeout)
+    from ..targets.tvm.tuning import worker_pool
+    builders = worker_pool(opts.workers, opts.build_timeout)
+    runners = None if opts.rpc or opts.ssh else worker_pool(1, opts.run_timeout)
     rng = random.Random(opts.seed)
     results = []
     bar = _Bar(sum(min(opts.trials, len(w.space.points())) for w in s.workloads), progress)
@@ -296,8 +296,6 @@ class _Context:
 
     def _candidates(self, points: list[dict], record: bool) -> list[dict]:
         """Build `points` in parallel, then run each; returns their records (appended if `record`)."""
-        from tvm.ir import save_json
-
         from ..targets.tvm import tuning
         w = self.w
         futures = []
@@ -305,7 +303,7 @@ class _Context:
             kernel = w.kernel_for(p)
             lib = self.tmp / f"{w.kernel}_{abs(hash(repr(sorted(p.items()))))}_{i}.so"
             futures.append((p, lib, self.builders.submit(
-                tuning.build_candidate, save_json(kernel.func), kernel.kind, kernel.panel, list(kernel.scalars), p,
+                tuning.build_candidate, tuning.kernel_json(kernel), kernel.kind, kernel.panel, list(kernel.scalars), p,
                 self.target_spec, self.link_objects, list(self.tc.driver), list(self.tc.libs), str(lib))))
         built = []
         for p, lib, fut in futures:     # every build of the batch ends before anything is timed:
@@ -343,7 +341,8 @@ class _Context:
             elif opts.ssh:
                 res = _ssh_measure(opts, lib, w.kernel, arrays, w.outputs)
             else:
-                res = _remote_measure(opts, str(lib), w.kernel, arrays, w.outputs)
+                res = tuning.rpc_measure(opts.rpc, opts.device_key, int(opts.run_timeout), str(lib), w.kernel, arrays,
+                                         w.outputs, opts.repeat, opts.min_repeat_ms)
         except Exception as exc:
             rec.update(status="timeout" if isinstance(exc, TimeoutError) else "run-error",
                        error=_short(exc))
@@ -365,17 +364,6 @@ class _Context:
                 "scenario": self.scenario, "bind": self.bind, "bytes": w.bytes, "ops": w.ops,
                 "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "trial": sum(1 for r in self.database.records if r["workload"] == w.key)}
-
-
-def _remote_measure(opts: TuneOptions, lib: str, name: str, arrays: list, outputs: list[int]) -> dict:
-    """One candidate on a device from the tracker: a fresh session each time, so a candidate that
-    crashes its server process costs only itself; session_timeout bounds a hang."""
-    from tvm import rpc
-    from ..targets.tvm.tuning import measure_candidate
-    host, _, port = opts.rpc.rpartition(":")
-    tracker = rpc.connect_tracker(host or "127.0.0.1", int(port))
-    session = tracker.request(opts.device_key, priority=1, session_timeout=int(opts.run_timeout))
-    return measure_candidate(session, lib, name, arrays, outputs, opts.repeat, opts.min_repeat_ms)
 
 
 _DL_TYPES = {"i": 0, "u": 1, "f": 2, "b": 6}      # DLDataTypeCode by numpy kind (bool: kDLBool)

@@ -251,6 +251,18 @@ def tvm_version() -> str:
     return tvm.__version__
 
 
+def worker_pool(workers: int, timeout: float):
+    """TVM's pool of Popen worker processes: a call that outlives `timeout` or kills its worker
+    raises in the caller (TimeoutError or the worker's error), and the worker is replaced."""
+    from tvm.support.popen_pool import PopenPoolExecutor
+    return PopenPoolExecutor(max_workers=workers, timeout=timeout)
+
+
+def kernel_json(kernel: Kernel) -> str:
+    """A kernel's PrimFunc as text a worker process can load (build_candidate)."""
+    return tvm.ir.save_json(kernel.func)
+
+
 # ---- the worker side: these run in TVM's Popen worker processes (or over RPC) ------------------
 
 def build_candidate(func_json: str, kind: str, panel: int, scalars: list, params: dict, target_spec: dict,
@@ -300,6 +312,17 @@ class _HostSession:
 
     def cpu(self):
         return tvm.cpu()
+
+
+def rpc_measure(tracker: str, key: str, session_timeout: int, lib_path: str, name: str, arrays: list,
+                outputs: list[int], repeat: int, min_repeat_ms: int) -> dict:
+    """measure_candidate on a device from a TVM RPC tracker: a fresh session each time, so a
+    candidate that crashes its server process costs only itself; session_timeout bounds a hang."""
+    from tvm import rpc
+    host, _, port = tracker.rpartition(":")
+    session = rpc.connect_tracker(host or "127.0.0.1", int(port)).request(key, priority=1,
+                                                                          session_timeout=session_timeout)
+    return measure_candidate(session, lib_path, name, arrays, outputs, repeat, min_repeat_ms)
 
 
 def local_measure(lib_path: str, name: str, arrays: list, outputs: list[int], repeat: int, min_repeat_ms: int):
