@@ -96,6 +96,10 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     PrecisionConfig(opts.precision, opts.middle, opts.group_size, load_plan(opts.plan) if opts.plan else {})
     say = progress or (lambda phase, detail: None)
     preset = resolve(get_preset(opts.target))
+    if preset.status == "planned":                  # no artifact path yet: say so before any work
+        raise QCompileError(f"target {preset.name} ({preset.summary}) is planned but cannot be built yet",
+                            phase="options", hint="`qcompile targets` lists each preset's status; the CPU "
+                                                  "presets (native, x86_64, arm64, ...) build today")
     tc = toolchain.for_preset(preset, opts.cc)      # a missing compiler fails here, before hours of work
     start = time.perf_counter()
     phases: list[tuple[str, float]] = []

@@ -111,3 +111,13 @@ def test_build_and_run_with_relative_paths(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "res" / "y.npy"), expected, rtol=1e-5, atol=1e-5)
     bad = run_cli("build", "mlp.onnx", "--dim", "nope=3")
     assert bad.returncode == 1 and "unknown symbolic dims: nope" in bad.stderr
+
+
+@pytest.mark.parametrize("target", ["cuda", "cuda-sm90", "metal"])
+def test_a_planned_target_is_refused_before_any_work(tmp_path, target):
+    from qcompile.zoo import make_mlp
+    onnx.save(make_mlp(), str(tmp_path / "mlp.onnx"))
+    proc = qcompile("build", str(tmp_path / "mlp.onnx"), "--target", target, "-o", str(tmp_path / "out"), check=False)
+    assert proc.returncode == 1
+    assert f"[options] target {target} " in proc.stderr and "planned but cannot be built yet" in proc.stderr
+    assert not (tmp_path / "out").exists()

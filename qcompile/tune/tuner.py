@@ -127,6 +127,9 @@ def open_session(model_path: Path, build_opts, opts: TuneOptions, say: Say = pri
     from ..targets.tvm.host import resolve
 
     preset = resolve(get_preset(build_opts.target))
+    if preset.status == "planned":
+        raise TuneError(f"target {preset.name} is planned but cannot be built yet, so it cannot be tuned",
+                        phase="options")
     if opts.rpc and not opts.device_key:
         raise TuneError("--rpc needs --device-key: the key the devices registered with the tracker",
                         phase="options")
