@@ -53,9 +53,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            ("asimd", "asimddp"), "clang", abi="darwin", shared_suffix=".dylib", status="build-only",
            notes="off a Mac, linked by zig cc (pip install ziglang)"),
     Preset("cuda", "NVIDIA GPUs, sm_80 (Ampere) and newer",
-           {"kind": "cuda", "arch": "sm_80"}, (), "nvcc"),
+           {"kind": "cuda", "arch": "sm_80"}, (), "nvcc",
+           notes="fp32 kernels lower to CUDA C and compile with nvcc (targets/tvm/cuda.py); no artifact yet"),
     Preset("cuda-sm90", "NVIDIA Hopper, sm_90",
-           {"kind": "cuda", "arch": "sm_90"}, (), "nvcc"),
+           {"kind": "cuda", "arch": "sm_90"}, (), "nvcc",
+           notes="fp32 kernels lower to CUDA C and compile with nvcc (targets/tvm/cuda.py); no artifact yet"),
     Preset("metal", "Apple GPUs, family 7+ (MSL kernels + Objective-C++ host)",
            {"kind": "metal"}, (), "xcrun", abi="darwin", shared_suffix=".dylib"),
 ]}
