@@ -24,7 +24,6 @@ class Param:
 # decode many kernels touch a few KiB, and a thread-pool launch costs more than the work.
 PARAMS: dict[str, tuple[Param, ...]] = {
     "qlinear": (Param("tiles", (1, 2, 4), 4, "16-column subtiles per weight panel (one parallel task each)"),),
-    "quantize_rows": (Param("rows_per_task", (1, 4, 8, 16, 32), 8, "activation rows per parallel task"),),
     "gemm": (Param("ku", (1, 2, 4, 8), 4, "k unroll of the register tile"),
              Param("vector", (8, 16), 16, "fp32 lanes per vector statement"),
              Param("parallel", (1, 0), 1, "run the panels on the thread pool")),

@@ -41,7 +41,6 @@ class Workload:
     base: Kernel                 # the kernel as built (default layout)
     outputs: list[int] = field(default_factory=list)   # which arrays the kernel writes (checked)
     qlinear: dict | None = None  # attrs of a QLinearPacked (its layout is a parameter)
-    extern: bool = False         # links the C micro-kernels
 
     @property
     def space(self) -> Space:
@@ -66,7 +65,7 @@ def describe(g, step, kernel: Kernel) -> Workload | None:
                 "N": int(at["N"]), "tiles": int(at["tiles"]), "lead": list(g.values[step.inputs[0]].shape[:-1])}
         key, cls, dm = keys.qlinear(info["family"], info["group"], info["K"], info["N"], info["lead"])
         return Workload(key, cls, dm, "qlinear", {"N": info["N"]}, kernel.name, 0, [], 0, 0, kernel,
-                        outputs=[-1], qlinear=info, extern=True)
+                        outputs=[-1], qlinear=info)
     family = FAMILY_OF_KIND.get(kernel.kind)
     if family is None:
         return None
