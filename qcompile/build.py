@@ -264,11 +264,8 @@ def _tiles_from(chooser):
 
 def _choose_schedules(plan, kernels, chooser, say) -> dict[str, dict]:
     """kernel -> {params, source, workload, record}: what each kernel's schedule comes from."""
-    from .targets.tvm.tuning import describe
-    first = {}
-    for st in plan.steps:
-        for k in filter(None, (st.kernel, st.tail_kernel)):
-            first.setdefault(k, st)
+    from .targets.tvm.tuning import describe, kernel_steps
+    first, _ = kernel_steps(plan)
     out, counts = {}, {}
     for name, kernel in kernels.items():
         w = describe(plan.graph, first[name], kernel) if name in first else None

@@ -35,20 +35,18 @@ def link_shared(out: Path, objects: list[Path], c_sources: list[Path], asm_sourc
 
 def compile_object(out: Path, source: Path, tc: Toolchain, includes: list[str] = ()) -> Path:
     """One C source to an object, with the target's instruction-set flags (micro-kernels)."""
-    cmd = [*tc.driver, "-c", "-fPIC", "-O3", "-std=gnu11", "-Wall", "-fvisibility=hidden", *tc.isa_flags,
-           *(f"-I{d}" for d in includes), str(source), "-o", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise LinkError(f"compiling {source.name} failed ({tc.driver[-1]} exited {proc.returncode}):\n"
-                        f"{proc.stderr.strip()[:4000]}", hint=_BUG)
-    return out
+    return _compile(tc, source, ["-c", "-fPIC", "-O3", "-std=gnu11", "-Wall", "-fvisibility=hidden", *tc.isa_flags,
+                                 *(f"-I{d}" for d in includes), str(source), "-o", str(out)], out)
 
 
 def compile_program(out: Path, source: Path, tc: Toolchain, includes: list[str] = ()) -> Path:
     """One C source to an executable for the target (qcompile tune's bench program)."""
-    cmd = [*tc.driver, "-O2", "-std=gnu11", "-Wall", *tc.isa_flags, *(f"-I{d}" for d in includes), str(source),
-           "-o", str(out), "-ldl", "-lpthread"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    return _compile(tc, source, ["-O2", "-std=gnu11", "-Wall", *tc.isa_flags, *(f"-I{d}" for d in includes),
+                                 str(source), "-o", str(out), "-ldl", "-lpthread"], out)
+
+
+def _compile(tc: Toolchain, source: Path, args: list[str], out: Path) -> Path:
+    proc = subprocess.run([*tc.driver, *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise LinkError(f"compiling {source.name} failed ({tc.driver[-1]} exited {proc.returncode}):\n"
                         f"{proc.stderr.strip()[:4000]}", hint=_BUG)

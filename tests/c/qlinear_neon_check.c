@@ -214,15 +214,35 @@ static void run_case_x(int id, int fam, int64_t K, int64_t N, int64_t G, int64_t
 static const float specials[] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1e-45f, -3e-39f,
                                  0.5f, 1.5f, 2.5f, -2.5f, 126.5f, -126.5f, 127.0f, 3.4e38f};
 
+/* One quantize case's buffers: x [M,K] in, xq/xs/xsum out (xsum sized for groups of 1). */
+typedef struct {
+    float* x;
+    int8_t* xq;
+    float* xs;
+    int32_t* xsum;
+} quant_bufs;
+
+static quant_bufs quant_alloc(int64_t M, int64_t K) {
+    quant_bufs b = {malloc(sizeof(float) * M * K), malloc(M * K), malloc(sizeof(float) * M),
+                    malloc(sizeof(int32_t) * M * K)};
+    return b;
+}
+
+/* Prints `head`, rc, every output hashed and the first row's xq; then frees the buffers. */
+static void quant_report(const char* head, quant_bufs* b, int64_t M, int64_t K, int64_t G, int32_t rc) {
+    uint64_t h = fnv(fnv(fnv(FNV0, b->xq, M * K), b->xs, sizeof(float) * M), b->xsum, sizeof(int32_t) * M * (K / G));
+    printf("%s rc=%d h=%016llx xs0=%08x xq0=", head, (int)rc, (unsigned long long)h, (unsigned)fbits(b->xs[0]));
+    for (int64_t k = 0; k < K; k++) printf("%d%c", b->xq[k], k + 1 < K ? ',' : '\n');
+    free(b->x), free(b->xq), free(b->xs), free(b->xsum);
+}
+
 /* qc_quantize_rows on special values; prints every output hashed, plus the first row's xq */
 static void quant_cases(void) {
     for (int id = 0; id < 60; id++) {
         const int64_t K = 1 + id % 37, M = 1 + id % 5;
         const int64_t G = id % 3 == 0 ? K : 1;
-        float* x = malloc(sizeof(float) * M * K);
-        int8_t* xq = malloc(M * K);
-        float* xs = malloc(sizeof(float) * M);
-        int32_t* xsum = malloc(sizeof(int32_t) * M * K);
+        quant_bufs b = quant_alloc(M, K);
+        float* x = b.x;
         for (int64_t m = 0; m < M; m++)
             for (int64_t k = 0; k < K; k++) {
                 const int r = rint_in(0, 15);
@@ -233,12 +253,10 @@ static void quant_cases(void) {
                 if (id % 4 == 3) v = m == 0 ? 0.0f : m == 1 ? NAN : m == 2 ? specials[k % 16] : ldexpf(v, -20);
                 x[m * K + k] = v;
             }
-        const int32_t rc = qc_quantize_rows(x, xq, xs, xsum, 0, M, K, G);
-        uint64_t h = fnv(fnv(fnv(FNV0, xq, M * K), xs, sizeof(float) * M), xsum, sizeof(int32_t) * M * (K / G));
-        printf("quant %d K=%lld M=%lld G=%lld rc=%d h=%016llx xs0=%08x xq0=", id, (long long)K,
-               (long long)M, (long long)G, (int)rc, (unsigned long long)h, (unsigned)fbits(xs[0]));
-        for (int64_t k = 0; k < K; k++) printf("%d%c", xq[k], k + 1 < K ? ',' : '\n');
-        free(x), free(xq), free(xs), free(xsum);
+        const int32_t rc = qc_quantize_rows(x, b.xq, b.xs, b.xsum, 0, M, K, G);
+        char head[96];
+        snprintf(head, sizeof head, "quant %d K=%lld M=%lld G=%lld", id, (long long)K, (long long)M, (long long)G);
+        quant_report(head, &b, M, K, G, rc);
     }
 }
 
@@ -250,10 +268,8 @@ static void quant_static_cases(void) {
         const int64_t K = 1 + (id * 7) % 45, M = 1 + id % 4;
         const int64_t G = id % 3 == 0 ? K : 1;
         const float amax = ranges[id % 8];
-        float* x = malloc(sizeof(float) * M * K);
-        int8_t* xq = malloc(M * K);
-        float* xs = malloc(sizeof(float) * M);
-        int32_t* xsum = malloc(sizeof(int32_t) * M * K);
+        quant_bufs b = quant_alloc(M, K);
+        float* x = b.x;
         for (int64_t m = 0; m < M; m++)
             for (int64_t k = 0; k < K; k++) {
                 float v = rfloat(rint_in(-4, 10));                            /* some beyond amax */
@@ -262,12 +278,11 @@ static void quant_static_cases(void) {
                 if (m == 3) v = 0.0f;                                      /* a zero row */
                 x[m * K + k] = v;
             }
-        const int32_t rc = qc_quantize_rows_static(x, xq, xs, xsum, 0, M, K, G, amax);
-        uint64_t h = fnv(fnv(fnv(FNV0, xq, M * K), xs, sizeof(float) * M), xsum, sizeof(int32_t) * M * (K / G));
-        printf("quant-static %d K=%lld M=%lld G=%lld amax=%a rc=%d h=%016llx xs0=%08x xq0=", id, (long long)K,
-               (long long)M, (long long)G, amax, (int)rc, (unsigned long long)h, (unsigned)fbits(xs[0]));
-        for (int64_t k = 0; k < K; k++) printf("%d%c", xq[k], k + 1 < K ? ',' : '\n');
-        free(x), free(xq), free(xs), free(xsum);
+        const int32_t rc = qc_quantize_rows_static(x, b.xq, b.xs, b.xsum, 0, M, K, G, amax);
+        char head[128];
+        snprintf(head, sizeof head, "quant-static %d K=%lld M=%lld G=%lld amax=%a", id, (long long)K, (long long)M,
+                 (long long)G, amax);
+        quant_report(head, &b, M, K, G, rc);
     }
     static const float bad[] = {0.0f, -0.0f, -1.0f, NAN, INFINITY, 1e-38f};
     float x[8] = {0}, xs[1];

@@ -92,12 +92,7 @@ def extract(plan, kernels: dict[str, Kernel], bind: dict[str, int]) -> tuple[lis
     """The tunable workloads of a plan, with their arguments at the bound symbolic dims, and why
     the other kernels are not tuned."""
     g = plan.graph
-    first: dict[str, object] = {}
-    uses: dict[str, int] = {}
-    for step in plan.steps:
-        for k in filter(None, (step.kernel, step.tail_kernel)):
-            first.setdefault(k, step)
-            uses[k] = uses.get(k, 0) + 1
+    first, uses = kernel_steps(plan)
     out, skipped = [], []
     for name, kernel in kernels.items():
         step = first.get(name)
@@ -115,6 +110,17 @@ def extract(plan, kernels: dict[str, Kernel], bind: dict[str, int]) -> tuple[lis
         w.uses = uses[name]
         out.append(w)
     return out, skipped
+
+
+def kernel_steps(plan) -> tuple[dict, dict[str, int]]:
+    """kernel -> the first plan step that launches it, and kernel -> how many steps do."""
+    first: dict[str, object] = {}
+    uses: dict[str, int] = {}
+    for step in plan.steps:
+        for k in filter(None, (step.kernel, step.tail_kernel)):
+            first.setdefault(k, step)
+            uses[k] = uses.get(k, 0) + 1
+    return first, uses
 
 
 class _NotTunable(Exception):
