@@ -100,6 +100,10 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         raise QCompileError(f"target {preset.name} ({preset.summary}) is planned but cannot be built yet",
                             phase="options", hint="`qcompile targets` lists each preset's status; the CPU "
                                                   "presets (native, x86_64, arm64, ...) build today")
+    gpu = preset.tvm_target.get("kind") == "cuda"
+    if gpu:
+        from .artifact import cuda as cuda_tools
+        cuda_tools.nvcc()                           # a missing CUDA toolkit fails here too
     tc = toolchain.for_preset(preset, opts.cc)      # a missing compiler fails here, before hours of work
     start = time.perf_counter()
     phases: list[tuple[str, float]] = []
@@ -110,22 +114,25 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     model_path = Path(model_path)
     name = opts.name or model_path.stem
     prefix = codegen.c_prefix(name)
-    chooser = _chooser(preset, opts, say)
+    chooser = None if gpu else _chooser(preset, opts, say)     # GPU schedules are not tuned yet
     f = front(model_path, opts, preset, prefix, say, phase, tiles=_tiles_from(chooser))
     graph, layers, qlinear, plan, kernels, dec, why_not = (f.graph, f.layers, f.qlinear, f.plan, f.kernels, f.decoder,
                                                            f.why_not)
     model_hash = _sha256(model_path)
-    tuning = _choose_schedules(plan, kernels, chooser, say)
+    tuning = {} if gpu else _choose_schedules(plan, kernels, chooser, say)
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"qcompile_{prefix}_"))
     try:
         phase("compile")
         obj = tmp / "kernels.o"
-        schedules = compile_kernels(kernels, preset, obj,
-                                    progress=lambda i, n: say("compile", f"scheduling kernel {i}/{n}"),
-                                    params={k: c["params"] for k, c in tuning.items()})
-        say("compile", "LLVM done")
+        if gpu:
+            schedules = _compile_cuda(kernels, preset, tmp, obj, say)
+        else:
+            schedules = compile_kernels(kernels, preset, obj,
+                                        progress=lambda i, n: say("compile", f"scheduling kernel {i}/{n}"),
+                                        params={k: c["params"] for k, c in tuning.items()})
+            say("compile", "LLVM done")
         phase("executor")
         src = codegen.generate(plan, prefix, name, preset.name, preset.cpu_features, model_hash, dec)
         (tmp / f"{prefix}.h").write_text(src.header)
@@ -144,7 +151,8 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         if qlinear:
             objects.append(link.compile_object(tmp / "qc_qlinear.o", RUNTIME_DIR / "qc_qlinear.c", tc))
         link.link_shared(library, objects, [tmp / f"{prefix}_exec.c", tmp / "qc_runtime.c"], [tmp / "weights.S"],
-                         prefix, tc)
+                         prefix, tc, **(dict(cflags=cuda_tools.executor_flags(), libs=cuda_tools.link_libs())
+                                        if gpu else {}))
         say("link", f"{library} ({library.stat().st_size / 2**20:.1f} MiB)")
         header = out_dir / f"{prefix}.h"
         header.write_text(src.header)
@@ -167,6 +175,25 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     phases.append(("done", time.perf_counter()))
     timing = [(phases[i][0], phases[i + 1][1] - phases[i][1]) for i in range(len(phases) - 1)]
     return BuildResult(library, header, manifest, len(kernels), len(plan.steps), time.perf_counter() - start, timing)
+
+
+def _compile_cuda(kernels, preset, tmp: Path, obj: Path, say) -> dict[str, str]:
+    """Device kernels (TVM's CUDA C) and their host launchers in one .cu, compiled by nvcc."""
+    from .artifact import cuda as cuda_tools
+    from .artifact.runtime import include_dirs
+    from .targets.tvm import cuda
+    say("compile", f"scheduling {len(kernels)} kernels for {preset.tvm_target['arch']} (dlight)")
+    module = cuda.lower(kernels, preset)
+    fallback = sorted(k for k, r in module.rules.items() if r != "dlight")
+    if fallback:
+        say("compile", f"{len(fallback)} kernel(s) use dlight's fallback schedule (one thread per output): "
+                       f"{', '.join(fallback[:6])}{' ...' if len(fallback) > 6 else ''}")
+    source = tmp / "kernels.cu"
+    source.write_text(module.artifact_source())
+    reports = cuda_tools.compile_device(source, preset.tvm_target["arch"], obj, include_dirs())
+    say("compile", f"nvcc: {len(reports)} device kernels, at most {max((r.registers for r in reports), default=0)} "
+                   f"registers, no spills")
+    return {name: rule for name, rule in module.rules.items()}
 
 
 @dataclass
@@ -201,7 +228,8 @@ def front(model_path: Path, opts: BuildOptions, preset, prefix: str, say: Progre
     phase("plan")
     bounds = default_bounds(graph, opts)
     graph.dim_bounds.update(bounds)
-    plan = make_plan(graph, bounds, simd_bits=512 if "avx512f" in preset.cpu_features else 256)
+    plan = make_plan(graph, bounds, simd_bits=512 if "avx512f" in preset.cpu_features else 256,
+                     gemm_panels=preset.tvm_target.get("kind") != "cuda")
     say("plan", f"{len(plan.steps)} steps, arena {plan.arena_bytes / 2**20:.1f} MiB, weights "
                 f"{plan.weight_bytes / 2**20:.1f} MiB")
     try:

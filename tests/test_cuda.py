@@ -1,12 +1,16 @@
-"""The CUDA target's first step: every kernel of the fp32 MLP, Llama-style decoder and BERT-style
-encoder gets a GPU schedule and CUDA C from TVM, nvcc compiles it for sm_80 and sm_90 with no
-spills, the launch metadata is read from the IR, and an oversized block is caught before it ships.
-(No GPU here: compile only. Running the kernels on a CPU shim comes next.)"""
+"""The CUDA target, compile side: every kernel of the fp32 MLP, Llama-style decoder and BERT-style
+encoder gets a GPU schedule and CUDA C from TVM, its host launcher is generated from the lowered
+IR, nvcc compiles kernels and launchers for sm_80 and sm_90 with no spills, the artifact links
+with the static CUDA runtime and, with no GPU, refuses to load with a clear message; an
+oversized block is caught before it ships. (Running it: tests/test_cuda_shim.py on the CPU,
+tools/gpu_check.sh on a GPU.)"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import onnx
@@ -14,7 +18,9 @@ import pytest
 import tvm
 from tvm import te
 
-from qcompile.build import BuildOptions, front
+from qcompile.artifact import cuda as cuda_tools
+from qcompile.artifact.runtime import include_dirs
+from qcompile.build import BuildOptions, build, front
 from qcompile.targets.plan import LoweringError
 from qcompile.targets.presets import get_preset
 from qcompile.targets.tvm import cuda
@@ -43,16 +49,25 @@ def test_every_kernel_becomes_a_cuda_kernel_with_its_launch(lowered):
         assert k.launch and all(t.split(".")[0] in ("blockIdx", "threadIdx") for t in k.launch)
         assert k.params and all(p.endswith("_ptr") or p.isidentifier() for p in k.params)
     cuda.check_launches(module.kernels)
-    assert set(module.rules) == set(kernels) and all(r.startswith("dlight") for r in module.rules.values())
+    assert set(module.rules) == set(kernels) and all(r.startswith("dlight.") for r in module.rules.values())
+    # each kernel's launcher launches exactly the device kernels TVM split it into
+    launched = {ln.name: ln.kernels for ln in module.launchers}
+    assert set(launched) == set(kernels)
+    for k in module.kernels:
+        assert k.name in launched[k.host]
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_nvcc_compiles_every_kernel_without_spills(lowered, arch):
+def test_nvcc_compiles_every_kernel_and_launcher_without_spills(lowered, arch):
     _, module, tmp = lowered
-    reports = cuda.nvcc_compile(module.source, arch, tmp / f"kernels_{arch}.cubin")
+    src = tmp / f"kernels_{arch}.cu"
+    src.write_text(module.artifact_source())
+    reports = cuda_tools.compile_device(src, arch, tmp / f"kernels_{arch}.o", include_dirs())
     assert {r.kernel for r in reports} == {k.name for k in module.kernels}
     assert all(r.spill_bytes == 0 and 0 < r.registers <= 255 for r in reports)
-    assert (tmp / f"kernels_{arch}.cubin").stat().st_size > 0
+    symbols = subprocess.run(["nm", str(tmp / f"kernels_{arch}.o")], capture_output=True, text=True).stdout
+    for ln in module.launchers:      # the executor calls each launcher by the CPU kernels' symbol
+        assert f" T __tvm_ffi_{ln.name}\n" in symbols
 
 
 def test_a_block_larger_than_the_gpu_allows_is_caught():
@@ -66,7 +81,7 @@ def test_a_block_larger_than_the_gpu_allows_is_caught():
     sch.bind(sch.get_loops(sch.get_sblock("y"))[0], "threadIdx.x")
     target = cuda.target_for(get_preset("cuda"))
     source = tvm.compile(sch.mod, target=target).mod.imports[0].inspect_source()
-    devices = cuda.device_kernels(sch.mod, target, cuda.launch_bounds(source))
+    devices = cuda.device_kernels(cuda.split_host_device(sch.mod, target)[1], cuda.launch_bounds(source))
     assert [(d.name, d.launch_bounds, d.launch) for d in devices] == [("wide_kernel", 4096, ["threadIdx.x"])]
     with pytest.raises(LoweringError, match="more than 1024 threads per block: wide_kernel"):
         cuda.check_launches(devices)
@@ -81,8 +96,30 @@ def test_quantized_kernels_are_refused_with_the_way_forward(tmp_path):
         cuda.lower(f.kernels, get_preset("cuda"))
 
 
-def test_nvcc_errors_are_reported(tmp_path):
-    with pytest.raises(LoweringError, match="nvcc -arch=sm_80 failed"):
-        cuda.nvcc_compile('extern "C" __global__ void k(float* x) { x[0] = undefined_name; }', "sm_80",
-                          tmp_path / "bad.cubin")
-    assert Path(tmp_path / "bad.cu").exists()
+def test_nvcc_errors_and_spills_are_reported(tmp_path):
+    bad = tmp_path / "bad.cu"
+    bad.write_text('extern "C" __global__ void k(float* x) { x[0] = undefined_name; }')
+    with pytest.raises(cuda_tools.CudaToolchainError, match=r"nvcc \(sm_80\) failed on bad.cu"):
+        cuda_tools.compile_device(bad, "sm_80", tmp_path / "bad.o", [])
+    log = ("ptxas info    : Compiling entry function 'k' for 'sm_80'\n"
+           "ptxas info    : Function properties for k\n    8 bytes stack frame, 8 bytes spill stores, 8 bytes spill loads\n"
+           "ptxas info    : Used 255 registers\n")
+    with pytest.raises(cuda_tools.CudaToolchainError, match=r"register spills for sm_80: k \(16 B\)"):
+        cuda_tools.check_spills(log, "sm_80")
+
+
+def test_cuda_artifact_builds_and_without_a_gpu_refuses_to_load(tmp_path):
+    onnx.save(make_mlp(), str(tmp_path / "mlp.onnx"))
+    res = build(tmp_path / "mlp.onnx", BuildOptions(target="cuda-sm90", out_dir=tmp_path / "out"))
+    manifest = json.loads(res.manifest.read_text())
+    assert manifest["target"]["preset"] == "cuda-sm90"
+    assert all(k["schedule"].startswith("dlight.") for k in manifest["kernels"])
+    deps = subprocess.run(["ldd", str(res.library)], capture_output=True, text=True).stdout
+    assert "libcudart" not in deps, "the CUDA runtime is linked in statically"
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(res.library)], capture_output=True, text=True).stdout
+    assert all(line.split()[-1].startswith("mlp_") for line in exported.splitlines() if line.strip())
+    if Path("/dev/nvidia0").exists():
+        pytest.skip("a GPU is present: tools/gpu_check.sh runs the artifact there")
+    from qcompile.artifact.loader import ArtifactError, load
+    with pytest.raises(ArtifactError, match="runs on an NVIDIA GPU and none is usable"):
+        load(res.library)

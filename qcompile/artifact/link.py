@@ -18,14 +18,14 @@ _BUG = "this is a qcompile bug; please report it with QCOMPILE_DEBUG=1 output"
 
 
 def link_shared(out: Path, objects: list[Path], c_sources: list[Path], asm_sources: list[Path], prefix: str,
-                tc: Toolchain) -> None:
+                tc: Toolchain, cflags: list[str] = (), libs: list[str] = ()) -> None:
     out = out.resolve()
     exports = out.with_suffix(".exports")
     exports.write_text(tc.exports(prefix))
     includes = [f"-I{d}" for d in runtime.include_dirs()] + [f"-I{c_sources[0].parent}"]
-    cmd = [*tc.driver, "-fPIC", "-O2", "-std=gnu11", "-Wall", "-fvisibility=hidden", *includes,
+    cmd = [*tc.driver, "-fPIC", "-O2", "-std=gnu11", "-Wall", "-fvisibility=hidden", *includes, *cflags,
            *map(str, c_sources), *map(str, asm_sources), *map(str, objects), *tc.shared_flags(exports, out.name),
-           "-o", str(out), *tc.libs]
+           "-o", str(out), *libs, *tc.libs]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=c_sources[0].parent)
     exports.unlink(missing_ok=True)
     if proc.returncode != 0:

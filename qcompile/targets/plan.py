@@ -136,9 +136,10 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def make_plan(g: Graph, bounds: dict[str, int], simd_bits: int = 512) -> Plan:
+def make_plan(g: Graph, bounds: dict[str, int], simd_bits: int = 512, gemm_panels: bool = True) -> Plan:
     """GEMM weight panels are stored as the node's `qcompile.precision` says: bf16 (widened to
-    fp32 in registers) or fp32, in panels as wide as the target's registers hold (simd_bits)."""
+    fp32 in registers) or fp32, in panels as wide as the target's registers hold (simd_bits).
+    gemm_panels=False (GPU targets) keeps weights as the model has them, one kernel per GEMM."""
     symbolic: SymValues = {}
     steps: list[Step] = []
     storage: dict[str, Storage] = {name: Storage("input") for name in g.inputs}
@@ -171,7 +172,7 @@ def make_plan(g: Graph, bounds: dict[str, int], simd_bits: int = 512) -> Plan:
         if n.op == "Gather" and n.attrs.get("qcompile.precision") == "bf16" and step.inputs[:1] == n.inputs[:1] \
                 and g.values[n.inputs[0]].const is not None:
             step.inputs[0] = step.stored[n.inputs[0]] = _bf16_table(g, n.inputs[0])   # widened as rows are read
-        if is_weight_gemm(g, step):
+        if gemm_panels and is_weight_gemm(g, step):
             step.row_block = GEMM_ROW_BLOCK
             panel_dtype = "bf16" if n.attrs.get("qcompile.precision") == "bf16" else "fp32"
             step.inputs[1] = _packed_weight(g, step.inputs[1], panel_dtype, simd_bits)

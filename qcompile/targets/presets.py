@@ -53,11 +53,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            ("asimd", "asimddp"), "clang", abi="darwin", shared_suffix=".dylib", status="build-only",
            notes="off a Mac, linked by zig cc (pip install ziglang)"),
     Preset("cuda", "NVIDIA GPUs, sm_80 (Ampere) and newer",
-           {"kind": "cuda", "arch": "sm_80"}, (), "nvcc",
-           notes="fp32 kernels lower to CUDA C and compile with nvcc (targets/tvm/cuda.py); no artifact yet"),
+           {"kind": "cuda", "arch": "sm_80"}, (), "gcc", status="build-only",
+           notes="fp32/fp16 models: TVM's CUDA C (dlight schedules) + generated launchers, nvcc; the host "
+                 "C compiler links the executor and the static CUDA runtime. Quantized formats: not yet"),
     Preset("cuda-sm90", "NVIDIA Hopper, sm_90",
-           {"kind": "cuda", "arch": "sm_90"}, (), "nvcc",
-           notes="fp32 kernels lower to CUDA C and compile with nvcc (targets/tvm/cuda.py); no artifact yet"),
+           {"kind": "cuda", "arch": "sm_90"}, (), "gcc", status="build-only",
+           notes="as cuda, with sm_90 machine code"),
     Preset("metal", "Apple GPUs, family 7+ (MSL kernels + Objective-C++ host)",
            {"kind": "metal"}, (), "xcrun", abi="darwin", shared_suffix=".dylib"),
 ]}

@@ -5,22 +5,22 @@ The first step of the CUDA target (issue 9). What exists: every non-extern kerne
 schedule from TVM's dlight rules (GEMV, low-batch GEMV, GEMM, reductions), or dlight's fallback
 (one thread per output element, recorded as such) where a rule does not apply; TVM emits CUDA C;
 the device kernels' parameter order and launch dims are read from the lowered IR; nvcc compiles
-the source for the preset's architecture with spills reported. Not yet: the host launcher, the
-artifact, CUDA kernels for the packed quantized formats, and running kernels on a CPU shim.
+the source for the preset's architecture with spills reported (artifact/cuda.py); cuda_host.py
+writes the host launchers the executor calls. Not yet: CUDA kernels for the packed quantized
+formats, and GEMM schedules (dlight's Matmul rule fails on our int64 indices: fallback).
 """
 
 from __future__ import annotations
 
 import importlib
 import re
-import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import tvm
 from tvm.s_tir import dlight as dl
 
 from ..plan import LoweringError
+from . import cuda_host
 from .kernels import Kernel
 
 MAX_THREADS_PER_BLOCK = 1024
@@ -34,13 +34,19 @@ class DeviceKernel:
     params: list[str]            # its parameters, in the order the launch passes them
     launch: list[str]            # launch dims: blockIdx.* then threadIdx.* (as TVM orders them)
     launch_bounds: int | None    # __launch_bounds__ in the source: the block's thread count
+    param_vars: list = field(default_factory=list, repr=False)   # the TIR vars behind `params`
 
 
 @dataclass
 class CudaModule:
-    source: str
+    source: str                  # TVM's CUDA C for the device kernels
     kernels: list[DeviceKernel]
     rules: dict[str, str] = field(default_factory=dict)    # kernel -> dlight rule applied
+    launchers: list = field(default_factory=list)          # cuda_host.Launcher per kernel
+
+    def artifact_source(self) -> str:
+        """One .cu: the device kernels, then the host launchers the executor calls."""
+        return self.source + "\n" + cuda_host.render(self.launchers)
 
 
 def target_for(preset) -> "tvm.target.Target":
@@ -54,7 +60,8 @@ _RULES = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reductio
 
 
 def schedule(kernels: dict[str, Kernel], target) -> tuple["tvm.IRModule", dict[str, str]]:
-    """A GPU schedule per kernel; kernel -> which rule (the fallback is named, never silent)."""
+    """A GPU schedule per kernel; kernel -> the dlight rule that scheduled it (the fallback, one
+    thread per output element, is named, never silent)."""
     extern = sorted(k.name for k in kernels.values() if k.kind == "extern")
     if extern:
         raise LoweringError(f"{len(extern)} kernel(s) call CPU micro-kernels (quantized layers) and have no CUDA "
@@ -62,15 +69,24 @@ def schedule(kernels: dict[str, Kernel], target) -> tuple["tvm.IRModule", dict[s
                             hint="build fp32 or bf16 (--precision fp32) for the CUDA target for now")
     funcs, rules = {}, {}
     for k in kernels.values():
-        one = tvm.IRModule({k.name: k.func})
-        try:
-            with target:
-                funcs[k.name] = dl.ApplyDefaultSchedule(*_RULES)(one)[k.name]
-            rules[k.name] = "dlight"
-        except Exception as exc:     # a rule matched and then failed: keep the kernel, say so
-            with target:
-                funcs[k.name] = dl.ApplyDefaultSchedule(dl.gpu.Fallback())(one)[k.name]
-            rules[k.name] = f"dlight-fallback ({type(exc).__name__}: {str(exc).splitlines()[-1][:120]})"
+        func, failed = None, []
+        for rule in _RULES:
+            try:
+                with target:
+                    done = rule.apply(k.func, target, False)
+            except Exception as exc:     # a rule matched and then failed: try the next, say why
+                failed.append(f"{type(rule).__name__}: {type(exc).__name__}: {str(exc).splitlines()[-1][:100]}")
+                continue
+            if done is not None:
+                sch = done[0] if isinstance(done, list) else done
+                func, rules[k.name] = sch.mod["main"], f"dlight.{type(rule).__name__}"
+                break
+        if func is None:
+            raise LoweringError(f"kernel {k.name} ({k.kind}): no GPU schedule applies ({'; '.join(failed)})",
+                                phase="schedule", hint="this is a qcompile bug; please report it")
+        if failed and rules[k.name] == "dlight.Fallback":
+            rules[k.name] += f" ({failed[0]})"
+        funcs[k.name] = func.with_attr("global_symbol", k.name)
     return tvm.IRModule(funcs), rules
 
 
@@ -82,7 +98,22 @@ def lower(kernels: dict[str, Kernel], preset) -> CudaModule:
     except Exception as exc:
         raise LoweringError(f"TVM could not generate CUDA: {type(exc).__name__}: {str(exc)[:2000]}",
                             phase="compile") from exc
-    return CudaModule(source, device_kernels(module, target, launch_bounds(source)), rules)
+    host, devices = split_host_device(module, target)
+    device = device_kernels(devices, launch_bounds(source))
+    params = {d.name: d.param_vars for d in device}
+    launchers = [cuda_host.launcher(gv.name_hint, kernels[gv.name_hint].func, fn, params)
+                 for gv, fn in host.functions.items() if gv.name_hint in kernels]
+    check_launches(device)
+    return CudaModule(source, device, rules, sorted(launchers, key=lambda ln: ln.name))
+
+
+def split_host_device(module, target):
+    """TVM's lowering pipeline, then its host/device split: (host module, {target: device module})."""
+    build = importlib.import_module("tvm.tirx.build")
+    pipeline, _, finalize_device = tvm.tirx.get_default_tir_pipeline(target)
+    lowered = pipeline(tvm.tirx.transform.BindTarget(target)(module))
+    host, devices = build.split_host_device_mods(lowered)
+    return host, {t: finalize_device()(m) for t, m in devices.items()}
 
 
 def launch_bounds(source: str) -> dict[str, int]:
@@ -90,20 +121,16 @@ def launch_bounds(source: str) -> dict[str, int]:
     return {m.group(2): int(m.group(1)) for m in re.finditer(r"__launch_bounds__\((\d+)\)\s+(\w+)\s*\(", source)}
 
 
-def device_kernels(module, target, bounds: dict[str, int]) -> list[DeviceKernel]:
+def device_kernels(devices: dict, bounds: dict[str, int]) -> list[DeviceKernel]:
     """Parameter order and launch dims, from the lowered IR (the runtime module does not keep
     them; TVM orders a kernel's parameters by name, not as the PrimFunc does)."""
-    build = importlib.import_module("tvm.tirx.build")
-    pipeline, _, finalize_device = tvm.tirx.get_default_tir_pipeline(target)
-    lowered = pipeline(tvm.tirx.transform.BindTarget(target)(module))
-    _, devices = build.split_host_device_mods(lowered)
     out = []
     for device_mod in devices.values():
-        for gv, fn in finalize_device()(device_mod).functions.items():
+        for gv, fn in device_mod.functions.items():
             name = gv.name_hint
             launch = re.findall(r"\w+\.\w", str(fn.attrs["tirx.kernel_launch_params"]))
             out.append(DeviceKernel(name, name.rsplit("_kernel", 1)[0], [p.name for p in fn.params], launch,
-                                    bounds.get(name)))
+                                    bounds.get(name), list(fn.params)))
     return sorted(out, key=lambda k: k.name)
 
 
@@ -114,37 +141,3 @@ def check_launches(kernels: list[DeviceKernel], max_threads: int = MAX_THREADS_P
     if bad:
         raise LoweringError(f"kernel(s) launch more than {max_threads} threads per block: {', '.join(bad)}",
                             phase="schedule", hint="this is a qcompile schedule bug; please report it")
-
-
-@dataclass
-class PtxasReport:
-    kernel: str
-    registers: int
-    spill_bytes: int
-
-
-def nvcc_compile(source: str, arch: str, out: Path, nvcc: str = "nvcc") -> list[PtxasReport]:
-    """Compile to a cubin for `arch`; ptxas' register and spill report per kernel. Fails on any
-    error and on any spill (a spill in a decode GEMV costs more than the kernel saves)."""
-    out = Path(out)
-    src = out.with_suffix(".cu")
-    src.write_text(source)
-    cmd = [nvcc, f"-arch={arch}", "-cubin", "-Xptxas", "-v", "-Xptxas", "--warn-on-spills", str(src), "-o", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise LoweringError(f"nvcc -arch={arch} failed (exit {proc.returncode}):\n{proc.stderr.strip()[-3000:]}",
-                            phase="compile", hint="this is a qcompile bug; please report it")
-    reports, current = [], None
-    for line in proc.stderr.splitlines():
-        if m := re.search(r"Compiling entry function '(\w+)'", line):
-            current = m.group(1)
-        elif current and (m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)):
-            spill = int(m.group(1)) + int(m.group(2))
-            reports.append(PtxasReport(current, 0, spill))
-        elif current and reports and (m := re.search(r"Used (\d+) registers", line)):
-            reports[-1].registers = int(m.group(1))
-    spilled = [f"{r.kernel} ({r.spill_bytes} B)" for r in reports if r.spill_bytes]
-    if spilled:
-        raise LoweringError(f"register spills for {arch}: {', '.join(spilled)}", phase="compile",
-                            hint="a schedule keeps too much in registers; this is a qcompile bug")
-    return reports
