@@ -229,7 +229,7 @@ def front(model_path: Path, opts: BuildOptions, preset, prefix: str, say: Progre
     bounds = default_bounds(graph, opts)
     graph.dim_bounds.update(bounds)
     plan = make_plan(graph, bounds, simd_bits=512 if "avx512f" in preset.cpu_features else 256,
-                     gemm_panels=preset.tvm_target.get("kind") != "cuda")
+                     gpu=preset.tvm_target.get("kind") == "cuda")
     say("plan", f"{len(plan.steps)} steps, arena {plan.arena_bytes / 2**20:.1f} MiB, weights "
                 f"{plan.weight_bytes / 2**20:.1f} MiB")
     try:

@@ -133,6 +133,22 @@ def _bench(folder: Path) -> dict:
         out[f"decode_past{past}_weight_GBps"] = weight_bytes / med / 1e9
         print(f"bench decode (past {past}): {med * 1e3:.3f} ms per token, {weight_bytes / med / 1e9:.1f} GB/s of "
               f"weights ({weight_bytes / 2**20:.0f} MiB), host copies included", flush=True)
+    # prefill: every GEMM weight (all but the embedding table) is used once per prompt token
+    gemm_params = weight_bytes / 4 - BENCH["vocab_size"] * BENCH["hidden_size"]
+    for tokens in (16, 128):
+        feed = {"input_ids": np.ones((1, tokens), np.int64),
+                **{k: np.zeros((1, shape[1], 0, shape[3]), np.float32) for k in kv}}
+        model(**feed)
+        times = []
+        for _ in range(10):
+            t = time.perf_counter()
+            model(**feed)
+            times.append(time.perf_counter() - t)
+        med = statistics.median(times)
+        out[f"prefill_{tokens}_ms"] = med * 1e3
+        out[f"prefill_{tokens}_GOPs"] = 2 * gemm_params * tokens / med / 1e9
+        print(f"bench prefill ({tokens} tokens): {med * 1e3:.3f} ms, {2 * gemm_params * tokens / med / 1e9:.0f} GOP/s "
+              f"in the GEMMs (fp32, host copies included)", flush=True)
     return out
 
 

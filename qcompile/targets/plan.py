@@ -29,6 +29,7 @@ VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 INLINE_CONST_ELEMS = 1
 ALIGN = 64
 GEMM_ROW_BLOCK = 4
+GPU_ROW_BLOCK = 16
 # Elementwise ops (numpy broadcasting) that chain into one fused kernel.
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Equal", "Less", "LessOrEqual", "Greater",
                "GreaterOrEqual", "And", "Or", "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal", "Tanh", "Sigmoid",
@@ -113,6 +114,16 @@ def _packed_weight(g: Graph, name: str, storage: str, simd_bits: int) -> str:
     return packed
 
 
+def _transposed_weight(g: Graph, name: str, storage: str, simd_bits: int) -> str:
+    """W[K, N] -> W[N, K] (the GPU layout: kernels tell it from the panels by its rank)."""
+    stored = f"{name}@t.{storage}"
+    if stored not in g.values:
+        dtype = dtypes.BF16 if storage == "bf16" else g.values[name].dtype
+        g.add_value(stored, dtype, tuple(reversed(g.values[name].shape)),
+                    const=np.ascontiguousarray(g.values[name].const.T).astype(dtype.np_dtype))
+    return stored
+
+
 def _bf16_table(g: Graph, name: str) -> str:
     stored = f"{name}@bf16"
     if stored not in g.values:
@@ -136,10 +147,11 @@ def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-def make_plan(g: Graph, bounds: dict[str, int], simd_bits: int = 512, gemm_panels: bool = True) -> Plan:
+def make_plan(g: Graph, bounds: dict[str, int], simd_bits: int = 512, gpu: bool = False) -> Plan:
     """GEMM weight panels are stored as the node's `qcompile.precision` says: bf16 (widened to
     fp32 in registers) or fp32, in panels as wide as the target's registers hold (simd_bits).
-    gemm_panels=False (GPU targets) keeps weights as the model has them, one kernel per GEMM."""
+    gpu: weights transposed to W[N, K] instead (a warp reads one output's K contiguously), rows
+    split into blocks of GPU_ROW_BLOCK (a tiled GEMM) and the rest (a low-batch GEMV: decode)."""
     symbolic: SymValues = {}
     steps: list[Step] = []
     storage: dict[str, Storage] = {name: Storage("input") for name in g.inputs}
@@ -172,10 +184,10 @@ def make_plan(g: Graph, bounds: dict[str, int], simd_bits: int = 512, gemm_panel
         if n.op == "Gather" and n.attrs.get("qcompile.precision") == "bf16" and step.inputs[:1] == n.inputs[:1] \
                 and g.values[n.inputs[0]].const is not None:
             step.inputs[0] = step.stored[n.inputs[0]] = _bf16_table(g, n.inputs[0])   # widened as rows are read
-        if gemm_panels and is_weight_gemm(g, step):
-            step.row_block = GEMM_ROW_BLOCK
+        if is_weight_gemm(g, step):
+            step.row_block = GPU_ROW_BLOCK if gpu else GEMM_ROW_BLOCK
             panel_dtype = "bf16" if n.attrs.get("qcompile.precision") == "bf16" else "fp32"
-            step.inputs[1] = _packed_weight(g, step.inputs[1], panel_dtype, simd_bits)
+            step.inputs[1] = (_transposed_weight if gpu else _packed_weight)(g, step.inputs[1], panel_dtype, simd_bits)
         steps.append(step)
         for o in n.outputs:
             if o:

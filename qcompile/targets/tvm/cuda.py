@@ -57,6 +57,9 @@ def target_for(preset) -> "tvm.target.Target":
 
 _RULES = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
           dl.gpu.Fallback()]
+# A weight GEMM's tail kernel runs the rows short of a block: decode's single token, a short
+# prompt's few. Memory-bound: a GEMV schedule (a warp per output row of W[N, K]), never tiles.
+_TAIL_RULES = [dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), *_RULES]
 
 
 def schedule(kernels: dict[str, Kernel], target) -> tuple["tvm.IRModule", dict[str, str]]:
@@ -70,7 +73,7 @@ def schedule(kernels: dict[str, Kernel], target) -> tuple["tvm.IRModule", dict[s
     funcs, rules = {}, {}
     for k in kernels.values():
         func, failed = None, []
-        for rule in _RULES:
+        for rule in (_TAIL_RULES if k.kind == "gemm1" else _RULES):
             try:
                 with target:
                     done = rule.apply(k.func, target, False)

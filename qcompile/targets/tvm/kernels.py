@@ -138,20 +138,29 @@ def build_kernels(plan: Plan, prefix: str) -> dict[str, Kernel]:
 
 def _make_gemm(plan: Plan, step: Step, name: str, row_block: int) -> Kernel:
     """2-D GEMM [rows, K] x [K, N]. With row_block > 1 the rows are `blocks * row_block` and
-    `blocks` comes as a scalar, so tiles of row_block rows need no bounds check."""
+    `blocks` comes as a scalar, so tiles of row_block rows need no bounds check. The weight is
+    packed W[N/P, K, P] (CPU) or transposed W[N, K] (GPU, whose schedules need int64 dims
+    throughout: dlight's Matmul fails on mixed index types)."""
     g = plan.graph
     a, w = (g.values[x] for x in step.inputs)
-    panels, k_dim, panel = w.shape            # packed W[N/P, K, P]
-    n_dim = panels * panel
+    gpu = w.rank == 2
+    if gpu:
+        (n_dim, k_dim), panel = w.shape, 1
+    else:
+        panels, k_dim, panel = w.shape
+        n_dim = panels * panel
+    ix = (lambda v: tirx.IntImm("int64", v)) if gpu else (lambda v: v)
     blocks = tirx.Var("blocks", "int64")
     rows = blocks * row_block if row_block > 1 else tirx.Var("rows", "int64")
-    A = te.placeholder((rows, k_dim), a.dtype.np_dtype.name, name="in0")
-    W = te.placeholder((panels, k_dim, panel), _te_dtype(w.dtype),
-                       name="in1")
+    A = te.placeholder((rows, ix(k_dim)), a.dtype.np_dtype.name, name="in0")
+    W = te.placeholder(tuple(map(ix, w.shape)), _te_dtype(w.dtype), name="in1")
     acc = a.dtype.np_dtype.name
-    k = te.reduce_axis((0, k_dim), name="k")
-    C = te.compute((rows, n_dim), lambda m, n: te.sum(A[m, k] * W[n // panel, k, n % panel].astype(acc), axis=k),
-                   name="matmul")
+    k = te.reduce_axis((ix(0), ix(k_dim)), name="k")
+    if gpu:
+        C = te.compute((rows, ix(n_dim)), lambda m, n: te.sum(A[m, k] * W[n, k].astype(acc), axis=k), name="matmul")
+    else:
+        C = te.compute((rows, n_dim), lambda m, n: te.sum(A[m, k] * W[n // panel, k, n % panel].astype(acc), axis=k),
+                       name="matmul")
     args = [A, W, C] + ([blocks] if row_block > 1 else [])
     func = te.create_prim_func(args).with_attr("global_symbol", name)
     return Kernel(name, func, f"gemm{row_block}", [], panel)
