@@ -127,7 +127,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         phase("compile")
         obj = tmp / "kernels.o"
         if gpu:
-            schedules = _compile_cuda(kernels, preset, tmp, obj, say)
+            schedules = _compile_cuda(kernels, preset, plan.bounds, tmp, obj, say)
         else:
             schedules = compile_kernels(kernels, preset, obj,
                                         progress=lambda i, n: say("compile", f"scheduling kernel {i}/{n}"),
@@ -177,17 +177,17 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     return BuildResult(library, header, manifest, len(kernels), len(plan.steps), time.perf_counter() - start, timing)
 
 
-def _compile_cuda(kernels, preset, tmp: Path, obj: Path, say) -> dict[str, str]:
+def _compile_cuda(kernels, preset, bounds, tmp: Path, obj: Path, say) -> dict[str, str]:
     """Device kernels (TVM's CUDA C) and their host launchers in one .cu, compiled by nvcc."""
     from .artifact import cuda as cuda_tools
     from .artifact.runtime import include_dirs
     from .targets.tvm import cuda
     say("compile", f"scheduling {len(kernels)} kernels for {preset.tvm_target['arch']} (dlight)")
-    module = cuda.lower(kernels, preset)
-    fallback = sorted(k for k, r in module.rules.items() if r != "dlight")
-    if fallback:
-        say("compile", f"{len(fallback)} kernel(s) use dlight's fallback schedule (one thread per output): "
-                       f"{', '.join(fallback[:6])}{' ...' if len(fallback) > 6 else ''}")
+    module = cuda.lower(kernels, preset, bounds)
+    for name, why in module.rules.items():     # a reduction left to the fallback is slow: say so
+        if why.startswith("dlight.Fallback ("):
+            say("compile", f"{name} ({kernels[name].kind}) runs dlight's fallback schedule, one thread per output: "
+                           f"{why[len('dlight.Fallback ('):-1]}")
     source = tmp / "kernels.cu"
     source.write_text(module.artifact_source())
     reports = cuda_tools.compile_device(source, preset.tvm_target["arch"], obj, include_dirs())

@@ -37,7 +37,7 @@ def lowered(request, tmp_path_factory):
     onnx.save(MODELS[request.param](), str(path))
     f = front(path, BuildOptions(precision="fp32", max_seq_len=64), get_preset("cuda"), request.param,
               lambda phase, detail: None)
-    return f.kernels, cuda.lower(f.kernels, get_preset("cuda")), path.parent
+    return f.kernels, cuda.lower(f.kernels, get_preset("cuda"), f.plan.bounds), path.parent
 
 
 def test_every_kernel_becomes_a_cuda_kernel_with_its_launch(lowered):
@@ -46,10 +46,14 @@ def test_every_kernel_becomes_a_cuda_kernel_with_its_launch(lowered):
     assert hosts == set(kernels), "each kernel launches at least one device kernel"
     for k in module.kernels:
         assert f"__global__ void __launch_bounds__({k.launch_bounds}) {k.name}(" in module.source
-        assert k.launch and all(t.split(".")[0] in ("blockIdx", "threadIdx") for t in k.launch)
+        assert k.launch and all(t.split(".")[0] in ("blockIdx", "threadIdx") or t == "tirx.use_dyn_shared_memory"
+                                for t in k.launch)
         assert k.params and all(p.endswith("_ptr") or p.isidentifier() for p in k.params)
     cuda.check_launches(module.kernels)
-    assert set(module.rules) == set(kernels) and all(r.startswith("dlight.") for r in module.rules.values())
+    assert set(module.rules) == set(kernels)
+    assert all(r.startswith("dlight.") or r == "attention-rows" for r in module.rules.values())
+    attention = [k for k in kernels.values() if k.kind == "attention"]
+    assert all(module.rules[k.name] == "attention-rows" for k in attention)
     # each kernel's launcher launches exactly the device kernels TVM split it into
     launched = {ln.name: ln.kernels for ln in module.launchers}
     assert set(launched) == set(kernels)
@@ -113,7 +117,7 @@ def test_cuda_artifact_builds_and_without_a_gpu_refuses_to_load(tmp_path):
     res = build(tmp_path / "mlp.onnx", BuildOptions(target="cuda-sm90", out_dir=tmp_path / "out"))
     manifest = json.loads(res.manifest.read_text())
     assert manifest["target"]["preset"] == "cuda-sm90"
-    assert all(k["schedule"].startswith("dlight.") for k in manifest["kernels"])
+    assert all(k["schedule"].startswith("dlight.") for k in manifest["kernels"])  # the MLP: no attention
     deps = subprocess.run(["ldd", str(res.library)], capture_output=True, text=True).stdout
     assert "libcudart" not in deps, "the CUDA runtime is linked in statically"
     exported = subprocess.run(["nm", "-D", "--defined-only", str(res.library)], capture_output=True, text=True).stdout

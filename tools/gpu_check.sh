@@ -11,21 +11,21 @@ case "$mode" in
   prepare)
     python tools/gpu_check.py prepare "$dir.tmp"
     mkdir -p "$dir"
-    cp -r "$dir.tmp"/{mlp,llama,bert} "$dir.tmp"/*_cases.npy "$dir"/
-    tar czf "$dir/bench.tar.gz" -C "$dir.tmp" bench     # periodic weights: 850 MiB -> a few MiB
+    cp -r "$dir.tmp"/{mlp,llama,bert,llama_bf16} "$dir.tmp"/*_cases.npy "$dir"/
+    tar czf "$dir/bench.tar.gz" -C "$dir.tmp" bench_fp32 bench_bf16   # periodic weights: 1.3 GiB -> a few MiB
     rm -rf "$dir.tmp"
     du -sh "$dir" ;;
   run)
     out=${3:-$dir}
-    [ -d "$dir/bench" ] || tar xzf "$dir/bench.tar.gz" -C "$dir"
+    [ -d "$dir/bench_fp32" ] || tar xzf "$dir/bench.tar.gz" -C "$dir"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv || true
     PYTHONUNBUFFERED=1 python3 tools/gpu_check.py run "$dir" --json "$out/gpu_check.json"
-    echo "--- per-kernel profile of one bench decode step (QCOMPILE_PROFILE: synchronized after each step)"
-    QCOMPILE_PROFILE=1 python3 - "$dir" <<'PY' 2>&1 | head -40
+    echo "--- per-kernel profile of the fp32 bench decode step at 255 keys (QCOMPILE_PROFILE: synchronized after each step)"
+    QCOMPILE_PROFILE=1 python3 - "$dir/bench_fp32" <<'PY' 2>&1 | sort -k1 -g -r | head -24
 import sys, numpy as np, json, qcompile
 d = sys.argv[1]
-m = json.load(open(f"{d}/bench/bench.manifest.json"))
-model = qcompile.load(f"{d}/bench/bench.so")
+m = json.load(open(f"{d}/bench.manifest.json"))
+model = qcompile.load(f"{d}/bench.so")
 shape = m["inputs"][1]["shape"]
 feed = {"input_ids": np.ones((1, 1), np.int64),
         **{i["name"]: np.zeros((1, shape[1], 255, shape[3]), np.float32) for i in m["inputs"][1:]}}

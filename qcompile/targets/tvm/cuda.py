@@ -20,7 +20,7 @@ import tvm
 from tvm.s_tir import dlight as dl
 
 from ..plan import LoweringError
-from . import cuda_host
+from . import cuda_attention, cuda_host
 from .kernels import Kernel
 
 MAX_THREADS_PER_BLOCK = 1024
@@ -62,7 +62,8 @@ _RULES = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reductio
 _TAIL_RULES = [dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), *_RULES]
 
 
-def schedule(kernels: dict[str, Kernel], target) -> tuple["tvm.IRModule", dict[str, str]]:
+def schedule(kernels: dict[str, Kernel], target, bounds: dict[str, int] | None = None
+             ) -> tuple["tvm.IRModule", dict[str, str]]:
     """A GPU schedule per kernel; kernel -> the dlight rule that scheduled it (the fallback, one
     thread per output element, is named, never silent)."""
     extern = sorted(k.name for k in kernels.values() if k.kind == "extern")
@@ -73,7 +74,14 @@ def schedule(kernels: dict[str, Kernel], target) -> tuple["tvm.IRModule", dict[s
     funcs, rules = {}, {}
     for k in kernels.values():
         func, failed = None, []
-        for rule in (_TAIL_RULES if k.kind == "gemm1" else _RULES):
+        if k.kind == "attention":
+            try:
+                func = cuda_attention.schedule(k.func, bounds or {})
+            except Exception as exc:     # noted, and dlight's fallback runs it
+                failed.append(f"attention-rows: {type(exc).__name__}: {str(exc).splitlines()[-1][:160]}")
+            if func is not None:
+                rules[k.name] = "attention-rows"
+        for rule in (_TAIL_RULES if k.kind == "gemm1" else _RULES) if func is None else ():
             try:
                 with target:
                     done = rule.apply(k.func, target, False)
@@ -93,9 +101,10 @@ def schedule(kernels: dict[str, Kernel], target) -> tuple["tvm.IRModule", dict[s
     return tvm.IRModule(funcs), rules
 
 
-def lower(kernels: dict[str, Kernel], preset) -> CudaModule:
+def lower(kernels: dict[str, Kernel], preset, bounds: dict[str, int] | None = None) -> CudaModule:
+    """bounds: each symbolic dim's largest value (the plan's), for what must fit on chip."""
     target = target_for(preset)
-    module, rules = schedule(kernels, target)
+    module, rules = schedule(kernels, target, bounds)
     try:
         source = tvm.compile(module, target=target).mod.imports[0].inspect_source()
     except Exception as exc:
@@ -131,7 +140,7 @@ def device_kernels(devices: dict, bounds: dict[str, int]) -> list[DeviceKernel]:
     for device_mod in devices.values():
         for gv, fn in device_mod.functions.items():
             name = gv.name_hint
-            launch = re.findall(r"\w+\.\w", str(fn.attrs["tirx.kernel_launch_params"]))
+            launch = [str(p) for p in fn.attrs["tirx.kernel_launch_params"]]
             out.append(DeviceKernel(name, name.rsplit("_kernel", 1)[0], [p.name for p in fn.params], launch,
                                     bounds.get(name), list(fn.params)))
     return sorted(out, key=lambda k: k.name)
