@@ -109,6 +109,17 @@ def run(root: Path, json_out: Path | None) -> int:
                                         "max_abs_err": err, "max_abs": scale, "ok": ok})
                 print(f"{'ok  ' if ok else 'FAIL'} {name}[{i}] {out} {list(want.shape)} max|err| {err:.3g} "
                       f"(max|ref| {scale:.3g})", flush=True)
+    # the session API keeps the KV cache on the GPU: its prefill logits against onnxruntime's
+    case = np.load(root / "llama_cases.npy", allow_pickle=True)[0]
+    session = qcompile.load(root / "llama" / "llama.so").session()
+    got = session.prefill(case["feed"]["input_ids"][0])
+    want = case["expected"]["logits"][0, -1]
+    err = float(np.max(np.abs(got - want)))
+    ok = err <= 1e-4 * max(float(np.max(np.abs(want))), 1.0)
+    failed += not ok
+    report["cases"].append({"model": "llama", "case": "session-prefill", "output": "logits", "max_abs_err": err,
+                            "ok": ok})
+    print(f"{'ok  ' if ok else 'FAIL'} llama session prefill logits max|err| {err:.3g}", flush=True)
     report["bench"] = {p: _bench(root / f"bench_{p}", p) for p in ("fp32", "bf16")}
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
@@ -139,6 +150,20 @@ def _bench(folder: Path, precision: str) -> dict:
         out[f"decode_past{past}_weight_GBps"] = weight_bytes / med / 1e9
         print(f"bench {precision} decode (past {past}): {med * 1e3:.3f} ms per token, {weight_bytes / med / 1e9:.1f} GB/s of "
               f"weights ({weight_bytes / 2**20:.0f} MiB), host copies included", flush=True)
+    # decode through the session API: the KV cache stays on the GPU, one row of logits comes back
+    session = model.session()
+    session.prefill(np.ones(255, np.int64))
+    times = []
+    for i in range(32):
+        t = time.perf_counter()
+        session.decode(1 + i)
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    out["session_decode_past255_ms"] = med * 1e3
+    out["session_decode_weight_GBps"] = weight_bytes / med / 1e9
+    print(f"bench {precision} session decode (past 255-287): {med * 1e3:.3f} ms per token ({1 / med:.0f} tokens/s), "
+          f"{weight_bytes / med / 1e9:.1f} GB/s of weights", flush=True)
+    session.close()
     # prefill: every GEMM weight (all but the embedding table) is used once per prompt token
     gemm_params = weight_bytes / {"fp32": 4, "bf16": 2}[precision] - BENCH["vocab_size"] * BENCH["hidden_size"]
     for tokens in (16, 128):

@@ -16,6 +16,7 @@ model, timing, or anything between blocks (they run one at a time).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -30,6 +31,9 @@ SHIM_DIR = Path(__file__).parent / "cuda_shim"
 _HINT = "the CPU shim (qcompile/testing/cuda_shim) may lack something this CUDA source uses"
 
 
+_DYN_SHARED = re.compile(r"extern\s+__shared__[^;\[]*?(\w+)\s*\[\s*\]")
+
+
 class CudaShimError(QCompileError):
     phase = "compile"
 
@@ -42,6 +46,8 @@ def compile_cxx(source: Path, out: Path, cuda: bool = True, extra: list[str] = (
         raise CudaShimError(f"running CUDA kernels on the CPU needs a C++17 compiler; '{cxx}' is not installed",
                             hint="install g++ (apt-get install g++) or set CXX")
     lang = ["-x", "c++", "-DQC_CUDA_SHIM", "-include", "cuda_shim.h"] if cuda else []
+    if cuda:    # CUDA's dynamic shared arrays all start at the block's one buffer: so do the shim's
+        lang += [f"-D{n}=qc_shim_dyn_shared" for n in sorted(set(_DYN_SHARED.findall(source.read_text())))]
     # -O1: the generated files are large and mostly straight-line; -O2 adds compile time, not coverage
     cmd = [cxx, "-std=c++17", "-O1", "-fPIC", "-fvisibility=hidden", f"-I{SHIM_DIR}",
            *(f"-I{d}" for d in include_dirs()), *lang, *extra, "-c", str(source), "-o", str(out)]

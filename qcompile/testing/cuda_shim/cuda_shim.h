@@ -38,9 +38,12 @@
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-/* one block is live at a time, so a block's shared memory is the function's static storage
- * (a block sees the previous block's values in it, as uninitialised shared memory may on a GPU) */
-#define __shared__ static
+/* Shared memory: the launching OS thread runs one block at a time, so a block's shared memory is
+ * static storage of that thread (a block sees the previous block's values in it, as it may see
+ * garbage on a GPU). thread_local rather than static because it also combines with `extern`:
+ * `extern __shared__ T name[];` is dynamic shared memory, which the build points at one buffer
+ * (qcompile.testing.cuda_cpu passes -D<name>=qc_shim_dyn_shared; see cuda_shim.cpp). */
+#define __shared__ thread_local
 /* __restrict__ stays: g++ knows it, with the same meaning. */
 
 /* ---- built-in variables and dim3 ----------------------------------------------------------- */
@@ -79,18 +82,21 @@ QC_VEC(float, float, 8, 16)
 QC_VEC(double, double, 16, 16)
 #undef QC_VEC
 
-/* ---- half and bfloat16 ------------------------------------------------------------------------ */
+/* ---- half and bfloat16 (what cuda_fp16.h / cuda_bf16.h give that TVM's code uses) ----------- */
 typedef _Float16 half; /* IEEE binary16 with round-to-nearest-even conversions, like __half */
 typedef _Float16 __half;
-struct __align__(4) half2 { half x, y; };
+struct __align__(4) half2 {
+  half x, y;
+  half2() = default;
+  half2(half a, half b) : x(a), y(b) {}
+};
 typedef half2 __half2;
 static inline half __float2half(float f) { return (half)f; }
 static inline half __float2half_rn(float f) { return (half)f; }
 static inline float __half2float(half h) { return (float)h; }
-static inline half2 __halves2half2(half a, half b) { return {a, b}; }
-static inline half2 __float2half2_rn(float f) { return {(half)f, (half)f}; }
-static inline half __hmax(half a, half b) { return a > b ? a : b; }
-static inline half __hmin(half a, half b) { return a < b ? a : b; }
+static inline half2 make_half2(half a, half b) { return half2(a, b); }
+static inline half2 __halves2half2(half a, half b) { return half2(a, b); }
+static inline half2 __float2half2_rn(float f) { return half2((half)f, (half)f); }
 static inline half hexp(half h) { return (half)expf((float)h); }
 static inline half hlog(half h) { return (half)logf((float)h); }
 static inline half hsqrt(half h) { return (half)sqrtf((float)h); }
@@ -116,9 +122,28 @@ struct nv_bfloat16 {
   }
 };
 typedef nv_bfloat16 __nv_bfloat16;
+struct __align__(4) nv_bfloat162 {   /* make_nv_bfloat162 and nv_bfloat164: TVM defines them itself */
+  nv_bfloat16 x, y;
+  nv_bfloat162() = default;
+  nv_bfloat162(nv_bfloat16 a, nv_bfloat16 b) : x(a), y(b) {}
+};
+typedef nv_bfloat162 __nv_bfloat162;
 static inline nv_bfloat16 __float2bfloat16(float f) { return nv_bfloat16(f); }
 static inline nv_bfloat16 __float2bfloat16_rn(float f) { return nv_bfloat16(f); }
 static inline float __bfloat162float(nv_bfloat16 b) { return (float)b; }
+/* comparisons (TVM's bf16 max/min use __hgt/__hlt), for both 16-bit types */
+#define QC_HCMP(NAME, OP)                                                                          \
+  static inline bool NAME(half a, half b) { return a OP b; }                                       \
+  static inline bool NAME(nv_bfloat16 a, nv_bfloat16 b) { return (float)a OP (float)b; }
+QC_HCMP(__hgt, >)
+QC_HCMP(__hge, >=)
+QC_HCMP(__hlt, <)
+QC_HCMP(__hle, <=)
+QC_HCMP(__heq, ==)
+QC_HCMP(__hne, !=)
+#undef QC_HCMP
+static inline half __hmax(half a, half b) { return a > b ? a : b; }
+static inline half __hmin(half a, half b) { return a < b ? a : b; }
 
 /* ---- math ------------------------------------------------------------------------------------- */
 /* CUDA's max/min overloads: fmaxf/fminf for floating point (a NaN operand yields the other). */
@@ -128,8 +153,7 @@ static inline double max(double a, double b) { return fmax(a, b); }
 static inline double min(double a, double b) { return fmin(a, b); }
 template <class T, class = std::enable_if_t<std::is_integral_v<T>>> static inline T max(T a, T b) { return a > b ? a : b; }
 template <class T, class = std::enable_if_t<std::is_integral_v<T>>> static inline T min(T a, T b) { return a < b ? a : b; }
-static inline half max(half a, half b) { return __hmax(a, b); }
-static inline half min(half a, half b) { return __hmin(a, b); }
+/* (max/min of half and bfloat16: TVM's source defines them) */
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 /* the fast intrinsics, exact (tolerances cover the GPU's approximations); macros because glibc
