@@ -1,14 +1,16 @@
 """CUDA artifacts checked numerically without a GPU: the kept build folder of a real CUDA build
 (TVM's kernels and qcompile's launchers, unchanged) is linked with the CPU shim
-(qcompile.testing.cuda_cpu) and run through the loader against onnxruntime; the shim itself
-reports divergent barriers and refuses oversized blocks as a GPU launch does."""
+(qcompile.testing.cuda_cpu) and run through the loader, and the decoder's session API, against
+onnxruntime; the shim itself reports barriers and shuffles not every thread reaches, fails
+launches a GPU refuses, and implements shuffles, votes and dynamic shared memory as CUDA defines
+them."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +20,17 @@ import pytest
 
 from qcompile.artifact.loader import load
 from qcompile.build import BuildOptions, build
-from qcompile.testing.cuda_cpu import SHIM_DIR, compile_cxx, link_on_cpu
+from qcompile.testing.cuda_cpu import SHIM_DIR, CudaShimError, compile_cxx, link_on_cpu
 from qcompile.zoo import LlamaConfig, make_bert, make_llama, make_mlp
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("g++") is None,
                                 reason="the CUDA build needs nvcc; the shim needs g++")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from gpu_check import _feeds  # noqa: E402  (the inputs the GPU check uses: batch 1, llama prompt + step)
+# the inputs tools/gpu_check.py runs on a GPU (batch 1; llama: a 7-token prompt, a step after 5)
+_spec = importlib.util.spec_from_file_location("gpu_check",
+                                               Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py")
+gpu_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_check)
 
 MODELS = {"mlp": make_mlp, "llama": lambda: make_llama(LlamaConfig(), with_kv_cache=True), "bert": make_bert}
 
@@ -48,11 +53,39 @@ def test_cuda_kernels_match_onnxruntime_on_the_cpu(on_cpu):
     artifact = load(library)
     assert artifact.prefix == name                 # found through the copied manifest
     sess = ort.InferenceSession(str(path))
-    for feed in _feeds(name, model, np.random.default_rng(0)):
+    for feed in gpu_check._feeds(name, model, np.random.default_rng(0)):
         got = artifact(**feed)
         for out, want in zip(sess.get_outputs(), sess.run(None, feed)):
             assert got[out.name].shape == want.shape, out.name
             np.testing.assert_allclose(got[out.name], want, rtol=1e-4, atol=1e-4, err_msg=f"{name}: {out.name}")
+
+
+def test_a_cuda_decoder_session_matches_onnxruntime_on_the_cpu(on_cpu):
+    """The session API keeps the KV cache on the device: prefill 7 tokens, decode 2, against the
+    whole sequence in onnxruntime (the decoder; the others have no session API)."""
+    name, model, path, library = on_cpu
+    artifact = load(library)
+    if name != "llama":
+        assert artifact.vocab_size is None
+        return
+    ids = np.random.default_rng(1).integers(0, artifact.vocab_size, 9)
+    session = artifact.session()
+    got = np.stack([session.prefill(ids[:7]), session.decode(ids[7]), session.decode(ids[8])])
+    kv = [i for i in model.graph.input if i.name.startswith("past_")]        # (batch, heads, past, head_dim)
+    heads, head_dim = (kv[0].type.tensor_type.shape.dim[d].dim_value for d in (1, 3))
+    feed = {i.name: np.zeros((1, heads, 0, head_dim), np.float32) for i in kv}
+    want = ort.InferenceSession(str(path)).run(["logits"], {"input_ids": ids[None], **feed})[0][0, 6:]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_what_the_shim_cannot_build_is_named(tmp_path):
+    with pytest.raises(CudaShimError, match=r"(?s)lacks kernels\.cu, m_exec\.c.*--keep-temps"):
+        link_on_cpu(tmp_path, "m", tmp_path / "m.so")
+    (tmp_path / "ptx.cu").write_text('extern "C" __global__ void k(int* x) { asm("mov.u32 %0, %%laneid;" : "=r"(*x)); }')
+    # inline PTX cannot run on the CPU: g++'s assembler names it
+    with pytest.raises(CudaShimError, match=r"(?s)compiling .*ptx\.cu for the CPU shim failed \(g\+\+ exited 1\)"
+                                            r":\n.*laneid"):
+        compile_cxx(tmp_path / "ptx.cu", tmp_path / "ptx.o")
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +109,15 @@ BARRIERS = {
                   r"thread \(16,0,0\) at .*t\.cu:4"),
     "returned": ("if (threadIdx.x == 5) return;\n  __syncthreads();",
                  r"thread \(0,0,0\) waits at __syncthreads\(\) \(.*t\.cu:4\) but thread \(5,0,0\) has returned"),
+    "warp": ("if (threadIdx.x < 16) x[threadIdx.x] = __shfl_down_sync(0xffffffffu, x[threadIdx.x], 1);\n"
+             "  __syncthreads();",
+             r"thread \(0,0,0\) waits at a warp operation \(.*t\.cu:3, mask 0xffffffff\) that thread \(16,0,0\) of "
+             r"its warp does not reach: it waits at __syncthreads\(\) \(.*t\.cu:4\)"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BARRIERS))
-def test_the_shim_reports_a_barrier_not_all_threads_reach(case, tmp_path, shim_object):
+def test_the_shim_reports_a_barrier_or_shuffle_not_all_threads_reach(case, tmp_path, shim_object):
     body, message = BARRIERS[case]
     proc = _run_cuda(f'extern "C" __global__ void __launch_bounds__(32) broken(float* x) {{\n'
                      f"  x[threadIdx.x] = 0;\n  {body}\n}}\n"
@@ -91,9 +128,10 @@ def test_the_shim_reports_a_barrier_not_all_threads_reach(case, tmp_path, shim_o
     assert re.search(message, proc.stderr), proc.stderr
 
 
-def test_a_block_over_1024_threads_fails_its_launch_and_warp_operations_work(tmp_path, shim_object):
-    """The GPU's launch checks (cudaGetLastError after the launch, then cleared), and each warp
-    shuffle and vote against its definition, on a 48-thread block (a partial second warp)."""
+def test_launch_limits_warp_operations_and_dynamic_shared_memory(tmp_path, shim_object):
+    """The GPU's launch checks (the error comes from the next cudaGetLastError, which clears it),
+    each warp shuffle and vote against its definition on a 48-thread block (a partial second warp),
+    and `extern __shared__` memory shared by a block."""
     proc = _run_cuda(r'''
 #include <stdio.h>
 extern "C" __global__ void lanes(int* out) {
@@ -106,35 +144,46 @@ extern "C" __global__ void lanes(int* out) {
   out[t * 6 + 4] = (int)__ballot_sync(m, lane % 3 == 0);
   out[t * 6 + 5] = (int)m;
 }
-extern "C" __global__ void noop(int* out) { out[0] = 1; }
+extern "C" __global__ void reverse(int* out) {
+  extern __shared__ __align__(16) int buf[];
+  buf[threadIdx.x] = blockIdx.x * 1000 + threadIdx.x;
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = buf[blockDim.x - 1 - threadIdx.x];
+}
 int main() {
-  int* out;
+  int *out, *rev;
   cudaMalloc((void**)&out, 48 * 6 * sizeof(int));
-  QC_LAUNCH(noop, dim3(1), dim3(2048), 0, out);
+  cudaMalloc((void**)&rev, 2 * 100 * sizeof(int));
+  QC_LAUNCH(lanes, dim3(1), dim3(2048), 0, out);
   printf("%s|", cudaGetErrorString(cudaGetLastError()));
   printf("%s|", cudaGetErrorString(cudaGetLastError()));
-  QC_LAUNCH(noop, dim3(1), dim3(32, 0), 0, out);
+  QC_LAUNCH(lanes, dim3(1), dim3(32, 0), 0, out);
+  printf("%s|", cudaGetErrorString(cudaGetLastError()));
+  QC_LAUNCH(reverse, dim3(2), dim3(100), 64 << 10, rev);   /* over the default 48 KiB */
   printf("%s|", cudaGetErrorString(cudaGetLastError()));
   QC_LAUNCH(lanes, dim3(1), dim3(48), 0, out);
-  printf("%s|", cudaGetErrorString(cudaGetLastError()));
+  QC_LAUNCH(reverse, dim3(2), dim3(100), 100 * sizeof(int), rev);
+  printf("%s\n", cudaGetErrorString(cudaGetLastError()));
   for (int i = 0; i < 48 * 6; ++i) printf("%d ", out[i]);
+  printf("\n");
+  for (int i = 0; i < 200; ++i) printf("%d ", rev[i]);
   return 0;
 }
 ''', tmp_path, shim_object)
     assert proc.returncode == 0, proc.stderr
-    errors, values = proc.stdout.rsplit("|", 1)
+    errors, lanes, rev = proc.stdout.splitlines()
     assert errors.split("|") == ["invalid configuration argument", "no error", "invalid configuration argument",
-                                 "no error"]
-    got = np.array(values.split(), dtype=np.int64).reshape(48, 6)
+                                 "invalid argument", "no error"]
     t = np.arange(48)
     base, lane = t // 32 * 32, t % 32
     count = np.where(t < 32, 32, 16)                        # lanes in this thread's warp
-    masks = np.where(t < 32, 0xFFFFFFFF, 0xFFFF).astype(np.uint32).astype(np.int32)
-    ballot = np.bitwise_or.reduce([(1 << k) for k in range(0, 32, 3)])
+    ballot = np.bitwise_or.reduce([1 << k for k in range(0, 32, 3)])
     want = np.stack([(base + 3) * 10,
                      np.where(lane % 8 + 4 < 8, t + 4, t),
                      np.where(lane >= 1, t - 1, t),
-                     np.where((lane ^ 16) < count, base + (lane ^ 16), t),    # an exited/absent lane: own value
-                     np.where(t < 32, ballot, ballot & 0xFFFF).astype(np.uint32).astype(np.int32),
-                     masks], axis=1)
-    np.testing.assert_array_equal(got, want)
+                     np.where((lane ^ 16) < count, base + (lane ^ 16), t),    # an absent lane: its own value
+                     np.where(t < 32, ballot, ballot & 0xFFFF),
+                     np.where(t < 32, 0xFFFFFFFF, 0xFFFF)], axis=1).astype(np.uint32).astype(np.int32)
+    np.testing.assert_array_equal(np.array(lanes.split(), dtype=np.int32).reshape(48, 6), want)
+    i = np.arange(100)
+    np.testing.assert_array_equal(np.array(rev.split(), dtype=np.int64), np.concatenate([99 - i, 1099 - i]))

@@ -29,28 +29,27 @@ from ..errors import QCompileError
 
 SHIM_DIR = Path(__file__).parent / "cuda_shim"
 _HINT = "the CPU shim (qcompile/testing/cuda_shim) may lack something this CUDA source uses"
-
-
-_DYN_SHARED = re.compile(r"extern\s+__shared__[^;\[]*?(\w+)\s*\[\s*\]")
+_DYN_SHARED = re.compile(r"extern\s+__shared__[^;\[]*?(\w+)\s*\[\s*\]")     # its array's name
 
 
 class CudaShimError(QCompileError):
     phase = "compile"
 
 
-def compile_cxx(source: Path, out: Path, cuda: bool = True, extra: list[str] = ()) -> Path:
+def compile_cxx(source: Path, out: Path, cuda: bool = True) -> Path:
     """One C++ source to a position-independent object with g++; `cuda`: CUDA C, with the shim
     force-included (-DQC_CUDA_SHIM makes the launchers' QC_LAUNCH the shim's, not `<<<>>>`)."""
     cxx = os.environ.get("CXX", "g++")
     if not shutil.which(cxx):
         raise CudaShimError(f"running CUDA kernels on the CPU needs a C++17 compiler; '{cxx}' is not installed",
                             hint="install g++ (apt-get install g++) or set CXX")
-    lang = ["-x", "c++", "-DQC_CUDA_SHIM", "-include", "cuda_shim.h"] if cuda else []
-    if cuda:    # CUDA's dynamic shared arrays all start at the block's one buffer: so do the shim's
-        lang += [f"-D{n}=qc_shim_dyn_shared" for n in sorted(set(_DYN_SHARED.findall(source.read_text())))]
+    lang = []
+    if cuda:    # every `extern __shared__` array starts at the block's dynamic shared memory: one buffer
+        names = sorted(set(_DYN_SHARED.findall(source.read_text())))
+        lang = ["-x", "c++", "-DQC_CUDA_SHIM", "-include", "cuda_shim.h", *(f"-D{n}=qc_shim_dyn_shared" for n in names)]
     # -O1: the generated files are large and mostly straight-line; -O2 adds compile time, not coverage
     cmd = [cxx, "-std=c++17", "-O1", "-fPIC", "-fvisibility=hidden", f"-I{SHIM_DIR}",
-           *(f"-I{d}" for d in include_dirs()), *lang, *extra, "-c", str(source), "-o", str(out)]
+           *(f"-I{d}" for d in include_dirs()), *lang, "-c", str(source), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise CudaShimError(f"compiling {source} for the CPU shim failed ({cxx} exited {proc.returncode}):\n"

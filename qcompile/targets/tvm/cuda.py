@@ -105,12 +105,13 @@ def lower(kernels: dict[str, Kernel], preset, bounds: dict[str, int] | None = No
     """bounds: each symbolic dim's largest value (the plan's), for what must fit on chip."""
     target = target_for(preset)
     module, rules = schedule(kernels, target, bounds)
-    try:
-        source = tvm.compile(module, target=target).mod.imports[0].inspect_source()
+    try:      # lowered once: the host half feeds the launchers, the device half TVM's CUDA codegen
+        host, devices = split_host_device(module, target)
+        build = importlib.import_module("tvm.tirx.build")
+        source = "\n".join(build.codegen_build(m, t).inspect_source() for t, m in devices.items())
     except Exception as exc:
         raise LoweringError(f"TVM could not generate CUDA: {type(exc).__name__}: {str(exc)[:2000]}",
                             phase="compile") from exc
-    host, devices = split_host_device(module, target)
     device = device_kernels(devices, launch_bounds(source))
     params = {d.name: d.param_vars for d in device}
     launchers = [cuda_host.launcher(gv.name_hint, kernels[gv.name_hint].func, fn, params)

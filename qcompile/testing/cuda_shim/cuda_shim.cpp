@@ -29,7 +29,7 @@ constexpr size_t kStackBytes = 256 << 10, kGuardBytes = 4096;
 enum State { kReady, kAtBarrier, kAtWarp, kDone };
 
 struct Fiber {
-  jmp_buf resume;            /* where it waits */
+  jmp_buf resume;            /* its registers while it waits */
   ucontext_t start;          /* its first entry, onto its own stack */
   bool started;
   int index;                 /* linear thread id: x + y*bx + z*bx*by */
@@ -54,7 +54,7 @@ void (*body)(void*);
 void* body_ctx;
 const char* kernel_name = "?";
 cudaError_t last_error = cudaSuccess;
-std::mutex launch_mutex;     /* static __shared__ storage and these globals allow one launch at a time */
+std::mutex launch_mutex;     /* these globals allow one launch at a time */
 
 [[noreturn]] void die(const char* fmt, ...) {
   std::fprintf(stderr, "cuda shim: kernel %s, block (%u,%u,%u): ", kernel_name, blockIdx.x, blockIdx.y, blockIdx.z);
@@ -237,7 +237,8 @@ uint64_t warp_op(unsigned mask, WarpOp op, uint64_t value, int src, const char* 
 }
 
 unsigned active_mask() {
-  const int n = (int)(blockDim.x * blockDim.y * blockDim.z), base = current ? current->index & ~31 : 0;
+  if (!current) die("__activemask() called outside a kernel");
+  const int n = (int)(blockDim.x * blockDim.y * blockDim.z), base = current->index & ~31;
   unsigned m = 0;
   for (int l = 0; l < 32 && base + l < n; ++l) m |= (unsigned)(fibers[base + l]->state != kDone) << l;
   return m;

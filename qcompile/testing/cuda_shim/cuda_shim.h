@@ -1,12 +1,14 @@
 /* CUDA C on the CPU, for checking generated kernels numerically without a GPU.
  *
  * Force-included (g++ -std=c++17 -DQC_CUDA_SHIM -include cuda_shim.h) ahead of an unchanged .cu
- * file. Each launch runs every block in turn; the threads of a block are fibers (ucontext) on
- * the calling OS thread, switched only at __syncthreads() and warp operations, so a run is
- * deterministic. That is why `__shared__` can be `static` (one block is live at a time) and why
- * atomics need no atomic instructions. Barriers are checked: threads waiting at different
- * __syncthreads() calls, or waiting while others of their block returned, abort the process
- * with the kernel, block, threads and source lines (on a GPU: a hang or silent corruption).
+ * file. Each launch runs every block in turn; the threads of a block are fibers on the calling OS
+ * thread, switched only at __syncthreads() and warp operations, so a run is deterministic. That
+ * is why shared memory can be static storage (one block is live at a time) and why atomics need
+ * no atomic instructions. Barriers are checked: threads waiting at different __syncthreads()
+ * calls, waiting while others of their block returned, or waiting at a shuffle for a lane that
+ * waits elsewhere abort the process with the kernel, block, threads and source lines (on a GPU:
+ * a hang or silent corruption). Launches a GPU refuses (block over 1024 threads, a zero dim, over
+ * 48 KiB of dynamic shared memory) run nothing and set the error cudaGetLastError returns.
  *
  * What this cannot tell: nvcc's code generation (FMA contraction, fast math), the GPU memory
  * model, warp lockstep assumptions, cross-block communication, inline PTX, timing.
@@ -51,9 +53,9 @@ struct dim3 {
   unsigned x, y, z;
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-/* Globals, set by the scheduler at each switch into a fiber: launches are serialized (static
- * shared memory is process-wide anyway), so per-OS-thread storage would buy nothing and cost a
- * TLS lookup on every use in the kernels. Hidden: each artifact has its own copy. */
+/* Globals, set by the scheduler at each switch into a fiber: the scheduler's state is process-wide
+ * and launches are serialized, so per-OS-thread copies would buy nothing and cost a TLS lookup at
+ * every use in the kernels. Hidden: each artifact has its own copy. */
 #define QC_SHIM_HIDDEN __attribute__((visibility("hidden")))
 extern QC_SHIM_HIDDEN dim3 threadIdx, blockIdx, blockDim, gridDim;
 static constexpr int warpSize = 32;
@@ -151,8 +153,10 @@ static inline float max(float a, float b) { return fmaxf(a, b); }
 static inline float min(float a, float b) { return fminf(a, b); }
 static inline double max(double a, double b) { return fmax(a, b); }
 static inline double min(double a, double b) { return fmin(a, b); }
-template <class T, class = std::enable_if_t<std::is_integral_v<T>>> static inline T max(T a, T b) { return a > b ? a : b; }
-template <class T, class = std::enable_if_t<std::is_integral_v<T>>> static inline T min(T a, T b) { return a < b ? a : b; }
+template <class T, class = std::enable_if_t<std::is_integral_v<T>>>
+static inline T max(T a, T b) { return a > b ? a : b; }
+template <class T, class = std::enable_if_t<std::is_integral_v<T>>>
+static inline T min(T a, T b) { return a < b ? a : b; }
 /* (max/min of half and bfloat16: TVM's source defines them) */
 static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline double rsqrt(double x) { return 1.0 / sqrt(x); }
@@ -201,7 +205,11 @@ QC_ATOMIC(atomicAnd, old & v)
 QC_ATOMIC(atomicOr, old | v)
 QC_ATOMIC(atomicXor, old ^ v)
 #undef QC_ATOMIC
-template <class T> static inline T atomicCAS(T* p, T compare, T v) { T old = *p; if (old == compare) *p = v; return old; }
+template <class T> static inline T atomicCAS(T* p, T compare, T v) {
+  T old = *p;
+  if (old == compare) *p = v;
+  return old;
+}
 static inline void __threadfence() {}
 static inline void __threadfence_block() {}
 
@@ -214,7 +222,8 @@ QC_SHIM_HIDDEN void syncthreads(const char* file, int line);
 QC_SHIM_HIDDEN uint64_t warp_op(unsigned mask, WarpOp op, uint64_t value, int src, const char* file, int line);
 QC_SHIM_HIDDEN unsigned active_mask();
 QC_SHIM_HIDDEN int lane();
-QC_SHIM_HIDDEN void run(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, void (*body)(void*), void* ctx);
+QC_SHIM_HIDDEN void run(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, void (*body)(void*),
+                        void* ctx);
 
 template <class T> static inline T shuffle(unsigned mask, T v, int src, const char* file, int line) {
   static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8, "warp shuffles move up to 8 bytes");
@@ -228,8 +237,9 @@ template <class T> static inline T shuffle(unsigned mask, T v, int src, const ch
 /* QC_LAUNCH's target: converts the launcher's arguments to the kernel's parameter types (device
  * pointers arrive as qc_any_ptr) and runs the grid. */
 template <class... P, class... A>
-static inline void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes, A... a) {
-  static_assert(sizeof...(P) == sizeof...(A), "the launch passes a different number of arguments than the kernel takes");
+static inline void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes,
+                          A... a) {
+  static_assert(sizeof...(P) == sizeof...(A), "the launch passes another number of arguments than the kernel takes");
   struct Call {
     void (*kernel)(P...);
     std::tuple<P...> args;
@@ -242,51 +252,50 @@ static inline void launch(const char* name, void (*kernel)(P...), dim3 grid, dim
   qc_shim::launch(#kernel, kernel, grid, block, shared, ##__VA_ARGS__)
 
 /* __builtin_FILE/LINE as default arguments name the caller's line: the barrier's identity. */
-static inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+#define QC_SITE const char *file = __builtin_FILE(), int line = __builtin_LINE()
+static inline void __syncthreads(QC_SITE) {
   qc_shim::syncthreads(file, line);
 }
-static inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+static inline void __syncwarp(unsigned mask = 0xffffffffu, QC_SITE) {
   qc_shim::warp_op(mask, qc_shim::kBallot, 0, 0, file, line);
 }
 static inline unsigned __activemask() { return qc_shim::active_mask(); }
-static inline unsigned __ballot_sync(unsigned mask, int pred, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+static inline unsigned __ballot_sync(unsigned mask, int pred, QC_SITE) {
   return (unsigned)qc_shim::warp_op(mask, qc_shim::kBallot, pred != 0, 0, file, line);
 }
-static inline int __any_sync(unsigned mask, int pred, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+static inline int __any_sync(unsigned mask, int pred, QC_SITE) {
   return __ballot_sync(mask, pred, file, line) != 0;
 }
-static inline int __all_sync(unsigned mask, int pred, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+static inline int __all_sync(unsigned mask, int pred, QC_SITE) {
   return __ballot_sync(mask, !pred, file, line) == 0;
 }
 /* lanes are 32 consecutive linear thread ids; `width` splits a warp into independent groups */
 template <class T>
-static inline T __shfl_sync(unsigned mask, T v, int src, int width = 32, const char* file = __builtin_FILE(),
-                            int line = __builtin_LINE()) {
+static inline T __shfl_sync(unsigned mask, T v, int src, int width = 32, QC_SITE) {
   int l = qc_shim::lane();
   return qc_shim::shuffle(mask, v, (l & ~(width - 1)) + (src & (width - 1)), file, line);
 }
 template <class T>
-static inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32,
-                                 const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+static inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32, QC_SITE) {
   int l = qc_shim::lane();
   return qc_shim::shuffle(mask, v, (l & (width - 1)) + (int)delta < width ? l + (int)delta : l, file, line);
 }
 template <class T>
-static inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
-                               const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+static inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32, QC_SITE) {
   int l = qc_shim::lane();
   return qc_shim::shuffle(mask, v, (l & (width - 1)) >= (int)delta ? l - (int)delta : l, file, line);
 }
 template <class T>
-static inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
-                                const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+static inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, QC_SITE) {
   int l = qc_shim::lane(), s = l ^ lane_mask;
   return qc_shim::shuffle(mask, v, (s & ~(width - 1)) > (l & ~(width - 1)) ? l : s, file, line);  /* later group: own */
 }
 
-/* Last: TVM writes `__shared__ alignas(64) float x[...]`, i.e. `static alignas(64) ...`, which g++
- * rejects (a standard attribute amid decl-specifiers); GNU's aligned attribute may go there. A
- * keyword as a macro is fine here because every standard header this file uses is already in. */
+#undef QC_SITE
+
+/* Last: TVM writes `__shared__ alignas(64) float x[...]`, i.e. `thread_local alignas(64) ...`,
+ * which g++ rejects (a standard attribute amid decl-specifiers); GNU's aligned attribute may go
+ * there. A keyword as a macro is fine here: every standard header this file uses is already in. */
 #define alignas(n) __attribute__((aligned(n)))
 
 #endif
