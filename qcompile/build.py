@@ -219,7 +219,11 @@ def front(model_path: Path, opts: BuildOptions, preset, prefix: str, say: Progre
     phase("passes")
     prepared = prepare(graph, opts.quant(), say)
     graph, layers = prepared.graph, prepared.layers
-    qlinear = lower_qlinear(graph, tiles=tiles)
+    if preset.tvm_target.get("kind") == "cuda":
+        from .targets.lower_qlinear_gpu import lower_qlinear_gpu
+        qlinear = lower_qlinear_gpu(graph)
+    else:
+        qlinear = lower_qlinear(graph, tiles=tiles)
     if qlinear:
         packed = sum(r["packed_bytes"] for r in qlinear)
         modes = sorted({r["activations"].split(" (")[0] for r in qlinear})

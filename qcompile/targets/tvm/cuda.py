@@ -81,7 +81,7 @@ def schedule(kernels: dict[str, Kernel], target, bounds: dict[str, int] | None =
                 failed.append(f"attention-rows: {type(exc).__name__}: {str(exc).splitlines()[-1][:160]}")
             if func is not None:
                 rules[k.name] = "attention-rows"
-        for rule in (_TAIL_RULES if k.kind == "gemm1" else _RULES) if func is None else ():
+        for rule in (_TAIL_RULES if k.kind in ("gemm1", "qgemm") else _RULES) if func is None else ():
             try:
                 with target:
                     done = rule.apply(k.func, target, False)

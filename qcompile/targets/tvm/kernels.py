@@ -9,7 +9,7 @@ from tvm import te, tirx
 
 from ...ir import dims
 from ..plan import LoweringError, Plan, Step
-from . import extern_ops, te_ops
+from . import extern_ops, te_ops, te_quant
 
 _BUILDERS = {
     **{op: ("plain", te_ops.elementwise) for op in te_ops.ELEMENTWISE_OPS},
@@ -28,6 +28,7 @@ _BUILDERS = {
     "QuantizeLinear": ("plain", te_ops.quantize_linear), "DequantizeLinear": ("plain", te_ops.dequantize_linear),
     "qcompile.QuantizeRows": ("plain", extern_ops.quantize_rows),
     "qcompile.QLinearPacked": ("plain", extern_ops.qlinear_packed),
+    "qcompile.QuantizeRowsTIR": ("plain", te_quant.quantize_rows), "qcompile.QLinearTIR": ("plain", te_quant.qlinear),
 }
 
 
@@ -259,8 +260,10 @@ def _kind(op_id: str) -> str:
         return "attention"
     if op_id == "qcompile.Rotary":
         return "injective"
-    if op_id == "qcompile.Hadamard":
+    if op_id in ("qcompile.Hadamard", "qcompile.QuantizeRowsTIR"):
         return "rows"
+    if op_id == "qcompile.QLinearTIR":
+        return "qgemm"
     if op_id.startswith("qcompile."):
         return "extern"
     if op_id in ("MatMul", "Gemm"):

@@ -1,0 +1,93 @@
+"""Lower `qcompile.QLinear` for GPU targets: kernels written in TIR (no C micro-kernels), the
+weights kept as their logical integers, one byte each, transposed to W[N, K] so a warp reads one
+output's K contiguously and dequantizes in registers.
+
+    y = QLinear(x, q, scales[, zero_points])          (int8 activations, per token or static)
+ -> xq, xscale = qcompile.QuantizeRowsTIR(x)                        [amax (static only)]
+    y = qcompile.QLinearTIR(xq, xscale, W[N, K], S[N, G][, Z[N, G]]) [group G]
+
+QuantizeRowsTIR follows qcompile.quant.activations' float32 contract, so its int8 rows and
+scales are bit-identical to numpy's and the CPU kernels'. QLinearTIR computes
+y = xscale * sum_k xq * ((W - Z) * S) in float32: the reference sums the same exact products in
+float64, so the two agree to float32 rounding (about 1e-6 relative). Every format the reference
+dequantizes (int8, int4, ternary; per tensor, per channel, per group along K) lowers the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import dtypes
+from ..ir.graph import Graph, Node
+from ..ir.quant import QuantSpec
+from ..quant.activations import static_amax
+from .plan import LoweringError
+
+
+def _groups(node: Node, q: np.ndarray, scales, zero_points) -> tuple[int, np.ndarray, np.ndarray | None]:
+    """(group size along K, S[N, K/G], Z[N, K/G] or None) such that the weight is (q - Z) * S."""
+    k, n = q.shape
+    spec = QuantSpec(node.attrs.get("family", "int8"), int(node.attrs.get("bits", 8)), node.attrs["granularity"],
+                     node.attrs.get("axis"), node.attrs.get("group_size") or None, scales=scales,
+                     zero_points=zero_points)
+    axis = None if spec.granularity == "per_tensor" else spec.axis % 2
+    if spec.granularity == "per_group" and axis != 0:
+        raise LoweringError("groups along N have no GPU kernel (only along K)", node=node.name, op=node.op_id)
+    group = int(spec.group_size) if spec.granularity == "per_group" else k
+    if k % group:
+        raise LoweringError(f"K={k} is not a multiple of the group size {group}", node=node.name, op=node.op_id)
+    full_s = spec.expand(scales, (k, n)).astype(np.float32)
+    s = np.ascontiguousarray(full_s[::group].T)
+    z = None
+    if zero_points is not None and np.any(zero_points):
+        z = np.ascontiguousarray(spec.expand(zero_points, (k, n)).astype(np.float32)[::group].T)
+    if not np.array_equal(np.repeat(s, group, axis=1), full_s.T):
+        raise LoweringError("the scales vary inside a group along K", node=node.name, op=node.op_id)
+    return group, s, z
+
+
+def lower_qlinear_gpu(g: Graph) -> list[dict]:
+    """Rewrite every QLinear in g in place; returns one manifest record per layer."""
+    records, shared, new_nodes = [], {}, []
+    for node in g.nodes:
+        if node.op_id != "qcompile.QLinear":
+            new_nodes.append(node)
+            continue
+        acts = node.attrs.get("activations", "int8")
+        if acts not in ("int8", "int8-static"):
+            raise LoweringError(f"QLinear with {acts} activations has no GPU kernel (only int8, per token or static)",
+                                node=node.name, op=node.op_id)
+        amax = float(static_amax(node.attrs.get("act_amax"))) if acts == "int8-static" else None
+        x = g.values[node.inputs[0]]
+        if x.shape is None or len(x.shape) < 2 or not isinstance(x.shape[-1], int):
+            raise LoweringError(f"the activations must be [rows..., K] with K known at build time, got "
+                                f"{list(x.shape or [])}", node=node.name, op=node.op_id)
+        q = g.values[node.inputs[1]].const
+        scales = g.values[node.inputs[2]].const if node.input(2) else None
+        if scales is None:
+            raise LoweringError("a QLinear without scales has no GPU kernel", node=node.name, op=node.op_id)
+        zp = g.values[node.inputs[3]].const if node.input(3) else None
+        k, n = q.shape
+        group, s, z = _groups(node, q, scales, zp)
+        key = (x.name, amax)
+        if key not in shared:
+            lead = tuple(x.shape[:-1])
+            outs = (g.add_value(g.unique_name(f"{x.name}.q8"), dtypes.INT8, x.shape).name,
+                    g.add_value(g.unique_name(f"{x.name}.q8scale"), dtypes.FP32, lead + (1,)).name)
+            new_nodes.append(Node(g.unique_name(f"{node.name}/quantize_rows"), "QuantizeRowsTIR", [x.name], list(outs),
+                                  {} if amax is None else {"amax": amax}, "qcompile"))
+            shared[key] = outs
+        base = node.inputs[1]
+        w = g.add_const(f"{base}.nk.int8", np.ascontiguousarray(q.T).astype(np.int8)).name
+        inputs = [*shared[key], w, g.add_const(f"{base}.nk.scales", s).name]
+        if z is not None:
+            inputs.append(g.add_const(f"{base}.nk.zero_points", z).name)
+        new_nodes.append(Node(node.name, "QLinearTIR", inputs, list(node.outputs),
+                              {"group": group, "K": k, "N": n, "family": node.attrs.get("family", "int8")}, "qcompile"))
+        records.append({"node": node.name, "format": node.attrs.get("format", node.attrs.get("family")),
+                        "layout": "int8 W[N,K] (GPU)", "group": group,
+                        "activations": "int8 per token" if amax is None else f"int8 static (amax {np.float32(amax)!s})",
+                        "packed_bytes": int(q.size + s.nbytes + (z.nbytes if z is not None else 0))})
+    g.nodes = new_nodes
+    g.prune_values()
+    return records
