@@ -51,7 +51,7 @@ def test_every_kernel_becomes_a_cuda_kernel_with_its_launch(lowered):
         assert k.params and all(p.endswith("_ptr") or p.isidentifier() for p in k.params)
     cuda.check_launches(module.kernels)
     assert set(module.rules) == set(kernels)
-    assert all(r.startswith("dlight.") or r == "attention-rows" for r in module.rules.values())
+    assert all(r.startswith("dlight.") or r in ("attention-rows", "qlinear-warp-per-column") for r in module.rules.values())
     attention = [k for k in kernels.values() if k.kind == "attention"]
     assert all(module.rules[k.name] == "attention-rows" for k in attention)
     # each kernel's launcher launches exactly the device kernels TVM split it into
@@ -92,12 +92,23 @@ def test_a_block_larger_than_the_gpu_allows_is_caught():
     cuda.check_launches([dataclasses.replace(devices[0], launch_bounds=1024)])
 
 
-def test_quantized_kernels_are_refused_with_the_way_forward(tmp_path):
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_quantized_layers_get_their_gpu_schedules_and_compile(tmp_path, arch):
+    """int4 layers: int8 rows by one block per row, then a warp per output column loading 16
+    bytes of W per lane (K = 512); nvcc compiles them without spills. (Their numbers:
+    tests/test_cuda_shim.py.)"""
     path = tmp_path / "mlp.onnx"
-    onnx.save(make_mlp(), str(path))
-    f = front(path, BuildOptions(precision="int8"), get_preset("cuda"), "q", lambda phase, detail: None)
-    with pytest.raises(LoweringError, match="CPU micro-kernels .* no CUDA version yet"):
-        cuda.lower(f.kernels, get_preset("cuda"))
+    onnx.save(make_mlp(in_features=512, hidden=(512,), out_features=16), str(path))
+    f = front(path, BuildOptions(target="cuda", precision="int4", group_size=32), get_preset("cuda"), "q",
+              lambda phase, detail: None)
+    module = cuda.lower(f.kernels, get_preset("cuda"), f.plan.bounds)
+    by_kind = {f.kernels[name].kind: rule for name, rule in module.rules.items()}
+    assert by_kind["qgemm"] == "qlinear-warp-per-column" and by_kind["quantize_rows"] == "quantize-rows-block"
+    assert "*(int4*)(" in module.source            # 16-byte loads of W and of the int8 row
+    src = tmp_path / "q.cu"
+    src.write_text(module.artifact_source())
+    reports = cuda_tools.compile_device(src, arch, tmp_path / "q.o", include_dirs())
+    assert reports and all(r.spill_bytes == 0 for r in reports)
 
 
 def test_nvcc_errors_and_spills_are_reported(tmp_path):

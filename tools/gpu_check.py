@@ -27,8 +27,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PAST, PROMPT = 5, 7
-PRECISION = {"llama_bf16": "bf16"}          # bf16 weights against fp32 onnxruntime: a looser bound
-TOLERANCE = {"llama_bf16": 3e-2}
+PRECISION = {"llama_bf16": "bf16", "llama_int8": "int8", "llama_int4": "int4"}
+# bf16 weights against fp32 onnxruntime: a looser bound; int8/int4 against the reference interpreter
+# on the same quantized graph (float32 sums against float64: a rare int8 rounding step downstream)
+TOLERANCE = {"llama_bf16": 3e-2, "llama_int8": 1e-3, "llama_int4": 1e-3}
+BENCH_PRECISIONS = ("fp32", "bf16", "int8")
 BENCH = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=2, num_heads=16,
              num_kv_heads=4, tie_embeddings=False, max_position=512)
 
@@ -48,26 +51,43 @@ def _feeds(name: str, model, rng) -> list[dict[str, np.ndarray]]:
     return [prompt, step]
 
 
-def prepare(out: Path, target: str, bench: bool = True) -> None:
+def _reference(path: Path, precision: str):
+    """Expected outputs: onnxruntime for float builds, the reference interpreter running the same
+    quantized graph for int8/int4 ones."""
     import onnx
     import onnxruntime as ort
+    if precision in ("fp32", "bf16"):
+        sess = ort.InferenceSession(str(path))
+        return lambda feed: dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+    from qcompile.frontend import from_proto
+    from qcompile.ir.interpret import run
+    from qcompile.passes import run_pipeline
+    from qcompile.passes.assign_precision import PrecisionConfig, assign
+    from qcompile.passes.quantize_weights import quantize_weights
+    graph, _ = run_pipeline(from_proto(onnx.load(str(path))))
+    assign(graph, PrecisionConfig(precision))
+    quantize_weights(graph)
+    return lambda feed: run(graph, feed)
+
+
+def prepare(out: Path, target: str, bench: bool = True) -> None:
+    import onnx
 
     from qcompile.build import BuildOptions, build
     from qcompile.zoo import LlamaConfig, make_bert, make_llama, make_mlp
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     models = {"mlp": make_mlp(), "llama": make_llama(LlamaConfig(), with_kv_cache=True), "bert": make_bert(),
-              "llama_bf16": make_llama(LlamaConfig(), with_kv_cache=True)}
+              "llama_bf16": make_llama(LlamaConfig(), with_kv_cache=True),
+              "llama_int8": make_llama(LlamaConfig(), with_kv_cache=True),
+              "llama_int4": make_llama(LlamaConfig(), with_kv_cache=True)}
     for name, model in models.items():
         path = out / f"{name}.onnx"
         onnx.save(model, str(path))
         build(path, BuildOptions(target=target, precision=PRECISION.get(name, "fp32"), max_seq_len=64,
                                  out_dir=out / name))
-        sess = ort.InferenceSession(str(path))
-        cases = []
-        for feed in _feeds(name, model, rng):
-            cases.append({"feed": feed, "expected": dict(zip([o.name for o in sess.get_outputs()],
-                                                             sess.run(None, feed)))})
+        reference = _reference(path, PRECISION.get(name, "fp32"))
+        cases = [{"feed": feed, "expected": reference(feed)} for feed in _feeds(name, model, rng)]
         np.save(out / f"{name}_cases.npy", np.array(cases, dtype=object), allow_pickle=True)
         path.unlink()
         print(f"prepared {name}", flush=True)
@@ -80,7 +100,7 @@ def prepare(out: Path, target: str, bench: bool = True) -> None:
         init.raw_data = np.resize(pattern, n).astype(np.float32).tobytes()
         del init.float_data[:]
     onnx.save(bench, str(out / "bench.onnx"))
-    for precision in ("fp32", "bf16"):
+    for precision in BENCH_PRECISIONS:
         build(out / "bench.onnx", BuildOptions(target=target, precision=precision, max_seq_len=512,
                                                out_dir=out / f"bench_{precision}", name="bench"))
         print(f"prepared bench ({precision})", flush=True)
@@ -96,7 +116,7 @@ def run(root: Path, json_out: Path | None) -> int:
     except OSError:
         report["gpu"] = "?"
     print("GPU:", report["gpu"], flush=True)
-    for name in ("mlp", "llama", "bert", "llama_bf16"):
+    for name in ("mlp", "llama", "bert", "llama_bf16", "llama_int8", "llama_int4"):
         model = qcompile.load(root / name / f"{name}.so")
         for i, case in enumerate(np.load(root / f"{name}_cases.npy", allow_pickle=True)):
             got = model(**case["feed"])
@@ -120,7 +140,7 @@ def run(root: Path, json_out: Path | None) -> int:
     report["cases"].append({"model": "llama", "case": "session-prefill", "output": "logits", "max_abs_err": err,
                             "ok": ok})
     print(f"{'ok  ' if ok else 'FAIL'} llama session prefill logits max|err| {err:.3g}", flush=True)
-    report["bench"] = {p: _bench(root / f"bench_{p}", p) for p in ("fp32", "bf16")}
+    report["bench"] = {p: _bench(root / f"bench_{p}", p) for p in BENCH_PRECISIONS}
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
     print(f"{'all cases match' if not failed else f'{failed} output(s) differ'}", flush=True)
@@ -165,7 +185,9 @@ def _bench(folder: Path, precision: str) -> dict:
           f"{weight_bytes / med / 1e9:.1f} GB/s of weights", flush=True)
     session.close()
     # prefill through the session too: only the last token's logits come back
-    gemm_params = weight_bytes / {"fp32": 4, "bf16": 2}[precision] - BENCH["vocab_size"] * BENCH["hidden_size"]
+    gemm_params = 2 * BENCH["num_layers"] * BENCH["hidden_size"] * (
+        BENCH["hidden_size"] + BENCH["hidden_size"] // BENCH["num_heads"] * BENCH["num_kv_heads"]
+        + 1.5 * BENCH["intermediate_size"]) + BENCH["vocab_size"] * BENCH["hidden_size"]
     session = model.session()
     for tokens in (16, 128):
         times = []

@@ -11,8 +11,9 @@ case "$mode" in
   prepare)
     python tools/gpu_check.py prepare "$dir.tmp"
     mkdir -p "$dir"
-    cp -r "$dir.tmp"/{mlp,llama,bert,llama_bf16} "$dir.tmp"/*_cases.npy "$dir"/
-    tar czf "$dir/bench.tar.gz" -C "$dir.tmp" bench_fp32 bench_bf16   # periodic weights: 1.3 GiB -> a few MiB
+    for d in "$dir.tmp"/*/; do case "$(basename "$d")" in bench_*) ;; *) cp -r "$d" "$dir"/ ;; esac; done
+    cp "$dir.tmp"/*_cases.npy "$dir"/
+    (cd "$dir.tmp" && tar czf - bench_*) > "$dir/bench.tar.gz"    # periodic weights: about 1.5 GiB -> a few MiB
     rm -rf "$dir.tmp"
     du -sh "$dir" ;;
   run)

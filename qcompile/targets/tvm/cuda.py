@@ -20,7 +20,7 @@ import tvm
 from tvm.s_tir import dlight as dl
 
 from ..plan import LoweringError
-from . import cuda_attention, cuda_host
+from . import cuda_attention, cuda_host, cuda_qlinear
 from .kernels import Kernel
 
 MAX_THREADS_PER_BLOCK = 1024
@@ -74,13 +74,16 @@ def schedule(kernels: dict[str, Kernel], target, bounds: dict[str, int] | None =
     funcs, rules = {}, {}
     for k in kernels.values():
         func, failed = None, []
-        if k.kind == "attention":
+        own = {"attention": ("attention-rows", lambda f: cuda_attention.schedule(f, bounds or {})),
+               "qgemm": ("qlinear-warp-per-column", cuda_qlinear.schedule),
+               "quantize_rows": ("quantize-rows-block", cuda_qlinear.schedule_quantize_rows)}.get(k.kind)
+        if own:                          # our own GPU schedule, where dlight has none that fits
             try:
-                func = cuda_attention.schedule(k.func, bounds or {})
-            except Exception as exc:     # noted, and dlight's fallback runs it
-                failed.append(f"attention-rows: {type(exc).__name__}: {str(exc).splitlines()[-1][:160]}")
+                func = own[1](k.func)
+            except Exception as exc:     # noted, and dlight runs it
+                failed.append(f"{own[0]}: {type(exc).__name__}: {str(exc).splitlines()[-1][:160]}")
             if func is not None:
-                rules[k.name] = "attention-rows"
+                rules[k.name] = own[0]
         for rule in (_TAIL_RULES if k.kind in ("gemm1", "qgemm") else _RULES) if func is None else ():
             try:
                 with target:

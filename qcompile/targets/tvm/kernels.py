@@ -260,8 +260,10 @@ def _kind(op_id: str) -> str:
         return "attention"
     if op_id == "qcompile.Rotary":
         return "injective"
-    if op_id in ("qcompile.Hadamard", "qcompile.QuantizeRowsTIR"):
+    if op_id == "qcompile.Hadamard":
         return "rows"
+    if op_id == "qcompile.QuantizeRowsTIR":
+        return "quantize_rows"
     if op_id == "qcompile.QLinearTIR":
         return "qgemm"
     if op_id.startswith("qcompile."):
