@@ -299,6 +299,23 @@ cudaError_t cudaGetDeviceCount(int* count) {
 
 cudaError_t cudaSetDevice(int device) { return record(device == 0 ? cudaSuccess : cudaErrorInvalidValue); }
 
+cudaError_t cudaGetDevice(int* device) {
+  if (!device) return record(cudaErrorInvalidValue);
+  *device = 0;
+  return cudaSuccess;
+}
+
+/* Stream-ordered allocation is plain malloc here: a pool and its attributes change nothing. */
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device) {
+  if (!pool || device != 0) return record(cudaErrorInvalidValue);
+  *pool = nullptr;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, enum cudaMemPoolAttr, void* value) {
+  return record(value ? cudaSuccess : cudaErrorInvalidValue);
+}
+
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   if (!ptr) return record(cudaErrorInvalidValue);
   *ptr = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256 * !bytes);   /* cudaMalloc aligns to 256 */
