@@ -234,3 +234,28 @@ def test_quantized_cuda_kernels_match_the_interpreter_on_the_cpu(case, tmp_path)
         expected = run(graph, {"input_ids": ids})["logits"]
         # float32 sums against the reference's float64 ones: a rare int8 rounding step downstream
         assert np.abs(got - expected).max() <= 1e-3 * np.abs(expected).max(), (case, seq)
+
+
+@pytest.mark.parametrize("name,precision", [("mlp", "int8"), ("bert", "int4"), ("mlp", "ternary"),
+                                            ("bert", "ternary"), ("llama", "bf16")])
+def test_other_models_and_precisions_on_the_cpu(name, precision, tmp_path):
+    """The MLP and BERT encoder quantized, and the decoder with bf16 weights (the shim's bf16
+    type), against the reference interpreter running the same graph."""
+    from qcompile.frontend import from_proto
+    from qcompile.ir.interpret import run
+    from qcompile.passes import run_pipeline
+    from qcompile.passes.assign_precision import PrecisionConfig, assign
+    from qcompile.passes.quantize_weights import quantize_weights
+    model = MODELS[name]()
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, str(path))
+    build(path, BuildOptions(target="cuda", precision=precision, max_seq_len=16, keep_temps=True,
+                             out_dir=tmp_path / "out"))
+    artifact = load(link_on_cpu(tmp_path / "out" / f"{name}_build", name, tmp_path / "cpu" / f"{name}.so"))
+    graph, _ = run_pipeline(from_proto(onnx.load(str(path))))
+    assign(graph, PrecisionConfig(precision))
+    quantize_weights(graph)
+    for feed in gpu_check._feeds(name, model, np.random.default_rng(5)):
+        got, expected = artifact(**feed), run(graph, feed)
+        for out, want in expected.items():
+            assert np.abs(got[out] - want).max() <= 1e-3 * max(np.abs(want).max(), 1.0), (name, precision, out)
