@@ -28,6 +28,7 @@ command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-
 [ -f /usr/aarch64-linux-gnu/include/stdio.h ] || missing+=(libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
 command -v clang >/dev/null 2>&1 || missing+=(clang)
+command -v g++ >/dev/null 2>&1 || missing+=(g++)          # the CUDA-on-CPU shim compiles kernels as C++
 command -v objdump >/dev/null 2>&1 || missing+=(binutils)     # tests read the libraries' instructions
 command -v file >/dev/null 2>&1 || missing+=(file)
 command -v llvm-objdump >/dev/null 2>&1 || missing+=(llvm)    # reads the Mach-O libraries of the apple-m preset
