@@ -107,7 +107,7 @@ def prepare(out: Path, target: str, bench: bool = True) -> None:
     (out / "bench.onnx").unlink()
 
 
-def run(root: Path, json_out: Path | None) -> int:
+def run(root: Path, json_out: Path | None, bench: bool = True) -> int:
     import qcompile
     report, failed = {"cases": [], "bench": {}}, 0
     try:
@@ -140,7 +140,8 @@ def run(root: Path, json_out: Path | None) -> int:
     report["cases"].append({"model": "llama", "case": "session-prefill", "output": "logits", "max_abs_err": err,
                             "ok": ok})
     print(f"{'ok  ' if ok else 'FAIL'} llama session prefill logits max|err| {err:.3g}", flush=True)
-    report["bench"] = {p: _bench(root / f"bench_{p}", p) for p in BENCH_PRECISIONS}
+    if bench:
+        report["bench"] = {p: _bench(root / f"bench_{p}", p) for p in BENCH_PRECISIONS}
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
     print(f"{'all cases match' if not failed else f'{failed} output(s) differ'}", flush=True)
@@ -215,11 +216,12 @@ def main() -> int:
     r = sub.add_parser("run")
     r.add_argument("dir", type=Path)
     r.add_argument("--json", type=Path)
+    r.add_argument("--no-bench", action="store_true", help="only the cases (the bench decoders are not there)")
     args = ap.parse_args()
     if args.cmd == "prepare":
         prepare(args.dir, args.target, not args.no_bench)
         return 0
-    return run(args.dir, args.json)
+    return run(args.dir, args.json, not args.no_bench)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 #
 #   bash tools/gpu_check.sh prepare gpu_run        build into gpu_run/ (carry it to the GPU machine)
 #   bash tools/gpu_check.sh run gpu_run [OUTDIR]   on the GPU: check every case, time the bench decoder
+#   bash tools/gpu_check.sh sanitize gpu_run       on the GPU: every case under compute-sanitizer's
+#                                                  memcheck, racecheck and synccheck (not on gVisor)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:?prepare or run}; dir=${2:?a folder}
@@ -35,5 +37,11 @@ for _ in range(20):
 del model
 PY
     ;;
+  sanitize)
+    for tool in memcheck racecheck synccheck; do
+      echo "--- compute-sanitizer --tool $tool"
+      compute-sanitizer --tool "$tool" --error-exitcode 3 python3 tools/gpu_check.py run "$dir" --no-bench 2>&1 \
+        | grep -E "SUMMARY|cases match|differ|FAIL"
+    done ;;
   *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac
