@@ -127,8 +127,9 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         phase("compile")
         obj = tmp / "kernels.o"
         if gpu:
-            schedules = _compile_cuda(kernels, preset, plan.bounds, tmp, obj, say)
+            schedules, device_record = _compile_cuda(kernels, preset, plan.bounds, tmp, obj, say)
         else:
+            device_record = None
             schedules = compile_kernels(kernels, preset, obj,
                                         progress=lambda i, n: say("compile", f"scheduling kernel {i}/{n}"),
                                         params={k: c["params"] for k, c in tuning.items()})
@@ -165,6 +166,8 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
                                        "warnings": chooser.warnings if chooser else []}
         record["quantized_layers"] = qlinear
         record["session"] = dec.manifest() if dec else {"available": False, "why": why_not}
+        if device_record:
+            record["cuda"] = device_record
         manifest.write_text(json.dumps(record, indent=2) + "\n")
         if opts.keep_temps:
             keep = out_dir / f"{prefix}_build"
@@ -177,8 +180,9 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     return BuildResult(library, header, manifest, len(kernels), len(plan.steps), time.perf_counter() - start, timing)
 
 
-def _compile_cuda(kernels, preset, bounds, tmp: Path, obj: Path, say) -> dict[str, str]:
-    """Device kernels (TVM's CUDA C) and their host launchers in one .cu, compiled by nvcc."""
+def _compile_cuda(kernels, preset, bounds, tmp: Path, obj: Path, say) -> tuple[dict[str, str], dict]:
+    """Device kernels (TVM's CUDA C) and their host launchers in one .cu, compiled by nvcc;
+    (kernel -> schedule, the manifest's `cuda` record: each device kernel's launch and registers)."""
     from .artifact import cuda as cuda_tools
     from .artifact.runtime import include_dirs
     from .targets.tvm import cuda
@@ -193,7 +197,11 @@ def _compile_cuda(kernels, preset, bounds, tmp: Path, obj: Path, say) -> dict[st
     reports = cuda_tools.compile_device(source, preset.tvm_target["arch"], obj, include_dirs())
     say("compile", f"nvcc: {len(reports)} device kernels, at most {max((r.registers for r in reports), default=0)} "
                    f"registers, no spills")
-    return {name: rule for name, rule in module.rules.items()}
+    registers = {r.kernel: r.registers for r in reports}
+    device = {"arch": preset.tvm_target["arch"], "runtime": "cudart (static)",
+              "device_kernels": [{"name": k.name, "kernel": k.host, "launch": k.launch, "threads": k.launch_bounds,
+                                  "registers": registers.get(k.name)} for k in module.kernels]}
+    return dict(module.rules), device
 
 
 @dataclass

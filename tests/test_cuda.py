@@ -129,6 +129,10 @@ def test_cuda_artifact_builds_and_without_a_gpu_refuses_to_load(tmp_path):
     manifest = json.loads(res.manifest.read_text())
     assert manifest["target"]["preset"] == "cuda-sm90"
     assert all(k["schedule"].startswith("dlight.") for k in manifest["kernels"])  # the MLP: no attention
+    device = manifest["cuda"]
+    assert device["arch"] == "sm_90" and {d["kernel"] for d in device["device_kernels"]} == \
+        {k["name"] for k in manifest["kernels"]}
+    assert all(0 < d["threads"] <= 1024 and 0 < d["registers"] <= 255 for d in device["device_kernels"])
     deps = subprocess.run(["ldd", str(res.library)], capture_output=True, text=True).stdout
     assert "libcudart" not in deps, "the CUDA runtime is linked in statically"
     exported = subprocess.run(["nm", "-D", "--defined-only", str(res.library)], capture_output=True, text=True).stdout
