@@ -1,10 +1,11 @@
 """Lower `qcompile.QLinear` for GPU targets: kernels written in TIR (no C micro-kernels), the
-weights kept as their logical integers, one byte each, transposed to W[N, K] so a warp reads one
-output's K contiguously and dequantizes in registers.
+weights transposed to W[N, K] so a warp reads one output's K contiguously and dequantizes in
+registers, packed as small as their values allow: int8 one per byte, int4 two, ternary four
+(`bits` 8, 4, 2; each field holds the value plus `offset`, lowest bits first along K).
 
     y = QLinear(x, q, scales[, zero_points])          (int8 activations, per token or static)
  -> xq, xscale = qcompile.QuantizeRowsTIR(x)                        [amax (static only)]
-    y = qcompile.QLinearTIR(xq, xscale, W[N, K], S[N, G][, Z[N, G]]) [group G]
+    y = qcompile.QLinearTIR(xq, xscale, W[N, K*bits/8], S[N, G][, Z[N, G]])  [group G, bits, offset]
 
 QuantizeRowsTIR follows qcompile.quant.activations' float32 contract, so its int8 rows and
 scales are bit-identical to numpy's and the CPU kernels'. QLinearTIR computes
@@ -46,6 +47,23 @@ def _groups(node: Node, q: np.ndarray, scales, zero_points) -> tuple[int, np.nda
     return group, s, z
 
 
+def _pack(node: Node, q: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """q[K, N] logical integers -> (W[N, K * bits / 8] bytes, bits, offset)."""
+    lo, hi = int(q.min(initial=0)), int(q.max(initial=0))
+    k = q.shape[0]
+    for bits in (2, 4):
+        offset = 0 if lo >= 0 else 1 << (bits - 1) if bits == 4 else 1
+        if hi + offset < (1 << bits) and lo + offset >= 0 and k % (8 // bits) == 0 and \
+                int(node.attrs.get("bits", 8)) <= bits:
+            per = 8 // bits
+            u = (q.T.astype(np.int16) + offset).astype(np.uint8).reshape(q.shape[1], k // per, per)
+            packed = np.zeros(u.shape[:2], np.uint8)
+            for t in range(per):
+                packed |= u[..., t] << np.uint8(t * bits)
+            return packed, bits, offset
+    return np.ascontiguousarray(q.T).astype(np.int8), 8, 0
+
+
 def lower_qlinear_gpu(g: Graph) -> list[dict]:
     """Rewrite every QLinear in g in place; returns one manifest record per layer."""
     records, shared, new_nodes = [], {}, []
@@ -78,16 +96,18 @@ def lower_qlinear_gpu(g: Graph) -> list[dict]:
                                   {} if amax is None else {"amax": amax}, "qcompile"))
             shared[key] = outs
         base = node.inputs[1]
-        w = g.add_const(f"{base}.nk.int8", np.ascontiguousarray(q.T).astype(np.int8)).name
+        packed, bits, offset = _pack(node, q)
+        w = g.add_const(f"{base}.nk.b{bits}", packed).name
         inputs = [*shared[key], w, g.add_const(f"{base}.nk.scales", s).name]
         if z is not None:
             inputs.append(g.add_const(f"{base}.nk.zero_points", z).name)
         new_nodes.append(Node(node.name, "QLinearTIR", inputs, list(node.outputs),
-                              {"group": group, "K": k, "N": n, "family": node.attrs.get("family", "int8")}, "qcompile"))
+                              {"group": group, "K": k, "N": n, "bits": bits, "offset": offset,
+                               "family": node.attrs.get("family", "int8")}, "qcompile"))
         records.append({"node": node.name, "format": node.attrs.get("format", node.attrs.get("family")),
-                        "layout": "int8 W[N,K] (GPU)", "group": group,
+                        "layout": f"W[N,K] {bits}-bit (GPU)", "group": group,
                         "activations": "int8 per token" if amax is None else f"int8 static (amax {np.float32(amax)!s})",
-                        "packed_bytes": int(q.size + s.nbytes + (z.nbytes if z is not None else 0))})
+                        "packed_bytes": int(packed.nbytes + s.nbytes + (z.nbytes if z is not None else 0))})
     g.nodes = new_nodes
     g.prune_values()
     return records

@@ -37,7 +37,8 @@ def quantize_rows(node, ins, out_shapes, out_dtypes):
 
 
 def qlinear(node, ins, out_shapes, out_dtypes):
-    """y[rows..., n] = xscale * sum_k xq * ((W[n, k] - Z[n, k / G]) * S[n, k / G])."""
+    """y[rows..., n] = xscale * sum_k xq * ((W[n, k] - Z[n, k / G]) * S[n, k / G]), W unpacked from
+    attr bits (8: int8 bytes; 4 or 2: fields of uint8 bytes holding value + offset)."""
     xq, xscale, w, s = ins[:4]
     z = ins[4] if len(ins) > 4 else None
     group = int(node.attrs["group"])
@@ -45,8 +46,18 @@ def qlinear(node, ins, out_shapes, out_dtypes):
     n_dim = w.shape[0]
     k = te.reduce_axis((0, k_dim), name="k")
 
+    bits, offset = int(node.attrs.get("bits", 8)), int(node.attrs.get("offset", 0))
+    per = 8 // bits
+
+    def field(n, kk):          # the value at k = kk: its bit field of W's byte, minus the offset
+        if bits == 8:
+            return tirx.Cast(F32, w[n, kk])
+        byte = tirx.Cast("int32", w[n, kk // per])
+        shift = tirx.Cast("int32", (kk % per) * bits)
+        return tirx.Cast(F32, ((byte >> shift) & ((1 << bits) - 1)) - offset)
+
     def weight(n, kk):
-        q = tirx.Cast(F32, w[n, kk])
+        q = field(n, kk)
         if z is not None:
             q = q - z[n, kk // group]
         return q * s[n, kk // group]
