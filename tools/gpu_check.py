@@ -31,7 +31,7 @@ PRECISION = {"llama_bf16": "bf16", "llama_int8": "int8", "llama_int4": "int4"}
 # bf16 weights against fp32 onnxruntime: a looser bound; int8/int4 against the reference interpreter
 # on the same quantized graph (float32 sums against float64: a rare int8 rounding step downstream)
 TOLERANCE = {"llama_bf16": 3e-2, "llama_int8": 1e-3, "llama_int4": 1e-3}
-BENCH_PRECISIONS = ("fp32", "bf16", "int8")
+BENCH_PRECISIONS = ("fp32", "bf16", "int8", "int4")
 BENCH = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=2, num_heads=16,
              num_kv_heads=4, tie_embeddings=False, max_position=512)
 
