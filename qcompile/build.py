@@ -100,7 +100,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         raise QCompileError(f"target {preset.name} ({preset.summary}) is planned but cannot be built yet",
                             phase="options", hint="`qcompile targets` lists each preset's status; the CPU "
                                                   "presets (native, x86_64, arm64, ...) build today")
-    gpu = preset.tvm_target.get("kind") == "cuda"
+    gpu = preset.gpu
     if gpu:
         from .artifact import cuda as cuda_tools
         cuda_tools.nvcc()                           # a missing CUDA toolkit fails here too
@@ -186,7 +186,7 @@ def _compile_cuda(kernels, preset, bounds, tmp: Path, obj: Path, say) -> tuple[d
     from .artifact import cuda as cuda_tools
     from .artifact.runtime import include_dirs
     from .targets.tvm import cuda
-    say("compile", f"scheduling {len(kernels)} kernels for {preset.tvm_target['arch']} (dlight)")
+    say("compile", f"scheduling {len(kernels)} kernels for {preset.tvm_target['arch']}")
     module = cuda.lower(kernels, preset, bounds)
     for name, why in module.rules.items():     # a reduction left to the fallback is slow: say so
         if why.startswith("dlight.Fallback ("):
@@ -227,7 +227,7 @@ def front(model_path: Path, opts: BuildOptions, preset, prefix: str, say: Progre
     phase("passes")
     prepared = prepare(graph, opts.quant(), say)
     graph, layers = prepared.graph, prepared.layers
-    if preset.tvm_target.get("kind") == "cuda":
+    if preset.gpu:
         from .targets.lower_qlinear_gpu import lower_qlinear_gpu
         qlinear = lower_qlinear_gpu(graph)
     else:
@@ -241,7 +241,7 @@ def front(model_path: Path, opts: BuildOptions, preset, prefix: str, say: Progre
     bounds = default_bounds(graph, opts)
     graph.dim_bounds.update(bounds)
     plan = make_plan(graph, bounds, simd_bits=512 if "avx512f" in preset.cpu_features else 256,
-                     gpu=preset.tvm_target.get("kind") == "cuda")
+                     gpu=preset.gpu)
     say("plan", f"{len(plan.steps)} steps, arena {plan.arena_bytes / 2**20:.1f} MiB, weights "
                 f"{plan.weight_bytes / 2**20:.1f} MiB")
     try:

@@ -62,3 +62,17 @@ def llama_feeds(rng, cfg, seq: int, past: int | None = None) -> dict:
         for kind in ("key", "value"):
             feeds[f"past_{kind}_{i}"] = rng.standard_normal((1, cfg.num_kv_heads, past, cfg.head_dim)).astype(np.float32)
     return feeds
+
+
+def quantized_graph(path, policy, plan=None, **kw):
+    """The graph a `--precision policy` build quantizes, for the reference interpreter."""
+    import onnx
+
+    from qcompile.frontend import from_proto
+    from qcompile.passes import run_pipeline
+    from qcompile.passes.assign_precision import PrecisionConfig, assign, load_plan
+    from qcompile.passes.quantize_weights import quantize_weights
+    graph, _ = run_pipeline(from_proto(onnx.load(str(path))))
+    assign(graph, PrecisionConfig(policy, overrides=load_plan(plan) if plan else {}, **kw))
+    quantize_weights(graph)
+    return graph

@@ -24,6 +24,8 @@ from qcompile.build import BuildOptions, build
 from qcompile.testing.cuda_cpu import SHIM_DIR, CudaShimError, compile_cxx, link_on_cpu
 from qcompile.zoo import LlamaConfig, make_bert, make_llama, make_mlp
 
+from .helpers import quantized_graph
+
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("g++") is None,
                                 reason="the CUDA build needs nvcc; the shim needs g++")
 
@@ -202,13 +204,9 @@ QCASES = {
 @pytest.mark.parametrize("case", list(QCASES))
 def test_quantized_cuda_kernels_match_the_interpreter_on_the_cpu(case, tmp_path):
     """int8, int4 (symmetric and with zero points) and ternary layers lower to TIR kernels for the
-    GPU (int8 rows per token, int8 W[N, K] dequantized in registers); on the CPU shim the decoder
+    GPU (int8 rows per token, W[N, K] packed to 8, 4 or 2 bits and dequantized in registers); on the CPU shim the decoder
     matches the reference interpreter running the same quantized graph."""
-    from qcompile.frontend import from_proto
     from qcompile.ir.interpret import run
-    from qcompile.passes import run_pipeline
-    from qcompile.passes.assign_precision import PrecisionConfig, assign, load_plan
-    from qcompile.passes.quantize_weights import quantize_weights
     kw = dict(QCASES[case])
     plan = None
     if "plan_text" in kw:
@@ -224,9 +222,7 @@ def test_quantized_cuda_kernels_match_the_interpreter_on_the_cpu(case, tmp_path)
     assert ops["qcompile.QLinearTIR"] == "qlinear-warp-per-column"
     assert all(layer["layout"].endswith("-bit (GPU)") for layer in manifest["quantized_layers"])
     model = load(link_on_cpu(out / "llama_build", "llama", tmp_path / "cpu" / "llama.so"))
-    graph, _ = run_pipeline(from_proto(onnx.load(str(path))))
-    assign(graph, PrecisionConfig(kw.pop("precision"), overrides=load_plan(plan) if plan else {}, **kw))
-    quantize_weights(graph)
+    graph = quantized_graph(path, kw.pop("precision"), plan, **kw)
     rng = np.random.default_rng(3)
     for seq in (1, 7):
         ids = rng.integers(0, QCFG.vocab_size, (1, seq)).astype(np.int64)
@@ -241,20 +237,14 @@ def test_quantized_cuda_kernels_match_the_interpreter_on_the_cpu(case, tmp_path)
 def test_other_models_and_precisions_on_the_cpu(name, precision, tmp_path):
     """The MLP and BERT encoder quantized, and the decoder with bf16 weights (the shim's bf16
     type), against the reference interpreter running the same graph."""
-    from qcompile.frontend import from_proto
     from qcompile.ir.interpret import run
-    from qcompile.passes import run_pipeline
-    from qcompile.passes.assign_precision import PrecisionConfig, assign
-    from qcompile.passes.quantize_weights import quantize_weights
     model = MODELS[name]()
     path = tmp_path / f"{name}.onnx"
     onnx.save(model, str(path))
     build(path, BuildOptions(target="cuda", precision=precision, max_seq_len=16, keep_temps=True,
                              out_dir=tmp_path / "out"))
     artifact = load(link_on_cpu(tmp_path / "out" / f"{name}_build", name, tmp_path / "cpu" / f"{name}.so"))
-    graph, _ = run_pipeline(from_proto(onnx.load(str(path))))
-    assign(graph, PrecisionConfig(precision))
-    quantize_weights(graph)
+    graph = quantized_graph(path, precision)
     for feed in gpu_check._feeds(name, model, np.random.default_rng(5)):
         got, expected = artifact(**feed), run(graph, feed)
         for out, want in expected.items():

@@ -13,25 +13,14 @@ import pytest
 import qcompile
 from qcompile.artifact.loader import ArtifactError
 from qcompile.build import BuildOptions, build
-from qcompile.frontend import from_proto
 from qcompile.ir.interpret import run
-from qcompile.passes import run_pipeline
-from qcompile.passes.assign_precision import PrecisionConfig, assign, load_plan
-from qcompile.passes.quantize_weights import quantize_weights
 from qcompile.targets.plan import LoweringError
 from qcompile.targets.tvm.host import host_cpu_flags
 from qcompile.zoo import LlamaConfig, make_llama, make_mlp
 
-from .helpers import ort_run
+from .helpers import ort_run, quantized_graph
 
 CFG = LlamaConfig(hidden_size=128, intermediate_size=256, vocab_size=512, num_layers=2)
-
-
-def quantized_graph(path, policy, plan=None, **kw):
-    graph, _ = run_pipeline(from_proto(onnx.load(str(path))))
-    assign(graph, PrecisionConfig(policy, overrides=load_plan(plan) if plan else {}, **kw))
-    quantize_weights(graph)
-    return graph
 
 
 @pytest.fixture(scope="module")

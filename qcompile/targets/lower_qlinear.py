@@ -37,12 +37,12 @@ def _family(node: Node) -> str:
     return family
 
 
-def _check(g: Graph, node: Node) -> float | None:
+def check_activations(g: Graph, node: Node, kernels: str = "CPU") -> float | None:
     """Checks what the kernels need; returns the static clipping range (float32 value), or None
     for per-token (dynamic) scales."""
     acts = node.attrs.get("activations", "int8")
     if acts not in ("int8", "int8-static"):
-        raise LoweringError(f"QLinear with {acts} activations has no CPU kernel yet (only int8, per token or "
+        raise LoweringError(f"QLinear with {acts} activations has no {kernels} kernel yet (only int8, per token or "
                             "static)", node=node.name, op=node.op_id, hint="build with the default activations")
     x = g.values[node.inputs[0]]
     if x.shape is None or len(x.shape) < 2 or not isinstance(x.shape[-1], int):
@@ -84,7 +84,7 @@ def lower_qlinear(g: Graph, tiles: Callable | None = None) -> list[dict]:
         if node.op_id != "qcompile.QLinear":
             new_nodes.append(node)
             continue
-        amax = _check(g, node)
+        amax = check_activations(g, node)
         x = g.values[node.inputs[0]]
         q = g.values[node.inputs[1]].const
         k, n = q.shape

@@ -21,7 +21,7 @@ import numpy as np
 from ..ir import dtypes
 from ..ir.graph import Graph, Node
 from ..ir.quant import QuantSpec
-from ..quant.activations import static_amax
+from .lower_qlinear import check_activations
 from .plan import LoweringError
 
 
@@ -52,7 +52,7 @@ def _pack(node: Node, q: np.ndarray) -> tuple[np.ndarray, int, int]:
     lo, hi = int(q.min(initial=0)), int(q.max(initial=0))
     k = q.shape[0]
     for bits in (2, 4):
-        offset = 0 if lo >= 0 else 1 << (bits - 1) if bits == 4 else 1
+        offset = 0 if lo >= 0 else 1 << (bits - 1)
         if hi + offset < (1 << bits) and lo + offset >= 0 and k % (8 // bits) == 0 and \
                 int(node.attrs.get("bits", 8)) <= bits:
             per = 8 // bits
@@ -71,15 +71,8 @@ def lower_qlinear_gpu(g: Graph) -> list[dict]:
         if node.op_id != "qcompile.QLinear":
             new_nodes.append(node)
             continue
-        acts = node.attrs.get("activations", "int8")
-        if acts not in ("int8", "int8-static"):
-            raise LoweringError(f"QLinear with {acts} activations has no GPU kernel (only int8, per token or static)",
-                                node=node.name, op=node.op_id)
-        amax = float(static_amax(node.attrs.get("act_amax"))) if acts == "int8-static" else None
+        amax = check_activations(g, node, "GPU")
         x = g.values[node.inputs[0]]
-        if x.shape is None or len(x.shape) < 2 or not isinstance(x.shape[-1], int):
-            raise LoweringError(f"the activations must be [rows..., K] with K known at build time, got "
-                                f"{list(x.shape or [])}", node=node.name, op=node.op_id)
         q = g.values[node.inputs[1]].const
         scales = g.values[node.inputs[2]].const if node.input(2) else None
         if scales is None:

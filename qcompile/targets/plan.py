@@ -114,7 +114,7 @@ def _packed_weight(g: Graph, name: str, storage: str, simd_bits: int) -> str:
     return packed
 
 
-def _transposed_weight(g: Graph, name: str, storage: str, simd_bits: int) -> str:
+def _transposed_weight(g: Graph, name: str, storage: str) -> str:
     """W[K, N] -> W[N, K] (the GPU layout: kernels tell it from the panels by its rank)."""
     stored = f"{name}@t.{storage}"
     if stored not in g.values:
@@ -187,7 +187,8 @@ def make_plan(g: Graph, bounds: dict[str, int], simd_bits: int = 512, gpu: bool 
         if is_weight_gemm(g, step):
             step.row_block = GPU_ROW_BLOCK if gpu else GEMM_ROW_BLOCK
             panel_dtype = "bf16" if n.attrs.get("qcompile.precision") == "bf16" else "fp32"
-            step.inputs[1] = (_transposed_weight if gpu else _packed_weight)(g, step.inputs[1], panel_dtype, simd_bits)
+            step.inputs[1] = (_transposed_weight(g, step.inputs[1], panel_dtype) if gpu
+                              else _packed_weight(g, step.inputs[1], panel_dtype, simd_bits))
         steps.append(step)
         for o in n.outputs:
             if o:

@@ -22,6 +22,11 @@ class Preset:
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
+    @property
+    def gpu(self) -> bool:
+        """Kernels for a GPU (plans, schedules and the artifact's toolchain differ)."""
+        return self.tvm_target.get("kind") == "cuda"
+
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("x86_64", "x86-64 with AVX-512 (VNNI, BF16); AMX tiles for prefill where present",

@@ -130,7 +130,7 @@ def open_session(model_path: Path, build_opts, opts: TuneOptions, say: Say = pri
     if preset.status == "planned":
         raise TuneError(f"target {preset.name} is planned but cannot be built yet, so it cannot be tuned",
                         phase="options")
-    if preset.tvm_target.get("kind") == "cuda":
+    if preset.gpu:
         raise TuneError(f"target {preset.name}: GPU schedules come from TVM's dlight rules and cannot be tuned yet",
                         phase="options", hint="qcompile build --target cuda works without tuning")
     if opts.rpc and not opts.device_key:

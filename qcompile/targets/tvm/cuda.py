@@ -1,13 +1,12 @@
 """CUDA device code for a plan's kernels: GPU schedules, CUDA C from TVM, the launch metadata the
 host side needs, and nvcc's verdict (compile only: no GPU is needed).
 
-The first step of the CUDA target (issue 9). What exists: every non-extern kernel gets a GPU
-schedule from TVM's dlight rules (GEMV, low-batch GEMV, GEMM, reductions), or dlight's fallback
-(one thread per output element, recorded as such) where a rule does not apply; TVM emits CUDA C;
-the device kernels' parameter order and launch dims are read from the lowered IR; nvcc compiles
-the source for the preset's architecture with spills reported (artifact/cuda.py); cuda_host.py
-writes the host launchers the executor calls. Not yet: CUDA kernels for the packed quantized
-formats, and GEMM schedules (dlight's Matmul rule fails on our int64 indices: fallback).
+Every kernel gets qcompile's own GPU schedule where dlight has none that fits (attention,
+quantized layers, their row quantization: cuda_attention.py, cuda_qlinear.py), else the first
+dlight rule that applies (Matmul, GEMV, low-batch GEMV, reductions), else dlight's fallback (one
+thread per output element, recorded as such). TVM emits CUDA C; the device kernels' parameter
+order and launch dims are read from the lowered IR; cuda_host.py writes the host launchers the
+executor calls; nvcc compiles it all with spills refused (artifact/cuda.py).
 """
 
 from __future__ import annotations
@@ -68,15 +67,17 @@ def schedule(kernels: dict[str, Kernel], target, bounds: dict[str, int] | None =
     thread per output element, is named, never silent)."""
     extern = sorted(k.name for k in kernels.values() if k.kind == "extern")
     if extern:
-        raise LoweringError(f"{len(extern)} kernel(s) call CPU micro-kernels (quantized layers) and have no CUDA "
-                            f"version yet: {', '.join(extern[:5])}", phase="lower",
-                            hint="build fp32 or bf16 (--precision fp32) for the CUDA target for now")
+        raise LoweringError(f"{len(extern)} kernel(s) call CPU micro-kernels, which have no CUDA version: "
+                            f"{', '.join(extern[:5])}", phase="lower",
+                            hint="quantized layers lower through lower_qlinear_gpu for GPU targets; this is a "
+                                 "qcompile bug")
     funcs, rules = {}, {}
+    own_schedules = {"attention": ("attention-rows", lambda f: cuda_attention.schedule(f, bounds or {})),
+                     "qgemm": ("qlinear-warp-per-column", cuda_qlinear.schedule),
+                     "quantize_rows": ("quantize-rows-block", cuda_qlinear.schedule_quantize_rows)}
     for k in kernels.values():
         func, failed = None, []
-        own = {"attention": ("attention-rows", lambda f: cuda_attention.schedule(f, bounds or {})),
-               "qgemm": ("qlinear-warp-per-column", cuda_qlinear.schedule),
-               "quantize_rows": ("quantize-rows-block", cuda_qlinear.schedule_quantize_rows)}.get(k.kind)
+        own = own_schedules.get(k.kind)
         if own:                          # our own GPU schedule, where dlight has none that fits
             try:
                 func = own[1](k.func)
