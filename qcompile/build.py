@@ -66,6 +66,7 @@ class BuildResult:
     steps: int
     seconds: float
     phases: list[tuple[str, float]]
+    finish: str | None = None     # a Metal build off a Mac: the command that makes `library` on one
 
 
 Progress = Callable[[str, str], None]   # (phase, detail)
@@ -86,7 +87,7 @@ def default_bounds(graph, opts: BuildOptions) -> dict[str, int]:
 
 
 def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
-    from .artifact import codegen, link, toolchain
+    from .artifact import codegen, toolchain
     from .targets.tvm.compile import compile_kernels, tvm_version
     from .targets.tvm.host import resolve
 
@@ -101,10 +102,12 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
                             phase="options", hint="`qcompile targets` lists each preset's status; the CPU "
                                                   "presets (native, x86_64, arm64, ...) build today")
     gpu = preset.gpu
-    if gpu:
+    kind = preset.tvm_target["kind"]
+    if kind == "cuda":
         from .artifact import cuda as cuda_tools
         cuda_tools.nvcc()                           # a missing CUDA toolkit fails here too
-    tc = toolchain.for_preset(preset, opts.cc)      # a missing compiler fails here, before hours of work
+    # a missing compiler fails here, before hours of work (Metal: build.sh compiles on a Mac)
+    tc = None if kind == "metal" else toolchain.for_preset(preset, opts.cc)
     start = time.perf_counter()
     phases: list[tuple[str, float]] = []
 
@@ -126,7 +129,10 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     try:
         phase("compile")
         obj = tmp / "kernels.o"
-        if gpu:
+        metal_module = None
+        if kind == "metal":
+            metal_module, schedules, device_record = _compile_metal(kernels, preset, plan.bounds, say)
+        elif gpu:
             schedules, device_record = _compile_cuda(kernels, preset, plan.bounds, tmp, obj, say)
         else:
             device_record = None
@@ -141,20 +147,14 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         (tmp / f"{prefix}_tables.h").write_text(src.tables)
         (tmp / f"{prefix}_exec.c").write_text(src.executor)
         (tmp / "weights.bin").write_bytes(src.weights)
-        (tmp / "weights.S").write_text(codegen.weights_asm(prefix, tmp / "weights.bin", macho=tc.macho))
+        (tmp / "weights.S").write_text(codegen.weights_asm(prefix, tmp / "weights.bin", macho=tc is None or tc.macho))
         phase("link")
-        from .artifact.runtime import RUNTIME_DIR, sources as runtime_sources
-        for rt in runtime_sources():
-            shutil.copy(rt, tmp / rt.name)
-        shutil.copy(Path(runtime_sources()[0]).with_suffix(".h"), tmp / "qc_runtime.h")
+        finish = None
         library = out_dir / f"{prefix}{preset.shared_suffix}"
-        objects = [obj]
-        if qlinear:
-            objects.append(link.compile_object(tmp / "qc_qlinear.o", RUNTIME_DIR / "qc_qlinear.c", tc))
-        link.link_shared(library, objects, [tmp / f"{prefix}_exec.c", tmp / "qc_runtime.c"], [tmp / "weights.S"],
-                         prefix, tc, **(dict(cflags=cuda_tools.executor_flags(), libs=cuda_tools.link_libs())
-                                        if gpu else {}))
-        say("link", f"{library} ({library.stat().st_size / 2**20:.1f} MiB)")
+        if metal_module is not None:
+            finish = _write_metal(metal_module, prefix, tmp, out_dir, say)
+        else:
+            _link(prefix, tmp, obj, qlinear, library, tc, gpu, say)
         header = out_dir / f"{prefix}.h"
         header.write_text(src.header)
         (out_dir / f"{prefix}.plan.json").write_text(json.dumps({name: fmt for name, _, fmt, _ in layers}, indent=2)
@@ -167,7 +167,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         record["quantized_layers"] = qlinear
         record["session"] = dec.manifest() if dec else {"available": False, "why": why_not}
         if device_record:
-            record["cuda"] = device_record
+            record[kind] = device_record
         manifest.write_text(json.dumps(record, indent=2) + "\n")
         if opts.keep_temps:
             keep = out_dir / f"{prefix}_build"
@@ -177,7 +177,57 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         shutil.rmtree(tmp, ignore_errors=True)
     phases.append(("done", time.perf_counter()))
     timing = [(phases[i][0], phases[i + 1][1] - phases[i][1]) for i in range(len(phases) - 1)]
-    return BuildResult(library, header, manifest, len(kernels), len(plan.steps), time.perf_counter() - start, timing)
+    return BuildResult(library, header, manifest, len(kernels), len(plan.steps), time.perf_counter() - start, timing,
+                       finish)
+
+
+def _link(prefix: str, tmp: Path, obj: Path, qlinear, library: Path, tc, gpu: bool, say) -> None:
+    """The kernels' object, the executor, the C runtime and the weights -> one shared library."""
+    from .artifact import cuda as cuda_tools, link
+    from .artifact.runtime import RUNTIME_DIR, sources as runtime_sources
+    for rt in runtime_sources():
+        shutil.copy(rt, tmp / rt.name)
+    shutil.copy(Path(runtime_sources()[0]).with_suffix(".h"), tmp / "qc_runtime.h")
+    objects = [obj]
+    if qlinear and not gpu:
+        objects.append(link.compile_object(tmp / "qc_qlinear.o", RUNTIME_DIR / "qc_qlinear.c", tc))
+    link.link_shared(library, objects, [tmp / f"{prefix}_exec.c", tmp / "qc_runtime.c"], [tmp / "weights.S"],
+                     prefix, tc, **(dict(cflags=cuda_tools.executor_flags(), libs=cuda_tools.link_libs())
+                                    if gpu else {}))
+    say("link", f"{library} ({library.stat().st_size / 2**20:.1f} MiB)")
+
+
+def _compile_metal(kernels, preset, bounds, say):
+    """TVM's MSL for every kernel and the launchers that dispatch it; (module, kernel -> schedule,
+    the manifest's `metal` record)."""
+    from .targets.tvm import metal
+    say("compile", f"scheduling {len(kernels)} kernels for Metal (Apple GPU family 7+)")
+    module = metal.lower(kernels, preset, bounds)
+    for name, why in module.rules.items():
+        if why.startswith("dlight.Fallback ("):
+            say("compile", f"{name} ({kernels[name].kind}) runs dlight's fallback schedule, one thread per output: "
+                           f"{why[len('dlight.Fallback ('):-1]}")
+    say("compile", f"MSL: {len(module.kernels)} kernels")
+    from .artifact.metal import MSL_STD
+    record = {"msl": MSL_STD, "device_kernels": [{"name": k.name, "kernel": k.host, "launch": k.launch}
+                                                              for k in module.kernels]}
+    return module, dict(module.rules), record
+
+
+def _write_metal(module, prefix: str, tmp: Path, out_dir: Path, say) -> str | None:
+    """The Metal sources folder; built into the dylib where xcrun exists, else the command that
+    builds it on a Mac (returned)."""
+    from .artifact import metal as metal_artifact
+    folder = out_dir / f"{prefix}_metal"
+    shutil.rmtree(folder, ignore_errors=True)
+    script = metal_artifact.write_folder(folder, prefix, module.source, module.host_source(), tmp)
+    if metal_artifact.xcrun():
+        metal_artifact.finish(script)
+        say("link", f"{out_dir / (prefix + '.dylib')} (xcrun)")
+        return None
+    command = f"sh {script}"
+    say("link", f"{folder}: Metal sources; Apple's Metal compiler runs only on macOS: finish there with `{command}`")
+    return command
 
 
 def _compile_cuda(kernels, preset, bounds, tmp: Path, obj: Path, say) -> tuple[dict[str, str], dict]:

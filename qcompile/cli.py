@@ -335,9 +335,14 @@ def cmd_build(args) -> int:
         elif counter is None or counter.group(1) == counter.group(2) and not detail.startswith("scheduling"):
             print(("\r" if interactive else "") + line + (" " * 10 if interactive else ""), file=sys.stderr)
     result = build(args.model, opts, progress)
-    size = result.library.stat().st_size
-    print(f"built {result.library} ({size / 2**20:.2f} MiB): {result.kernels} kernels for {result.steps} steps, "
-          f"target {args.target}, {result.seconds:.1f}s")
+    if result.finish:     # a Metal build off a Mac: sources, and the command that finishes them there
+        print(f"wrote the Metal sources of {result.library.name}: {result.kernels} kernels for {result.steps} steps, "
+              f"{result.seconds:.1f}s")
+        print(f"  Apple's Metal compiler runs only on macOS; on a Mac, run: {result.finish}")
+    else:
+        size = result.library.stat().st_size
+        print(f"built {result.library} ({size / 2**20:.2f} MiB): {result.kernels} kernels for {result.steps} steps, "
+              f"target {args.target}, {result.seconds:.1f}s")
     print("  " + ", ".join(f"{name} {sec:.2f}s" for name, sec in result.phases))
     print(f"  C API: {result.header}; manifest: {result.manifest}")
     return 0

@@ -81,6 +81,7 @@ class Plan:
     weights: list[str] = field(default_factory=list)   # constant values in blob order
     weight_bytes: int = 0
     symbolic: SymValues = field(default_factory=dict)  # vectors of dims known at build time
+    gpu: bool = False              # kernels for a GPU (make_plan's `gpu`)
 
 
 def is_weight_gemm(g: Graph, step: Step) -> bool:
@@ -194,7 +195,7 @@ def make_plan(g: Graph, bounds: dict[str, int], simd_bits: int = 512, gpu: bool 
             if o:
                 storage[o] = Storage("arena")
     steps = _fuse_elementwise(g, steps, storage)
-    plan = Plan(g, steps, storage, sorted(dims.symbols_of(_all_shapes(g))), dict(bounds), symbolic=symbolic)
+    plan = Plan(g, steps, storage, sorted(dims.symbols_of(_all_shapes(g))), dict(bounds), symbolic=symbolic, gpu=gpu)
     _place_weights(plan)
     _plan_arena(plan)
     return plan

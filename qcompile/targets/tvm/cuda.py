@@ -61,18 +61,21 @@ _RULES = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), dl.gpu.Reductio
 _TAIL_RULES = [dl.gpu.GEMV(), dl.gpu.LowBatchGEMV(), *_RULES]
 
 
-def schedule(kernels: dict[str, Kernel], target, bounds: dict[str, int] | None = None
+def schedule(kernels: dict[str, Kernel], target, bounds: dict[str, int] | None = None,
+             shared_scope: str = "shared.dyn", max_shared: int = cuda_attention.MAX_SHARED_BYTES
              ) -> tuple["tvm.IRModule", dict[str, str]]:
-    """A GPU schedule per kernel; kernel -> the dlight rule that scheduled it (the fallback, one
-    thread per output element, is named, never silent)."""
+    """A GPU schedule per kernel (CUDA's and Metal's: `target` tells dlight which, shared_scope
+    and max_shared where attention keeps its scores); kernel -> the dlight rule that scheduled it
+    (the fallback, one thread per output element, is named, never silent)."""
     extern = sorted(k.name for k in kernels.values() if k.kind == "extern")
     if extern:
-        raise LoweringError(f"{len(extern)} kernel(s) call CPU micro-kernels, which have no CUDA version: "
+        raise LoweringError(f"{len(extern)} kernel(s) call CPU micro-kernels, which have no GPU version: "
                             f"{', '.join(extern[:5])}", phase="lower",
                             hint="quantized layers lower through lower_qlinear_gpu for GPU targets; this is a "
                                  "qcompile bug")
     funcs, rules = {}, {}
-    own_schedules = {"attention": ("attention-rows", lambda f: cuda_attention.schedule(f, bounds or {})),
+    own_schedules = {"attention": ("attention-rows", lambda f: cuda_attention.schedule(f, bounds or {}, shared_scope,
+                                                                                   max_shared)),
                      "qgemm": ("qlinear-warp-per-column", cuda_qlinear.schedule),
                      "quantize_rows": ("quantize-rows-block", cuda_qlinear.schedule_quantize_rows)}
     for k in kernels.values():

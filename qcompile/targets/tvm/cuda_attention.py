@@ -36,9 +36,11 @@ def _bound(expr, bounds: dict[str, int]) -> int | None:
     return None
 
 
-def schedule(func, bounds: dict[str, int]):
+def schedule(func, bounds: dict[str, int], scope: str = "shared.dyn", max_bytes: int = MAX_SHARED_BYTES):
     """The scheduled PrimFunc, or None when this kernel is not the chain above (a ValueError says
-    why it cannot be scheduled: a row longer than shared memory holds)."""
+    why it cannot be scheduled: a row longer than shared memory holds). scope: where the row of
+    scores lives, "shared.dyn" (CUDA: sized at launch) or "shared" (Metal: the static size
+    te_ops.attention's max_keys gives it)."""
     sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
     names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     if not set(STAGES) <= set(names) or names[-1] != "attn":
@@ -54,8 +56,8 @@ def schedule(func, bounds: dict[str, int]):
     threads = int(head_dim.value)
     dot = sch.get_sblock("dot")
     keys = _bound(sch.get(sch.get_loops(dot)[-2]).extent, bounds)
-    if keys is None or 4 * keys > MAX_SHARED_BYTES:
-        raise ValueError(f"rows of up to {keys} keys do not fit in shared memory ({MAX_SHARED_BYTES} bytes); "
+    if keys is None or 4 * keys > max_bytes:
+        raise ValueError(f"rows of up to {keys} keys do not fit in shared memory ({max_bytes} bytes); "
                          f"long rows need a split-K attention (not yet)")
     row = sch.fuse(*rows)
     sch.bind(row, "blockIdx.x")
@@ -65,7 +67,7 @@ def schedule(func, bounds: dict[str, int]):
     t = sch.get_loops(dot)[-2]
     _, ti = sch.split(t, [None, threads])
     sch.bind(ti, "threadIdx.x")
-    sch.set_scope(dot, 0, "shared.dyn")
+    sch.set_scope(dot, 0, scope)
     partial = sch.cache_write(dot, 0, "local")     # q.k summed in a register, stored once
     sch.reverse_compute_at(partial, ti)
     for name in ("mx", "total"):

@@ -105,6 +105,21 @@ class _Emitter:
         self.handles[buf.name] = local
 
     def launch(self, call, device_params) -> None:
+        kernel, args, grid, block, shared = self.launch_dims(call, device_params)
+        self.kernels.append(kernel)
+        self.body += [
+            "{",
+            f"  const int64_t g[3] = {{{', '.join(grid)}}}, b[3] = {{{', '.join(block)}}};",
+            "  if (g[0] > 0 && g[1] > 0 && g[2] > 0) {",
+            f"    QC_LAUNCH({kernel}, dim3((unsigned)g[0], (unsigned)g[1], (unsigned)g[2]), "
+            f"dim3((unsigned)b[0], (unsigned)b[1], (unsigned)b[2]), (size_t)({shared}), {', '.join(args)});",
+            f'    if (qc_launch_failed("{kernel}", g, b)) {{ status = -1; goto done; }}',
+            "  }",
+            "}",
+        ]
+
+    def launch_dims(self, call, device_params):
+        """(device kernel, its arguments as C, grid dims, block dims, dynamic shared bytes)."""
         kernel = call.args[0].value
         rest = list(call.args[1:])
         n = len(device_params[kernel])
@@ -120,17 +135,7 @@ class _Emitter:
                 shared = c
             else:
                 raise self._bug(f"launch parameter '{tag}' is not supported")
-        self.kernels.append(kernel)
-        self.body += [
-            "{",
-            f"  const int64_t g[3] = {{{', '.join(grid)}}}, b[3] = {{{', '.join(block)}}};",
-            "  if (g[0] > 0 && g[1] > 0 && g[2] > 0) {",
-            f"    QC_LAUNCH({kernel}, dim3((unsigned)g[0], (unsigned)g[1], (unsigned)g[2]), "
-            f"dim3((unsigned)b[0], (unsigned)b[1], (unsigned)b[2]), (size_t)({shared}), {', '.join(args)});",
-            f'    if (qc_launch_failed("{kernel}", g, b)) {{ status = -1; goto done; }}',
-            "  }",
-            "}",
-        ]
+        return kernel, args, grid, block, shared
 
 
 def _is_data(e) -> bool:
@@ -176,7 +181,7 @@ def _walk(stmt, em: _Emitter, device_params, launches_allowed=True):
         raise em._bug(f"its host code has a {type(stmt).__name__}, which the CUDA launcher does not translate")
 
 
-def launcher(name: str, original, host_func, device_params: dict[str, list]) -> Launcher:
+def launcher(name: str, original, host_func, device_params: dict[str, list], emitter=_Emitter) -> Launcher:
     """`original`: the kernel's PrimFunc as the executor calls it (DLTensors, then int64 scalars);
     `host_func`: its host half after TVM's split; device_params: __global__ name -> parameters."""
     known, handles = {}, {}
@@ -189,7 +194,7 @@ def launcher(name: str, original, host_func, device_params: dict[str, list]) -> 
                     known[extent.name] = f"{tensor}->shape[{d}]"
         else:
             known[p.name] = f"args[{i}].v_int64"
-    em = _Emitter(name, known, handles)
+    em = emitter(name, known, handles)
     _walk(host_func.body, em, device_params)
     if not em.kernels:
         raise em._bug("its host code launches no device kernel")

@@ -214,7 +214,11 @@ def _make_kernel(plan: Plan, step: Step, name: str) -> Kernel:
         data = list(operands)
         while data and data[-1] is None:
             data.pop()
-        if style == "plain":
+        if n.op_id == "qcompile.Attention" and plan.gpu:
+            # a GPU keeps a row's scores on chip: a static size (Metal has no other), the plan's bound
+            keys = dims.upper_bound(g.values[step.inputs[1]].shape[2], plan.bounds)
+            outs = builder(n, data, out_shapes, out_dtypes, max_keys=keys)
+        elif style == "plain":
             outs = builder(n, data, out_shapes, out_dtypes)
         elif style == "consts":
             outs = builder(n, [data[0]], out_shapes, out_dtypes, consts)

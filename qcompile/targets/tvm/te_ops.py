@@ -357,9 +357,11 @@ def rotary(node, ins, out_shapes, out_dtypes):
     return [te.compute(shape, f, name="rotary")]
 
 
-def attention(node, ins, out_shapes, out_dtypes):
+def attention(node, ins, out_shapes, out_dtypes, max_keys: int | None = None):
     """qcompile.Attention: softmax(q kᵀ · scale + mask) v per row (b, h, s); query head h reads
-    key/value head h // group, so grouped-query K/V are never expanded."""
+    key/value head h // group, so grouped-query K/V are never expanded. max_keys: the key count's
+    bound, which sizes the row of scores statically (min(keys, max_keys): the same at run time,
+    where the executor refuses longer rows)."""
     q, k, v = ins[:3]
     mask = bcast(ins[3], out_shapes[0][:3] + [k.shape[2]]) if len(ins) > 3 and ins[3] is not None else None
     group = int(q.shape[1]) // int(k.shape[1])
@@ -367,7 +369,8 @@ def attention(node, ins, out_shapes, out_dtypes):
     d = te.reduce_axis((0, q.shape[3]), name="d")
     rows = out_shapes[0][:3]
 
-    dot = te.compute(rows + [t_len], lambda b, h, s, t: te.sum(q[b, h, s, d] * k[b, h // group, t, d], axis=d),
+    dot_len = tirx.min(t_len, tirx.IntImm(str(t_len.ty), max_keys)) if max_keys and not isinstance(t_len, int) else t_len
+    dot = te.compute(rows + [dot_len], lambda b, h, s, t: te.sum(q[b, h, s, d] * k[b, h // group, t, d], axis=d),
                      name="dot")
     score = te.compute(rows + [t_len], lambda b, h, s, t: dot[b, h, s, t] * scale + mask(b, h, s, t) if mask
                        else dot[b, h, s, t] * scale, name="score")

@@ -1,0 +1,103 @@
+"""The Metal artifact: a folder with everything a Mac needs to make the model's one dylib.
+
+Apple's Metal compiler exists only on macOS (and Windows), so a Metal build writes a folder of
+sources: the kernels' MSL (kernels.metal), their launchers (kernels_host.mm), the Metal runtime
+(qc_metal.mm, Objective-C++), the executor and C runtime shared with every target, the weights and
+the headers they include, and build.sh. build.sh compiles the MSL into a metallib, embeds it and
+the weights in the library (assembler .incbin, as the other targets embed weights) and links
+`<prefix>.dylib` against Metal.framework; apps then need nothing else. Where `xcrun` exists,
+`qcompile build` runs build.sh itself; elsewhere it says so and prints the command.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..errors import QCompileError
+from .runtime import RUNTIME_DIR
+
+MSL_STD = "metal3.1"          # bfloat (bf16 weights) needs MSL 3.1: macOS 14, iOS 17
+MACOS_MIN = "14.0"
+SOURCES = ("kernels.metal", "kernels_host.mm", "qc_metal.mm", "qc_metal.h", "qc_runtime.c", "qc_runtime.h",
+           "weights.bin", "weights.S", "metallib.S", "build.sh")
+
+
+class MetalBuildError(QCompileError):
+    phase = "link"
+
+
+def xcrun() -> str | None:
+    """Apple's tool runner, on a Mac with the Xcode command-line tools."""
+    return shutil.which("xcrun") if platform.system() == "Darwin" else None
+
+
+def metallib_asm(prefix: str) -> str:
+    """Mach-O assembly embedding <prefix>.metallib between two hidden symbols (its size is their
+    difference)."""
+    return (f"  .section __TEXT,__const\n  .p2align 4\n  .globl _{prefix}_metallib\n  .private_extern _{prefix}_metallib\n"
+            f"  .globl _{prefix}_metallib_end\n  .private_extern _{prefix}_metallib_end\n"
+            f'_{prefix}_metallib:\n  .incbin "{prefix}.metallib"\n_{prefix}_metallib_end:\n')
+
+
+def build_script(prefix: str) -> str:
+    library = f"{prefix}.dylib"
+    return f"""#!/bin/sh
+# Finishes the Metal build of '{prefix}' on macOS (Xcode or its command-line tools):
+#   the MSL -> {prefix}.metallib, then {prefix}.metallib, the weights, the launchers, the
+#   Metal runtime and the executor -> ../{library} (arm64, macOS {MACOS_MIN}+, Apple GPU family 7+).
+set -eu
+cd "$(dirname "$0")"
+SDK=${{SDK:-macosx}}
+xcrun -sdk "$SDK" metal -std={MSL_STD} -O3 -Wall -c kernels.metal -o kernels.air
+xcrun -sdk "$SDK" metallib kernels.air -o {prefix}.metallib
+CFLAGS="-arch arm64 -mmacosx-version-min={MACOS_MIN} -O2 -fPIC -fvisibility=hidden -DQC_METAL -I. -Iinclude"
+xcrun -sdk "$SDK" clang $CFLAGS -std=gnu11 -c {prefix}_exec.c -o exec.o
+xcrun -sdk "$SDK" clang $CFLAGS -std=gnu11 -c qc_runtime.c -o qc_runtime.o
+xcrun -sdk "$SDK" clang++ $CFLAGS -std=c++17 -fobjc-arc -c kernels_host.mm -o kernels_host.o
+xcrun -sdk "$SDK" clang++ $CFLAGS -std=c++17 -fobjc-arc -c qc_metal.mm -o qc_metal.o
+xcrun -sdk "$SDK" clang $CFLAGS -c weights.S -o weights.o
+xcrun -sdk "$SDK" clang $CFLAGS -c metallib.S -o metallib.o
+printf '_{prefix}_*\\n' > exports.txt
+xcrun -sdk "$SDK" clang++ -arch arm64 -mmacosx-version-min={MACOS_MIN} -dynamiclib \\
+  -Wl,-exported_symbols_list,exports.txt -install_name @rpath/{library} \\
+  exec.o qc_runtime.o kernels_host.o qc_metal.o weights.o metallib.o \\
+  -framework Metal -framework Foundation -o ../{library}
+echo "built $(cd .. && pwd)/{library}"
+"""
+
+
+def write_folder(folder: Path, prefix: str, kernels_metal: str, kernels_host: str, build_files: Path) -> Path:
+    """The sources folder: `build_files` holds the generated executor, tables and weights (the
+    build's temporary folder); returns build.sh."""
+    import tvm_ffi  # the FFI's C header, which the executor and launchers include
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kernels.metal").write_text(kernels_metal)
+    (folder / "kernels_host.mm").write_text(kernels_host)
+    for name in ("qc_metal.mm", "qc_metal.h", "qc_runtime.c", "qc_runtime.h"):
+        shutil.copy(RUNTIME_DIR / name, folder / name)
+    for name in (f"{prefix}.h", f"{prefix}_config.h", f"{prefix}_tables.h", f"{prefix}_exec.c", "weights.bin",
+                 "weights.S"):
+        shutil.copy(build_files / name, folder / name)
+    (folder / "metallib.S").write_text(metallib_asm(prefix))
+    include = Path(os.path.dirname(tvm_ffi.__file__)) / "include"
+    for header in ("tvm/ffi/c_api.h", "dlpack/dlpack.h"):
+        (folder / "include" / header).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(include / header, folder / "include" / header)
+    script = folder / "build.sh"
+    script.write_text(build_script(prefix))
+    script.chmod(0o755)
+    return script
+
+
+def finish(script: Path) -> None:
+    """Runs build.sh (on a Mac)."""
+    proc = subprocess.run(["sh", str(script)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise MetalBuildError(f"{script} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr).strip()[-4000:]}",
+                              hint="the Xcode command-line tools (xcode-select --install) provide xcrun, metal and "
+                                   "metallib; Apple GPU family 7+ needs macOS 14 for MSL 3.1")
