@@ -103,8 +103,10 @@ EPILOG = "Docs and issues: see README.md. Exit status: 0 ok, 1 a qcompile error 
 
 def _quant_arguments(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("quantization")
-    q.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "int4", "ternary", "mixed", "auto"],
-                   help="weight precision policy: fp32; bf16 (weights stored bf16, computed fp32); int8, int4, "
+    q.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8", "int4", "ternary", "mixed",
+                                                                       "auto"],
+                   help="weight precision policy: fp32; bf16 or fp16 (weights stored in 16 bits, computed fp32; "
+                        "fp16 is the GPUs' native half, bf16 keeps fp32's range); int8, int4, "
                         "ternary; mixed (embeddings and LM head bf16, middle layers int4 or ternary); auto (per "
                         "layer, the cheapest of ternary < int4 < int8 < bf16 within --budget, measured on "
                         "--calibrate data) (default: %(default)s)")

@@ -153,33 +153,35 @@ def test_native_target_names_the_host_cpu(workdir, rng):
     assert_close(qcompile.load(result.library)(**feeds), ort_run(path, feeds))
 
 
-def test_bf16_weights_match_a_bf16_rounded_reference(workdir, rng):
-    """--precision bf16 stores matmul weights as bf16 and computes in fp32: the numbers equal the
-    fp32 reference run with those weights rounded to bf16, and the weights take half the bytes."""
+@pytest.mark.parametrize("half", ["bf16", "fp16"])
+def test_half_weights_match_a_rounded_reference(workdir, rng, half):
+    """--precision bf16 / fp16 store matmul weights and the embedding in 16 bits and compute in
+    fp32: the numbers equal the fp32 reference run with those weights rounded to that format, and
+    the weights take half the bytes."""
     import ml_dtypes
 
     from qcompile.frontend import load
     from qcompile.ir.interpret import run
     from qcompile.passes import run_pipeline
-    path = workdir / "llama_bf16.onnx"
+    path = workdir / f"llama_{half}.onnx"
     onnx.save(make_llama(LlamaConfig()), str(path))
-    bf16 = build(path, BuildOptions(out_dir=workdir / "bf16", precision="bf16", max_seq_len=32))
-    fp32 = build(path, BuildOptions(out_dir=workdir / "fp32", precision="fp32", max_seq_len=32))
+    built = build(path, BuildOptions(out_dir=workdir / half, precision=half, max_seq_len=32))
+    fp32 = build(path, BuildOptions(out_dir=workdir / f"fp32_{half}", precision="fp32", max_seq_len=32))
     graph, _ = run_pipeline(load(path))
     rounded = 0
-    for n in graph.nodes:       # the bf16 policy rounds every matmul weight and the embedding table
+    for n in graph.nodes:       # the policy rounds every matmul weight and the embedding table
         w = graph.values[n.inputs[1]] if n.op == "MatMul" else graph.values[n.inputs[0]] if n.op == "Gather" else None
         if w is not None and w.const is not None and w.const.ndim == 2:
-            w.const = w.const.astype(ml_dtypes.bfloat16).astype(np.float32)
+            w.const = w.const.astype({"bf16": ml_dtypes.bfloat16, "fp16": np.float16}[half]).astype(np.float32)
             rounded += 1
     assert rounded >= 8
     ids = rng.integers(0, 256, (1, 12)).astype(np.int64)
     expected = run(graph, {"input_ids": ids})["logits"]
-    got = qcompile.load(bf16.library)(input_ids=ids)["logits"]
+    got = qcompile.load(built.library)(input_ids=ids)["logits"]
     assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
     exact = ort_run(path, {"input_ids": ids})["logits"]
-    assert 1e-4 < np.abs(got - exact).max() < 0.05 * np.abs(exact).max()   # bf16 changes the numbers a little
-    sizes = [json.loads(r.manifest.read_text())["weights"]["bytes"] for r in (bf16, fp32)]
+    assert 1e-6 < np.abs(got - exact).max() < 0.05 * np.abs(exact).max()   # rounding changes the numbers a little
+    sizes = [json.loads(r.manifest.read_text())["weights"]["bytes"] for r in (built, fp32)]
     assert sizes[0] < 0.75 * sizes[1]
 
 

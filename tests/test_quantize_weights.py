@@ -93,3 +93,20 @@ def test_ternary_valued_weights_are_kept_losslessly(rng):
     ids = rng.integers(0, CFG.vocab_size, (1, 7)).astype(np.int64)
     a, b = run(graph, {"input_ids": ids})["logits"], run(fp32, {"input_ids": ids})["logits"]
     assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+
+
+def test_fp16_rounds_every_weight_and_refuses_one_past_its_range():
+    fp32, graph, report = prepared("fp16")
+    assert {fmt for _, fmt in report} == {"fp16"} and len(report) >= 8
+    for n in graph.nodes:
+        if n.attrs.get("qcompile.precision") == "fp16":
+            w = graph.values[n.inputs[0 if n.op == "Gather" else 1]].const
+            np.testing.assert_array_equal(w, w.astype(np.float16).astype(np.float32))
+    big = from_proto(make_llama(CFG))
+    graph, _ = run_pipeline(big)
+    head = next(n for n in graph.nodes if n.op == "MatMul")
+    graph.values[head.inputs[1]].const = graph.values[head.inputs[1]].const * 1e6
+    assign(graph, PrecisionConfig("fp16"))
+    from qcompile.passes.assign_precision import PrecisionError
+    with pytest.raises(PrecisionError, match=rf"(?s)node '{head.name}'.*does not fit fp16 \(at most 65504\).*use bf16"):
+        quantize_weights(graph)

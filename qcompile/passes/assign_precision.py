@@ -4,7 +4,8 @@ A linear layer is a MatMul (or Gemm) whose right operand is a constant 2-D weigh
 a Gather whose table is a constant (an embedding). The decision is written on the node as the
 attribute `qcompile.precision`; quantize_weights acts on it. Policies:
 
-  fp32, bf16, int8, int4, ternary   every linear layer in that format
+  fp32, bf16, fp16, int8, int4,     every linear layer in that format (fp16: IEEE half, which
+  ternary                           GPUs load natively; bf16 keeps fp32's range)
   mixed                             embeddings and the LM head bf16, the other linear layers
                                     int4 (or ternary: middle="ternary"); norms, softmax and
                                     residuals stay fp32 (they are not linear layers)
@@ -28,8 +29,8 @@ from ..errors import QCompileError
 from ..ir.graph import Graph, Node
 
 ATTR = "qcompile.precision"
-POLICIES = ("fp32", "bf16", "int8", "int4", "ternary", "mixed", "auto")
-WEIGHT_FORMATS = ("fp32", "bf16", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g32-asym", "int4-g64-asym",
+POLICIES = ("fp32", "bf16", "fp16", "int8", "int4", "ternary", "mixed", "auto")
+WEIGHT_FORMATS = ("fp32", "bf16", "fp16", "int8", "int4-g32", "int4-g64", "int4-g128", "int4-g32-asym", "int4-g64-asym",
                   "int4-g128-asym", "ternary", "ternary-pc")
 
 
@@ -97,7 +98,7 @@ def _policy_format(cfg: PrecisionConfig, role: str) -> str:
         if role in ("embedding", "lm_head"):
             return "bf16"
         return f"int4-g{cfg.group_size or 128}" if cfg.middle == "int4" else "ternary"
-    if role == "embedding" and cfg.policy not in ("fp32", "bf16"):
+    if role == "embedding" and cfg.policy not in ("fp32", "bf16", "fp16"):
         return "bf16"            # gathers read rows; integer formats buy nothing there yet
     return {"int4": f"int4-g{cfg.group_size or 128}"}.get(cfg.policy, cfg.policy)
 

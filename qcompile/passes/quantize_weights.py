@@ -1,6 +1,7 @@
 """quantize_weights: turn the formats chosen by assign_precision into quantized weights.
 
-  bf16                 the weight is rounded to bf16 (still fp32 in the IR; targets store it as bf16)
+  bf16, fp16           the weight is rounded to bf16 / IEEE half (still fp32 in the IR; targets store
+                       it in 16 bits and widen it in registers)
   int8, int4-*, ternary*   MatMul(x, W) -> qcompile.QLinear(x, q, scales[, zero_points]), q holding
                        logical values with the format's QuantSpec; targets pack q as they need.
                        Activations are quantized int8 per token at run time (attr activations=int8)
@@ -31,6 +32,16 @@ def _round_bf16(w: np.ndarray) -> np.ndarray:
     return bf16_bits_to_float32(float32_to_bf16_bits(w)).astype(np.float32)
 
 
+def _round_fp16(w: np.ndarray) -> np.ndarray:
+    """IEEE half, round to nearest even; a weight past its range is an error, never an inf."""
+    if np.abs(w).max(initial=0.0) > np.finfo(np.float16).max:
+        raise ValueError(f"a weight of magnitude {float(np.abs(w).max()):.3g} does not fit fp16 (at most 65504)")
+    return w.astype(np.float16).astype(np.float32)
+
+
+HALF = {"bf16": _round_bf16, "fp16": _round_fp16}     # formats stored as 16-bit floats, widened in registers
+
+
 def quantize_weights(g: Graph, rounding: str = "rtn", calibration=None,
                      activations: str = "int8",
                      act_ranges: dict[str, float] | None = None) -> list[tuple[str, str]]:
@@ -48,11 +59,15 @@ def quantize_weights(g: Graph, rounding: str = "rtn", calibration=None,
         weight_at = 0 if node.op == "Gather" else 1
         w_value = g.values[node.inputs[weight_at]]
         w = np.asarray(w_value.const, np.float32)
-        if fmt == "bf16":
-            rounded = g.add_const(f"{w_value.name}.bf16", _round_bf16(w))
+        if fmt in HALF:
+            try:
+                rounded = g.add_const(f"{w_value.name}.{fmt}", HALF[fmt](w))
+            except ValueError as exc:
+                raise PrecisionError(str(exc), node=node.name, op=node.op,
+                                     hint="use bf16, which keeps fp32's range") from None
             node.inputs[weight_at] = rounded.name
-            node.attrs[ATTR] = "bf16"          # targets store this weight as bf16
-            report.append((node.name, "bf16"))
+            node.attrs[ATTR] = fmt             # targets store this weight as bf16 / fp16
+            report.append((node.name, fmt))
             continue
         if node.op == "Gemm":
             w = _gemm_as_matmul(g, node, w)
@@ -86,7 +101,7 @@ def _static_ranges(g: Graph, act_ranges: dict[str, float] | None) -> dict[str, f
     out = {}
     for node in g.nodes:
         fmt = node.attrs.get(ATTR)
-        if fmt is None or fmt in ("fp32", "bf16") or node.op not in ("MatMul", "Gemm"):
+        if fmt is None or fmt in ("fp32", *HALF) or node.op not in ("MatMul", "Gemm"):
             continue
         hint = "calibrate (each layer's input absmax or a percentile of it) and pass act_ranges, " \
                "or use activations='int8' (per-token scales at run time)"

@@ -110,7 +110,7 @@ def _packed_weight(g: Graph, name: str, storage: str, simd_bits: int) -> str:
     packed = f"{name}@panels{p}.{storage}"
     if packed not in g.values:
         panels = np.ascontiguousarray(w.reshape(k, n // p, p).transpose(1, 0, 2))
-        dtype = dtypes.BF16 if storage == "bf16" else g.values[name].dtype
+        dtype = _STORED.get(storage, g.values[name].dtype)
         g.add_value(packed, dtype, (n // p, k, p), const=panels.astype(dtype.np_dtype))
     return packed
 
@@ -119,17 +119,20 @@ def _transposed_weight(g: Graph, name: str, storage: str) -> str:
     """W[K, N] -> W[N, K] (the GPU layout: kernels tell it from the panels by its rank)."""
     stored = f"{name}@t.{storage}"
     if stored not in g.values:
-        dtype = dtypes.BF16 if storage == "bf16" else g.values[name].dtype
+        dtype = _STORED.get(storage, g.values[name].dtype)
         g.add_value(stored, dtype, tuple(reversed(g.values[name].shape)),
                     const=np.ascontiguousarray(g.values[name].const.T).astype(dtype.np_dtype))
     return stored
 
 
-def _bf16_table(g: Graph, name: str) -> str:
-    stored = f"{name}@bf16"
+_STORED = {"bf16": dtypes.BF16, "fp16": dtypes.FP16}    # 16-bit storage of weights rounded to it
+
+
+def _half_table(g: Graph, name: str, storage: str) -> str:
+    stored = f"{name}@{storage}"
     if stored not in g.values:
         v = g.values[name]
-        g.add_value(stored, dtypes.BF16, v.shape, const=np.asarray(v.const).astype(dtypes.BF16.np_dtype))
+        g.add_value(stored, _STORED[storage], v.shape, const=np.asarray(v.const).astype(_STORED[storage].np_dtype))
     return stored
 
 
@@ -149,8 +152,8 @@ def _align(n: int) -> int:
 
 
 def make_plan(g: Graph, bounds: dict[str, int], simd_bits: int = 512, gpu: bool = False) -> Plan:
-    """GEMM weight panels are stored as the node's `qcompile.precision` says: bf16 (widened to
-    fp32 in registers) or fp32, in panels as wide as the target's registers hold (simd_bits).
+    """GEMM weight panels are stored as the node's `qcompile.precision` says: bf16 or fp16
+    (widened to fp32 in registers) or fp32, in panels as wide as the target's registers hold (simd_bits).
     gpu: weights transposed to W[N, K] instead (a warp reads one output's K contiguously), rows
     split into blocks of GPU_ROW_BLOCK (a tiled GEMM) and the rest (a low-batch GEMV: decode)."""
     symbolic: SymValues = {}
@@ -182,12 +185,12 @@ def make_plan(g: Graph, bounds: dict[str, int], simd_bits: int = 512, gpu: bool 
             elif name not in data:         # an operand read twice is passed once
                 data.append(name)
         step = Step(n, data, [o for o in n.outputs if o], inline)
-        if n.op == "Gather" and n.attrs.get("qcompile.precision") == "bf16" and step.inputs[:1] == n.inputs[:1] \
-                and g.values[n.inputs[0]].const is not None:
-            step.inputs[0] = step.stored[n.inputs[0]] = _bf16_table(g, n.inputs[0])   # widened as rows are read
+        half = n.attrs.get("qcompile.precision") if n.attrs.get("qcompile.precision") in _STORED else None
+        if n.op == "Gather" and half and step.inputs[:1] == n.inputs[:1] and g.values[n.inputs[0]].const is not None:
+            step.inputs[0] = step.stored[n.inputs[0]] = _half_table(g, n.inputs[0], half)   # widened as rows are read
         if is_weight_gemm(g, step):
             step.row_block = GPU_ROW_BLOCK if gpu else GEMM_ROW_BLOCK
-            panel_dtype = "bf16" if n.attrs.get("qcompile.precision") == "bf16" else "fp32"
+            panel_dtype = half or "fp32"
             step.inputs[1] = (_transposed_weight(g, step.inputs[1], panel_dtype) if gpu
                               else _packed_weight(g, step.inputs[1], panel_dtype, simd_bits))
         steps.append(step)
