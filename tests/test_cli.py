@@ -113,11 +113,25 @@ def test_build_and_run_with_relative_paths(tmp_path):
     assert bad.returncode == 1 and "unknown symbolic dims: nope" in bad.stderr
 
 
-@pytest.mark.parametrize("target", ["metal"])
-def test_a_planned_target_is_refused_before_any_work(tmp_path, target):
+def test_a_planned_target_is_refused_before_any_work(tmp_path, monkeypatch):
+    import dataclasses
+
+    from qcompile.build import BuildOptions, QCompileError, build
+    from qcompile.targets import presets
     from qcompile.zoo import make_mlp
     onnx.save(make_mlp(), str(tmp_path / "mlp.onnx"))
-    proc = qcompile("build", str(tmp_path / "mlp.onnx"), "--target", target, "-o", str(tmp_path / "out"), check=False)
-    assert proc.returncode == 1
-    assert f"[options] target {target} " in proc.stderr and "planned but cannot be built yet" in proc.stderr
+    monkeypatch.setitem(presets.PRESETS, "riscv", dataclasses.replace(presets.PRESETS["x86_64"], name="riscv",
+                                                                        summary="RISC-V", status="planned"))
+    with pytest.raises(QCompileError, match=r"\[options\] target riscv .*planned but cannot be built yet"):
+        build(tmp_path / "mlp.onnx", BuildOptions(target="riscv", out_dir=tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_metal_build_off_a_mac_says_how_to_finish_it(tmp_path):
+    from qcompile.zoo import make_mlp
+    onnx.save(make_mlp(), str(tmp_path / "mlp.onnx"))
+    proc = qcompile("build", str(tmp_path / "mlp.onnx"), "--target", "metal", "-o", str(tmp_path / "out"))
+    folder = tmp_path / "out" / "mlp_metal"
+    assert "Apple's Metal compiler runs only on macOS; on a Mac, run: sh " + str(folder / "build.sh") in proc.stdout
+    assert (folder / "kernels.metal").exists() and not (tmp_path / "out" / "mlp.dylib").exists()
+
