@@ -21,7 +21,7 @@ from qcompile.artifact.runtime import RUNTIME_DIR
 from qcompile.build import BuildOptions, build, front
 from qcompile.targets.presets import get_preset
 from qcompile.targets.tvm import metal
-from qcompile.zoo import LlamaConfig, make_llama, make_mlp
+from qcompile.zoo import LlamaConfig, make_llama
 
 STANDIN = Path(__file__).resolve().parents[1] / "qcompile" / "testing" / "metal_shim" / "objc"
 needs_clang = pytest.mark.skipif(shutil.which("clang++") is None, reason="parsing Objective-C++ needs clang++")

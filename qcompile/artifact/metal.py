@@ -20,8 +20,8 @@ from pathlib import Path
 from ..errors import QCompileError
 from .runtime import RUNTIME_DIR
 
-MSL_STD = "metal3.1"          # bfloat (bf16 weights) needs MSL 3.1: macOS 14, iOS 17
-MACOS_MIN = "14.0"
+MSL_STD = "metal3.0"          # TVM writes bf16 as ushort bit operations: no MSL bfloat needed
+MACOS_MIN = "13.0"
 SOURCES = ("kernels.metal", "kernels_host.mm", "qc_metal.mm", "qc_metal.h", "qc_runtime.c", "qc_runtime.h",
            "weights.bin", "weights.S", "metallib.S", "build.sh")
 
@@ -38,7 +38,8 @@ def xcrun() -> str | None:
 def metallib_asm(prefix: str) -> str:
     """Mach-O assembly embedding <prefix>.metallib between two hidden symbols (its size is their
     difference)."""
-    return (f"  .section __TEXT,__const\n  .p2align 4\n  .globl _{prefix}_metallib\n  .private_extern _{prefix}_metallib\n"
+    return (f"  .section __TEXT,__const\n  .p2align 4\n"
+            f"  .globl _{prefix}_metallib\n  .private_extern _{prefix}_metallib\n"
             f"  .globl _{prefix}_metallib_end\n  .private_extern _{prefix}_metallib_end\n"
             f'_{prefix}_metallib:\n  .incbin "{prefix}.metallib"\n_{prefix}_metallib_end:\n')
 
@@ -98,6 +99,7 @@ def finish(script: Path) -> None:
     """Runs build.sh (on a Mac)."""
     proc = subprocess.run(["sh", str(script)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise MetalBuildError(f"{script} failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr).strip()[-4000:]}",
+        log = (proc.stdout + proc.stderr).strip()[-4000:]
+        raise MetalBuildError(f"{script} failed (exit {proc.returncode}):\n{log}",
                               hint="the Xcode command-line tools (xcode-select --install) provide xcrun, metal and "
-                                   "metallib; Apple GPU family 7+ needs macOS 14 for MSL 3.1")
+                                   "metallib (macOS 13 or later)")

@@ -59,7 +59,8 @@ def lower(kernels: dict[str, Kernel], preset, bounds: dict[str, int] | None = No
                             phase="compile") from exc
     device = cuda.device_kernels(devices, {})
     index = {k.name: i for i, k in enumerate(device)}
-    types = {k.name: ["handle" if isinstance(p.ty, tvm.ir.PointerType) else str(p.ty) for p in k.param_vars] for k in device}
+    types = {k.name: ["handle" if isinstance(p.ty, tvm.ir.PointerType) else str(p.ty) for p in k.param_vars]
+             for k in device}
     params = {k.name: k.param_vars for k in device}
     launchers = [cuda_host.launcher(gv.name_hint, kernels[gv.name_hint].func, fn, params,
                                     emitter=lambda *a: metal_host.MetalEmitter(*a, index, types))
@@ -71,8 +72,8 @@ def lower(kernels: dict[str, Kernel], preset, bounds: dict[str, int] | None = No
     return MetalModule(source, device, rules, sorted(launchers, key=lambda ln: ln.name))
 
 
-_PREAMBLE = re.compile(r"^#include <[\w.]+>\n|^using namespace metal;\n|^union __TVMArgUnion \{\n int v_int\[2\];\n\};\n",
-                       re.M)
+_PREAMBLE = re.compile(r"^#include <[\w.]+>\n|^using namespace metal;\n"
+                       r"|^union __TVMArgUnion \{\n int v_int\[2\];\n\};\n", re.M)
 
 
 def one_file(source: str) -> str:

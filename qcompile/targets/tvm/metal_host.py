@@ -47,19 +47,32 @@ class MetalEmitter(cuda_host._Emitter):
         buffers = [a for a, t in zip(args, types) if t == "handle"]
         scalars = [(a, t) for a, t in zip(args, types) if t != "handle"]
         self.kernels.append(kernel)
-        fields = " ".join(f"{_C_SCALAR[t]} a{i};" for i, (_, t) in enumerate(scalars))
+        # TVM's struct gives every scalar 8 bytes: a 32-bit one is `int n[2]`, read as n[0]
+        fields = " ".join(f"{_C_SCALAR[t]} a{i}{'' if _bits(t) == 64 else '[2]'};" for i, (_, t) in enumerate(scalars))
         self.body += [
             "{",
             f"  const int64_t g[3] = {{{', '.join(grid)}}}, b[3] = {{{', '.join(block)}}};",
             "  if (g[0] > 0 && g[1] > 0 && g[2] > 0) {",
             f"    void* const buffers[{max(len(buffers), 1)}] = {{{', '.join(buffers) or 'NULL'}}};",
-            *([f"    const struct {{ {fields} }} scalars = {{{', '.join(f'({_C_SCALAR[t]})({a})' for a, t in scalars)}}};"]
+            *([f"    const struct {{ {fields} }} scalars = {{{', '.join(_init(a, t) for a, t in scalars)}}};"]
               if scalars else []),
             f"    if (qc_metal_dispatch({self.kernel_index[kernel]} /* {kernel} */, g, b, {len(buffers)}, buffers, "
-            f"{'&scalars, sizeof scalars' if scalars else 'NULL, 0'})) {{ status = qc_fail(qc_metal_error()); goto done; }}",
+            f"{'&scalars, sizeof scalars' if scalars else 'NULL, 0'})) "
+            "{ status = qc_fail(qc_metal_error()); goto done; }",
             "  }",
             "}",
         ]
+
+
+def _bits(dtype: str) -> int:
+    return tvm.runtime.DataType(dtype).bits
+
+
+def _init(value: str, dtype: str) -> str:
+    cast = f"({_C_SCALAR[dtype]})({value})"
+    if _bits(dtype) > 64 or (_bits(dtype) < 32 and dtype != "bool"):
+        raise NotImplementedError(f"a {dtype} scalar argument")    # TVM passes int64/int32/float32 shape values
+    return cast if _bits(dtype) == 64 else f"{{{cast}, 0}}"
 
 
 PRELUDE = r"""

@@ -1,5 +1,6 @@
-/* The CPU shim's runtime: the block scheduler behind QC_LAUNCH (fibers, checked barriers, warp
- * exchanges) and the host API of cuda_runtime_api.h over host memory. See cuda_shim.h. */
+/* The CPU shim's runtime: the block scheduler behind QC_LAUNCH and Metal's dispatches (qc_shim.h:
+ * fibers, checked barriers, warp exchanges) and the host API of cuda_runtime_api.h over host
+ * memory. See cuda_shim.h. */
 /* Fibers switch with _setjmp/_longjmp between stacks, which fortified longjmp refuses. */
 #undef _FORTIFY_SOURCE
 #include "cuda_shim.h"
@@ -21,6 +22,8 @@ constexpr size_t kDynSharedBytes = 48 << 10;
 thread_local alignas(64) unsigned char qc_shim_dyn_shared[kDynSharedBytes];
 
 namespace qc_shim {
+Names names = {"cuda shim", "__syncthreads()"};
+
 namespace {
 
 constexpr int kMaxThreads = 1024;
@@ -57,7 +60,8 @@ cudaError_t last_error = cudaSuccess;
 std::mutex launch_mutex;     /* these globals allow one launch at a time */
 
 [[noreturn]] void die(const char* fmt, ...) {
-  std::fprintf(stderr, "cuda shim: kernel %s, block (%u,%u,%u): ", kernel_name, blockIdx.x, blockIdx.y, blockIdx.z);
+  std::fprintf(stderr, "%s: kernel %s, block (%u,%u,%u): ", names.shim, kernel_name, blockIdx.x, blockIdx.y,
+               blockIdx.z);
   va_list ap;
   va_start(ap, fmt);
   std::vfprintf(stderr, fmt, ap);
@@ -123,7 +127,7 @@ Fiber* fiber(int i) {
 }
 
 void wait(State s) {
-  if (!current) die("__syncthreads() or a warp operation called outside a kernel");
+  if (!current) die("%s or a warp operation called outside a kernel", names.barrier);
   current->state = s;
   yield(current);
 }
@@ -180,7 +184,7 @@ bool release_warps(int n) {
       if (!g || !(f->mask >> l & 1) || g->state == kDone || (g->state == kAtWarp && same_site(g, f))) continue;
       die("thread %s waits at a warp operation (%s:%d, mask 0x%08x) that thread %s of its warp does not reach: it "
           "waits at %s (%s:%d)", name(f), f->file, f->line, f->mask, name(g),
-          g->state == kAtBarrier ? "__syncthreads()" : "another warp operation", g->file, g->line);
+          g->state == kAtBarrier ? names.barrier : "another warp operation", g->file, g->line);
     }
   }
   die("the block cannot proceed (a shim bug)");
@@ -201,14 +205,14 @@ void run_block(int n) {
     }
     if (!at_barrier) return;                 /* every thread returned */
     if (exited)
-      die("thread %s waits at __syncthreads() (%s:%d) but thread %s has returned: a barrier not every thread "
-          "reaches (undefined behaviour in CUDA; a hang or garbage on a GPU)", name(at_barrier), at_barrier->file,
+      die("thread %s waits at %s (%s:%d) but thread %s has returned: a barrier not every thread reaches "
+          "(undefined behaviour; a hang or garbage on a GPU)", name(at_barrier), names.barrier, at_barrier->file,
           at_barrier->line, name(exited));
     for (int i = 0; i < n; ++i)
       if (!same_site(fibers[i], at_barrier))
-        die("threads wait at different __syncthreads(): thread %s at %s:%d, thread %s at %s:%d (divergent barrier; "
-            "a hang or garbage on a GPU)", name(at_barrier), at_barrier->file, at_barrier->line, name(fibers[i]),
-            fibers[i]->file, fibers[i]->line);
+        die("threads wait at different %s: thread %s at %s:%d, thread %s at %s:%d (divergent barrier; a hang or "
+            "garbage on a GPU)", names.barrier, name(at_barrier), at_barrier->file, at_barrier->line,
+            name(fibers[i]), fibers[i]->file, fibers[i]->line);
     for (int i = 0; i < n; ++i) fibers[i]->state = kReady;
   }
 }

@@ -30,6 +30,7 @@
 #include <utility>
 
 #include "cuda_runtime_api.h"
+#include "qc_shim.h"
 
 /* ---- qualifiers ---------------------------------------------------------------------------- */
 #define __global__
@@ -48,16 +49,7 @@
 #define __shared__ thread_local
 /* __restrict__ stays: g++ knows it, with the same meaning. */
 
-/* ---- built-in variables and dim3 ----------------------------------------------------------- */
-struct dim3 {
-  unsigned x, y, z;
-  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
-};
-/* Globals, set by the scheduler at each switch into a fiber: the scheduler's state is process-wide
- * and launches are serialized, so per-OS-thread copies would buy nothing and cost a TLS lookup at
- * every use in the kernels. Hidden: each artifact has its own copy. */
-#define QC_SHIM_HIDDEN __attribute__((visibility("hidden")))
-extern QC_SHIM_HIDDEN dim3 threadIdx, blockIdx, blockDim, gridDim;
+/* ---- built-in variables (dim3, threadIdx, ...: qc_shim.h) ------------------------------------- */
 static constexpr int warpSize = 32;
 
 /* ---- vector types (component-wise code only: CUDA defines no operators on them) ------------- */
@@ -213,27 +205,8 @@ template <class T> static inline T atomicCAS(T* p, T compare, T v) {
 static inline void __threadfence() {}
 static inline void __threadfence_block() {}
 
-/* ---- the scheduler (cuda_shim.cpp) ------------------------------------------------------------ */
+/* ---- launches (the scheduler: qc_shim.h, cuda_shim.cpp) -------------------------------------- */
 namespace qc_shim {
-enum WarpOp { kShuffle, kBallot };
-QC_SHIM_HIDDEN void syncthreads(const char* file, int line);
-/* one warp operation: waits for every lane named in `mask`; kShuffle returns lane `src`'s value
- * (the caller's own when `src` is not one of them), kBallot the lanes whose value is non-zero */
-QC_SHIM_HIDDEN uint64_t warp_op(unsigned mask, WarpOp op, uint64_t value, int src, const char* file, int line);
-QC_SHIM_HIDDEN unsigned active_mask();
-QC_SHIM_HIDDEN int lane();
-QC_SHIM_HIDDEN void run(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, void (*body)(void*),
-                        void* ctx);
-
-template <class T> static inline T shuffle(unsigned mask, T v, int src, const char* file, int line) {
-  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8, "warp shuffles move up to 8 bytes");
-  uint64_t bits = 0;
-  std::memcpy(&bits, &v, sizeof(T));
-  bits = warp_op(mask, kShuffle, bits, src, file, line);
-  std::memcpy(&v, &bits, sizeof(T));
-  return v;
-}
-
 /* QC_LAUNCH's target: converts the launcher's arguments to the kernel's parameter types (device
  * pointers arrive as qc_any_ptr) and runs the grid. */
 template <class... P, class... A>
