@@ -45,6 +45,8 @@ def test_a_metal_build_writes_what_a_mac_needs(llama_folder):
                  "include/tvm/ffi/c_api.h", "include/dlpack/dlpack.h"):
         assert (folder / name).is_file(), name
     assert (folder / "llama.h").read_text() == res.header.read_text()
+    assert "xcode-select --install" in (folder / "README.md").read_text()     # the two commands, on a Mac
+    assert "sh llama_metal/build.sh" in (folder / "README.md").read_text()
     manifest = json.loads(res.manifest.read_text())
     assert manifest["target"]["preset"] == "metal"
     kinds = {k["name"]: k["schedule"] for k in manifest["kernels"]}

@@ -374,3 +374,66 @@ def test_what_the_shim_cannot_run_is_named(tmp_path):
     with pytest.raises(MetalShimError, match=r"k\.metal:3: kernel k: parameter 'threadgroup float\* t .*': "
                                              r"qc_metal\.h binds device and constant buffers only"):
         compile_kernels(tmp_path / "k.metal", tmp_path / "k.o")
+
+
+@needs_gxx
+def test_a_launcher_packs_32_and_64_bit_scalars_as_tvm_lays_them_out(tmp_path):
+    """TVM's Metal argument struct gives every scalar 8 bytes (a 32-bit one is `int n[2]`); the
+    launcher's struct must match it (the CPU runtime refuses a dispatch whose argument bytes differ
+    from the kernel's struct; TVM orders them by name): y[i] = x[i] * n + k + z, n and k int32
+    scalars (side by side: with natural alignment a 4-byte field each would be 8 bytes short) and
+    z an int64 one."""
+    from tvm import te, tirx
+
+    from qcompile.artifact.runtime import include_dirs
+    from qcompile.targets.presets import get_preset
+    from qcompile.targets.tvm import metal
+    from qcompile.targets.tvm.kernels import Kernel
+    n, k, z = tirx.Var("n", "int32"), tirx.Var("k", "int32"), tirx.Var("z", "int64")
+    x = te.placeholder((64,), "float32", name="in0")
+    y = te.compute((64,), lambda i: x[i] * n.astype("float32") + (k.astype("int64") + z).astype("float32"), name="y")
+    func = te.create_prim_func([x, y, n, k, z]).with_attr("global_symbol", "scaled")
+    module = metal.lower({"scaled": Kernel("scaled", func, "injective", [])}, get_preset("metal"))
+    (tmp_path / "kernels.metal").write_text(module.source)
+    (tmp_path / "kernels_host.mm").write_text(module.host_source())
+    (tmp_path / "main.cpp").write_text(r'''
+#include <stdio.h>
+#include <string.h>
+#include <tvm/ffi/c_api.h>
+#include "qc_metal.h"
+extern "C" int qc_metal_load_kernels(const void*, size_t);
+extern "C" int __tvm_ffi_scaled(void*, const TVMFFIAny*, int32_t, TVMFFIAny*);
+static const char* raised = "";
+extern "C" void TVMFFIErrorSetRaisedFromCStrParts(const char*, const char** parts, int32_t) { raised = parts[0]; }
+int main() {
+  if (qc_metal_load_kernels(NULL, 0)) { printf("open: %s\n", qc_metal_error()); return 1; }
+  float* x = (float*)qc_metal_alloc(64 * 4);
+  float* y = (float*)qc_metal_alloc(64 * 4);
+  for (int i = 0; i < 64; ++i) x[i] = (float)i;
+  int64_t shape[1] = {64};
+  DLTensor t[2];
+  memset(t, 0, sizeof t);
+  for (int k = 0; k < 2; ++k) { t[k].data = k ? (void*)y : (void*)x; t[k].ndim = 1; t[k].shape = shape;
+                                t[k].dtype.code = kDLFloat; t[k].dtype.bits = 32; t[k].dtype.lanes = 1; }
+  TVMFFIAny args[5], result;
+  memset(args, 0, sizeof args);
+  args[0].type_index = args[1].type_index = kTVMFFIDLTensorPtr;
+  args[0].v_ptr = &t[0]; args[1].v_ptr = &t[1];
+  args[2].type_index = args[3].type_index = args[4].type_index = kTVMFFIInt;
+  args[2].v_int64 = 3; args[3].v_int64 = 20; args[4].v_int64 = 1000;
+  if (qc_metal_begin() || __tvm_ffi_scaled(NULL, args, 5, &result) || qc_metal_end()) {
+    printf("failed: %s %s\n", raised, qc_metal_error()); return 1;
+  }
+  for (int i = 0; i < 64; ++i) printf("%g ", y[i]);
+  return 0;
+}
+''')
+    from qcompile.testing.metal_cpu import _gxx
+    includes = [f"-I{d}" for d in include_dirs()]
+    objects = [compile_kernels(tmp_path / "kernels.metal", tmp_path / "kernels.o"),
+               _gxx(tmp_path / "kernels_host.mm", tmp_path / "host.o", "-x", "c++", *includes),
+               _gxx(tmp_path / "main.cpp", tmp_path / "main.o", *includes), *runtime_objects(tmp_path)]
+    subprocess.run(["g++", *map(str, objects), "-o", str(tmp_path / "main")], check=True)
+    proc = subprocess.run([str(tmp_path / "main")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    np.testing.assert_array_equal(np.array(proc.stdout.split(), np.float32), np.arange(64) * 3 + 1020)

@@ -23,7 +23,7 @@ from .runtime import RUNTIME_DIR
 MSL_STD = "metal3.0"          # TVM writes bf16 as ushort bit operations: no MSL bfloat needed
 MACOS_MIN = "13.0"
 SOURCES = ("kernels.metal", "kernels_host.mm", "qc_metal.mm", "qc_metal.h", "qc_runtime.c", "qc_runtime.h",
-           "weights.bin", "weights.S", "metallib.S", "build.sh")
+           "weights.bin", "weights.S", "metallib.S", "build.sh", "README.md")
 
 
 class MetalBuildError(QCompileError):
@@ -71,6 +71,37 @@ echo "built $(cd .. && pwd)/{library}"
 """
 
 
+def readme(prefix: str) -> str:
+    return f"""# {prefix}: the Metal build, ready to finish on a Mac
+
+Apple's Metal compiler runs only on macOS, so `qcompile build --target metal` wrote this folder
+instead of the library. On a Mac (Apple silicon, macOS {MACOS_MIN} or later), in the folder that holds
+this one:
+
+```
+xcode-select --install        # once: xcrun, the Metal compiler and clang
+sh {prefix}_metal/build.sh    # -> {prefix}.dylib beside this folder
+```
+
+`{prefix}.dylib` then holds everything: the kernels (compiled to a metallib and embedded), the
+Metal runtime, the executor and the weights. Apps include `{prefix}.h` (the C API, also beside
+this folder), link the dylib and call `{prefix}_create` / `{prefix}_run`; no other file is needed
+at run time. It runs on Apple GPUs of family 7 and later (M1, A14 and newer); elsewhere
+`{prefix}_create` fails with the reason.
+
+| file | what it is |
+|---|---|
+| kernels.metal | the kernels' Metal Shading Language, from TVM |
+| kernels_host.mm | the launchers: threadgroups, buffers and arguments of each dispatch |
+| qc_metal.mm, qc_metal.h | the Metal runtime (device, pipelines, buffers, command buffers) |
+| {prefix}_exec.c, {prefix}_tables.h, {prefix}_config.h, {prefix}.h | the executor and its C API |
+| qc_runtime.c, qc_runtime.h | the C runtime (errors, the weights' checksum) |
+| weights.bin, weights.S | the weights, embedded and checksummed at load |
+| metallib.S | embeds {prefix}.metallib, which build.sh makes |
+| include/ | the C headers the executor includes |
+"""
+
+
 def write_folder(folder: Path, prefix: str, kernels_metal: str, kernels_host: str, build_files: Path) -> Path:
     """The sources folder: `build_files` holds the generated executor, tables and weights (the
     build's temporary folder); returns build.sh."""
@@ -89,6 +120,7 @@ def write_folder(folder: Path, prefix: str, kernels_metal: str, kernels_host: st
     for header in ("tvm/ffi/c_api.h", "dlpack/dlpack.h"):
         (folder / "include" / header).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(include / header, folder / "include" / header)
+    (folder / "README.md").write_text(readme(prefix))
     script = folder / "build.sh"
     script.write_text(build_script(prefix))
     script.chmod(0o755)
