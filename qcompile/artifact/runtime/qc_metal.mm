@@ -166,58 +166,64 @@ int qc_metal_owns(const void* p, size_t bytes) {
 }
 
 int qc_metal_begin(void) {
-  if (!device) return fail("qc_metal_begin: Metal is not open");
-  if (current) return fail("qc_metal_begin: a run is already being encoded on this thread");
-  current = new Run();
-  current->commands = [queue commandBuffer];
-  current->encoder = [current->commands computeCommandEncoder];   /* serial: dispatches run in order */
-  current->workspaces = [NSMutableArray array];
-  if (!current->commands || !current->encoder) {
-    delete current;
-    current = nullptr;
-    return fail("creating a Metal command buffer failed");
+  @autoreleasepool {  /* what Metal returns autoreleased is freed per call: callers have no pool */
+    if (!device) return fail("qc_metal_begin: Metal is not open");
+    if (current) return fail("qc_metal_begin: a run is already being encoded on this thread");
+    current = new Run();
+    current->commands = [queue commandBuffer];
+    current->encoder = [current->commands computeCommandEncoder];   /* serial: dispatches run in order */
+    current->workspaces = [NSMutableArray array];
+    if (!current->commands || !current->encoder) {
+      delete current;
+      current = nullptr;
+      return fail("creating a Metal command buffer failed");
+    }
+    return 0;
   }
-  return 0;
 }
 
 int qc_metal_end(void) {
-  if (!current) return fail("qc_metal_end: no run is being encoded on this thread");
-  Run* run = current;
-  current = nullptr;
-  [run->encoder endEncoding];
-  [run->commands commit];
-  [run->commands waitUntilCompleted];
-  int status = 0;
-  if ([run->commands status] == MTLCommandBufferStatusError)
-    status = fail("the Metal command buffer failed: %s", describe([run->commands error]));
-  for (id<MTLBuffer> w in run->workspaces) unregister([w contents]);
-  delete run;
-  return status;
+  @autoreleasepool {  /* what Metal returns autoreleased is freed per call: callers have no pool */
+    if (!current) return fail("qc_metal_end: no run is being encoded on this thread");
+    Run* run = current;
+    current = nullptr;
+    [run->encoder endEncoding];
+    [run->commands commit];
+    [run->commands waitUntilCompleted];
+    int status = 0;
+    if ([run->commands status] == MTLCommandBufferStatusError)
+      status = fail("the Metal command buffer failed: %s", describe([run->commands error]));
+    for (id<MTLBuffer> w in run->workspaces) unregister([w contents]);
+    delete run;
+    return status;
+  }
 }
 
 int qc_metal_dispatch(int kernel, const int64_t grid[3], const int64_t block[3], int num_buffers,
                       void* const* buffers, const void* args, size_t args_bytes) {
-  if (!current) return fail("qc_metal_dispatch: no run is being encoded (qc_metal_begin)");
-  if (kernel < 0 || kernel >= (int)[pipelines count]) return fail("qc_metal_dispatch: no kernel %d", kernel);
-  id<MTLComputePipelineState> pipeline = pipelines[(NSUInteger)kernel];
-  const char* name = [pipeline_names[(NSUInteger)kernel] UTF8String];
-  int64_t threads = block[0] * block[1] * block[2];
-  if (threads <= 0 || threads > (int64_t)[pipeline maxTotalThreadsPerThreadgroup])
-    return fail("kernel %s: a threadgroup of (%lld, %lld, %lld) threads; its pipeline allows at most %lu", name,
-                (long long)block[0], (long long)block[1], (long long)block[2],
-                (unsigned long)[pipeline maxTotalThreadsPerThreadgroup]);
-  [current->encoder setComputePipelineState:pipeline];
-  for (int i = 0; i < num_buffers; ++i) {
-    size_t offset = 0;
-    id<MTLBuffer> buffer = lookup(buffers[i], 1, &offset);
-    if (!buffer)
-      return fail("kernel %s: buffer %d (%p) is not memory from qc_metal_alloc", name, i, buffers[i]);
-    [current->encoder setBuffer:buffer offset:offset atIndex:(NSUInteger)i];
+  @autoreleasepool {  /* what Metal returns autoreleased is freed per call: callers have no pool */
+    if (!current) return fail("qc_metal_dispatch: no run is being encoded (qc_metal_begin)");
+    if (kernel < 0 || kernel >= (int)[pipelines count]) return fail("qc_metal_dispatch: no kernel %d", kernel);
+    id<MTLComputePipelineState> pipeline = pipelines[(NSUInteger)kernel];
+    const char* name = [pipeline_names[(NSUInteger)kernel] UTF8String];
+    int64_t threads = block[0] * block[1] * block[2];
+    if (threads <= 0 || threads > (int64_t)[pipeline maxTotalThreadsPerThreadgroup])
+      return fail("kernel %s: a threadgroup of (%lld, %lld, %lld) threads; its pipeline allows at most %lu", name,
+                  (long long)block[0], (long long)block[1], (long long)block[2],
+                  (unsigned long)[pipeline maxTotalThreadsPerThreadgroup]);
+    [current->encoder setComputePipelineState:pipeline];
+    for (int i = 0; i < num_buffers; ++i) {
+      size_t offset = 0;
+      id<MTLBuffer> buffer = lookup(buffers[i], 1, &offset);
+      if (!buffer)
+        return fail("kernel %s: buffer %d (%p) is not memory from qc_metal_alloc", name, i, buffers[i]);
+      [current->encoder setBuffer:buffer offset:offset atIndex:(NSUInteger)i];
+    }
+    if (args_bytes) [current->encoder setBytes:args length:args_bytes atIndex:(NSUInteger)num_buffers];
+    [current->encoder dispatchThreadgroups:MTLSizeMake((NSUInteger)grid[0], (NSUInteger)grid[1], (NSUInteger)grid[2])
+                     threadsPerThreadgroup:MTLSizeMake((NSUInteger)block[0], (NSUInteger)block[1], (NSUInteger)block[2])];
+    return 0;
   }
-  if (args_bytes) [current->encoder setBytes:args length:args_bytes atIndex:(NSUInteger)num_buffers];
-  [current->encoder dispatchThreadgroups:MTLSizeMake((NSUInteger)grid[0], (NSUInteger)grid[1], (NSUInteger)grid[2])
-                   threadsPerThreadgroup:MTLSizeMake((NSUInteger)block[0], (NSUInteger)block[1], (NSUInteger)block[2])];
-  return 0;
 }
 
 void* qc_metal_workspace(size_t bytes) {
