@@ -121,6 +121,13 @@ done
     steps = [line.split()[2] for line in log.read_text().splitlines()]
     assert steps == ["metal", "metallib", "clang", "clang", "clang++", "clang++", "clang", "clang", "clang++"]
     assert (tmp_path / "llama.dylib").exists() and "-framework Metal" in log.read_text().splitlines()[-1]
+    assert "-mmacosx-version-min=13.0" in log.read_text().splitlines()[-1]
+    log.unlink()
+    proc = subprocess.run(["sh", str(work / "build.sh")], capture_output=True, text=True,     # the iOS build
+                          env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SDK": "iphoneos"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    last = log.read_text().splitlines()[-1]
+    assert last.startswith("-sdk iphoneos clang++") and "-miphoneos-version-min=16.0" in last
 
 
 def test_attention_scores_get_a_static_threadgroup_array(tmp_path):

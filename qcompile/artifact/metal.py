@@ -22,6 +22,7 @@ from .runtime import RUNTIME_DIR
 
 MSL_STD = "metal3.0"          # TVM writes bf16 as ushort bit operations: no MSL bfloat needed
 MACOS_MIN = "13.0"
+IOS_MIN = "16.0"              # MSL 3.0 on both
 SOURCES = ("kernels.metal", "kernels_host.mm", "qc_metal.mm", "qc_metal.h", "qc_runtime.c", "qc_runtime.h",
            "weights.bin", "weights.S", "metallib.S", "build.sh", "README.md")
 
@@ -50,12 +51,17 @@ def build_script(prefix: str) -> str:
 # Finishes the Metal build of '{prefix}' on macOS (Xcode or its command-line tools):
 #   the MSL -> {prefix}.metallib, then {prefix}.metallib, the weights, the launchers, the
 #   Metal runtime and the executor -> ../{library} (arm64, macOS {MACOS_MIN}+, Apple GPU family 7+).
+# SDK=iphoneos sh build.sh builds it for iOS {IOS_MIN}+ instead (Xcode).
 set -eu
 cd "$(dirname "$0")"
 SDK=${{SDK:-macosx}}
+case "$SDK" in
+  iphoneos*) MIN=-miphoneos-version-min={IOS_MIN} ;;
+  *) MIN=-mmacosx-version-min={MACOS_MIN} ;;
+esac
 xcrun -sdk "$SDK" metal -std={MSL_STD} -O3 -Wall -c kernels.metal -o kernels.air
 xcrun -sdk "$SDK" metallib kernels.air -o {prefix}.metallib
-CFLAGS="-arch arm64 -mmacosx-version-min={MACOS_MIN} -O2 -fPIC -fvisibility=hidden -DQC_METAL -I. -Iinclude"
+CFLAGS="-arch arm64 $MIN -O2 -fPIC -fvisibility=hidden -DQC_METAL -I. -Iinclude"
 xcrun -sdk "$SDK" clang $CFLAGS -std=gnu11 -c {prefix}_exec.c -o exec.o
 xcrun -sdk "$SDK" clang $CFLAGS -std=gnu11 -c qc_runtime.c -o qc_runtime.o
 xcrun -sdk "$SDK" clang++ $CFLAGS -std=c++17 -fobjc-arc -c kernels_host.mm -o kernels_host.o
@@ -63,7 +69,7 @@ xcrun -sdk "$SDK" clang++ $CFLAGS -std=c++17 -fobjc-arc -c qc_metal.mm -o qc_met
 xcrun -sdk "$SDK" clang $CFLAGS -c weights.S -o weights.o
 xcrun -sdk "$SDK" clang $CFLAGS -c metallib.S -o metallib.o
 printf '_{prefix}_*\\n' > exports.txt
-xcrun -sdk "$SDK" clang++ -arch arm64 -mmacosx-version-min={MACOS_MIN} -dynamiclib \\
+xcrun -sdk "$SDK" clang++ -arch arm64 $MIN -dynamiclib \\
   -Wl,-exported_symbols_list,exports.txt -install_name @rpath/{library} \\
   exec.o qc_runtime.o kernels_host.o qc_metal.o weights.o metallib.o \\
   -framework Metal -framework Foundation -o ../{library}
@@ -82,6 +88,8 @@ this one:
 xcode-select --install        # once: xcrun, the Metal compiler and clang
 sh {prefix}_metal/build.sh    # -> {prefix}.dylib beside this folder
 ```
+
+For iOS {IOS_MIN}+ (with Xcode): `SDK=iphoneos sh {prefix}_metal/build.sh`.
 
 `{prefix}.dylib` then holds everything: the kernels (compiled to a metallib and embedded), the
 Metal runtime, the executor and the weights. Apps include `{prefix}.h` (the C API, also beside
