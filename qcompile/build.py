@@ -197,16 +197,23 @@ def _link(prefix: str, tmp: Path, obj: Path, qlinear, library: Path, tc, gpu: bo
     say("link", f"{library} ({library.stat().st_size / 2**20:.1f} MiB)")
 
 
+def _say_schedules(rules: dict[str, str], kernels, say) -> None:
+    """A GPU kernel that did not get the schedule meant for it is slow: say which and why."""
+    for name, why in rules.items():
+        if " (" not in why:
+            continue
+        rule, reason = why.split(" (", 1)
+        what = "dlight's fallback schedule, one thread per output" if rule == "dlight.Fallback" else rule
+        say("compile", f"{name} ({kernels[name].kind}) runs {what}: {reason[:-1]}")
+
+
 def _compile_metal(kernels, preset, bounds, say):
     """TVM's MSL for every kernel and the launchers that dispatch it; (module, kernel -> schedule,
     the manifest's `metal` record)."""
     from .targets.tvm import metal
     say("compile", f"scheduling {len(kernels)} kernels for Metal (Apple GPU family 7+)")
     module = metal.lower(kernels, preset, bounds)
-    for name, why in module.rules.items():
-        if why.startswith("dlight.Fallback ("):
-            say("compile", f"{name} ({kernels[name].kind}) runs dlight's fallback schedule, one thread per output: "
-                           f"{why[len('dlight.Fallback ('):-1]}")
+    _say_schedules(module.rules, kernels, say)
     say("compile", f"MSL: {len(module.kernels)} kernels")
     from .artifact.metal import MSL_STD
     record = {"msl": MSL_STD, "device_kernels": [{"name": k.name, "kernel": k.host, "launch": k.launch}
@@ -238,10 +245,7 @@ def _compile_cuda(kernels, preset, bounds, tmp: Path, obj: Path, say) -> tuple[d
     from .targets.tvm import cuda
     say("compile", f"scheduling {len(kernels)} kernels for {preset.tvm_target['arch']}")
     module = cuda.lower(kernels, preset, bounds)
-    for name, why in module.rules.items():     # a reduction left to the fallback is slow: say so
-        if why.startswith("dlight.Fallback ("):
-            say("compile", f"{name} ({kernels[name].kind}) runs dlight's fallback schedule, one thread per output: "
-                           f"{why[len('dlight.Fallback ('):-1]}")
+    _say_schedules(module.rules, kernels, say)
     source = tmp / "kernels.cu"
     source.write_text(module.artifact_source())
     reports = cuda_tools.compile_device(source, preset.tvm_target["arch"], obj, include_dirs())

@@ -102,7 +102,8 @@ def schedule(kernels: dict[str, Kernel], target, bounds: dict[str, int] | None =
         if func is None:
             raise LoweringError(f"kernel {k.name} ({k.kind}): no GPU schedule applies ({'; '.join(failed)})",
                                 phase="schedule", hint="this is a qcompile bug; please report it")
-        if failed and rules[k.name] == "dlight.Fallback":
+        own_failed = own and rules[k.name] != own[0]
+        if failed and (rules[k.name] == "dlight.Fallback" or own_failed):    # never silently another schedule
             rules[k.name] += f" ({failed[0]})"
         funcs[k.name] = func.with_attr("global_symbol", k.name)
     return tvm.IRModule(funcs), rules
