@@ -236,7 +236,8 @@ def weights_asm(prefix: str, blob_path: Path, macho: bool = False) -> str:
     if macho:       # Mach-O: C symbols carry a leading underscore; private_extern = hidden
         return (f'  .section __TEXT,__const\n  .p2align 6\n  .globl _{prefix}_weights\n'
                 f'  .private_extern _{prefix}_weights\n_{prefix}_weights:\n  .incbin "{blob_path.name}"\n')
-    return (f'  .section .rodata.{prefix}_weights,"a"\n  .balign 64\n  .globl {prefix}_weights\n'
+    # .file: a fixed name for the object's file symbol (some assemblers take the temporary file's)
+    return (f'  .file "weights.S"\n  .section .rodata.{prefix}_weights,"a"\n  .balign 64\n  .globl {prefix}_weights\n'
             f'  .hidden {prefix}_weights\n  .type {prefix}_weights, @object\n{prefix}_weights:\n'
             f'  .incbin "{blob_path.name}"\n  .size {prefix}_weights, . - {prefix}_weights\n'
             f'  .section .note.GNU-stack,"",@progbits\n')

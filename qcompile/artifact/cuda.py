@@ -78,7 +78,18 @@ def compile_device(source: Path, arch: str, out: Path, includes: list[str]) -> l
             text = re.sub(rf"__launch_bounds__\((\d+)\)(\s+{name}\s*\()", r"__launch_bounds__(\1, 1)\2", text)
         source.write_text(text)
         reports = check_spills(_nvcc(source, arch, out, includes), arch)
+    _drop_temporary_names(out)
     return reports
+
+
+def _drop_temporary_names(obj: Path) -> None:
+    """nvcc names its host pass's source after its process (tmpxft_<pid>_...cudafe1.cpp), and that
+    name lands in the object's file symbol: dropped, so the same build gives the same bytes."""
+    symbols = subprocess.run(["readelf", "-sW", str(obj)], capture_output=True, text=True).stdout
+    names = sorted({line.split()[-1] for line in symbols.splitlines() if " FILE " in line and "tmpxft_" in line})
+    if names:
+        subprocess.run(["objcopy", *(f"--strip-symbol={n}" for n in names), str(obj)], check=True,
+                       capture_output=True)
 
 
 def _nvcc(source: Path, arch: str, out: Path, includes: list[str]) -> str:

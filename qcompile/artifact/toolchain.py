@@ -46,7 +46,9 @@ class Toolchain:
         if self.macho:
             # Apple's ld honours the list; zig's linker ignores it, which leaves the kernels' symbols
             # visible too (harmless under macOS's two-level namespace: no cross-library binding)
-            return ["-shared", f"-Wl,-exported_symbols_list,{exports_file}", f"-Wl,-install_name,@rpath/{library}"]
+            # -S: no debug map (stabs naming the temporary build folder), so a build is reproducible
+            return ["-shared", f"-Wl,-exported_symbols_list,{exports_file}", f"-Wl,-install_name,@rpath/{library}",
+                    "-Wl,-S"]
         flags = ["-shared", f"-Wl,--version-script={exports_file}", "-Wl,--no-undefined", "-Wl,-z,noexecstack",
                  "-Wl,--build-id=none"]
         if self.abi == "android":
