@@ -78,6 +78,7 @@ def from_proto(model: onnx.ModelProto, name: str | None = None,
                dim_bounds: dict[str, int] | None = None) -> Graph:
     opsets = {imp.domain: imp.version for imp in model.opset_import}
     check_opset(opsets)
+    check_names(model.graph)
     check_dangling(model.graph)
     check_coverage(model.graph, opsets)
     check_model(model)
@@ -155,6 +156,21 @@ def check_coverage(graph: onnx.GraphProto, opsets: dict[str, int]) -> None:
         missing, opset=opset, hint="`qcompile inspect MODEL` lists coverage; please report the ops you need")
 
 
+def check_names(graph: onnx.GraphProto) -> None:
+    """Names that are not UTF-8 (protobuf hands them over as bytes): a damaged file."""
+    named = [("graph input", v.name) for v in graph.input] + [("graph output", v.name) for v in graph.output]
+    named += [("initializer", t.name) for t in graph.initializer]
+    for n in graph.node:
+        named += [("node", n.name), ("op", n.op_type), ("domain", n.domain)]
+        named += [(f"value of node {n.name!r}", x) for x in [*n.input, *n.output]]
+        named += [(f"attribute of node {n.name!r}", a.name) for a in n.attribute]
+    bad = [(what, name) for what, name in named if not isinstance(name, str)]
+    if bad:
+        what, name = bad[0]
+        raise InvalidModelError(f"{len(bad)} name(s) in the model are not valid UTF-8, the first a {what}: {name[:60]!r}; "
+                                f"the file is corrupted", hint="copy or download the model again")
+
+
 def check_model(model: onnx.ModelProto) -> None:
     try:
         if model.ByteSize() < _TWO_GB:
@@ -163,6 +179,10 @@ def check_model(model: onnx.ModelProto) -> None:
         text = str(exc).strip().splitlines()
         raise InvalidModelError("the ONNX checker rejected the model: " + " ".join(t.strip() for t in text),
                                 hint="re-export the model, or run onnx.checker.check_model on it for details") from None
+    except UnicodeDecodeError as exc:     # a string field's bytes are not UTF-8: damaged in transit
+        raise InvalidModelError(f"a name or string in the model is not valid UTF-8 ({exc.reason} at byte "
+                                f"{exc.start} of {exc.object[:40]!r}): the file is corrupted",
+                                hint="copy or download the model again") from None
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
