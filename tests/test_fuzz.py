@@ -42,3 +42,35 @@ def test_names_that_are_not_utf8_are_a_corrupted_file(tmp_path, what):
     path.write_bytes(_with_bad_byte(model.SerializeToString(), text))
     with pytest.raises(InvalidModelError, match="not valid UTF-8.*the file is corrupted"):
         load(path)
+
+
+def test_a_gather_past_a_shapes_rank_is_a_malformed_model(tmp_path):
+    from onnx import TensorProto, helper
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "i"], ["d"], name="pick")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("d", TensorProto.INT64, [1])],
+                              initializer=[helper.make_tensor("i", TensorProto.INT64, [1], [7])])
+    path = tmp_path / "gather.onnx"
+    import onnx
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(InvalidModelError, match=r"node 'pick'.*Gather reads indices \[7\] of a shape of rank 2"):
+        load(path)
+
+
+def test_a_nan_weight_is_named_when_it_is_quantized(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from qcompile.passes.assign_precision import PrecisionError
+    model = make_mlp()
+    w = model.graph.initializer[0]
+    values = numpy_helper.to_array(w).copy()
+    values.flat[3] = np.nan
+    w.CopyFrom(numpy_helper.from_array(values, w.name))
+    onnx.save(model, str(tmp_path / "nan.onnx"))
+    from qcompile.build import BuildOptions, front
+    from qcompile.targets.presets import get_preset
+    with pytest.raises(PrecisionError, match=r"\[precision\] node .*non-finite value"):
+        front(tmp_path / "nan.onnx", BuildOptions(precision="int8"), get_preset("x86_64-v3"), "m", lambda *a: None)

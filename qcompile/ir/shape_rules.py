@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from ..errors import InvalidModelError
 from . import dtypes
 from .graph import Dim, Graph, Node, Shape
 from .slicing import slice_length
@@ -163,6 +164,9 @@ def propagate_symbolic(g: Graph, n: Node, sv: SymValues) -> None:
     elif op == "Gather" and first is not None and n.attrs.get("axis", 0) == 0:
         idx = _sym(g, sv, n.input(1))
         if idx is not None and all(isinstance(i, int) for i in idx):
+            if not all(-len(first) <= i < len(first) for i in idx):
+                raise InvalidModelError(f"Gather reads indices {list(idx)} of a shape of rank {len(first)}",
+                                        node=n.name, op=n.op)
             result = tuple(first[i] for i in idx)
     elif op == "Concat":
         parts = [_sym(g, sv, n.input(i)) for i in range(len(n.inputs))]

@@ -74,7 +74,10 @@ def quantize_weights(g: Graph, rounding: str = "rtn", calibration=None,
         elif node.op != "MatMul":
             raise PrecisionError(f"format {fmt} is only implemented for MatMul and Gemm layers yet", node=node.name,
                                  op=node.op, hint="use a plan file to keep this layer bf16 or fp32")
-        qw = detect_ternary(w)
+        try:
+            qw = detect_ternary(w)
+        except ValueError as exc:      # a NaN or Inf weight, named with its layer
+            raise PrecisionError(str(exc), node=node.name, op=node.op) from None
         why = "already ternary-valued: kept ternary losslessly" if qw is not None else fmt
         if qw is None:
             try:
