@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,8 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from qcompile.artifact.loader import load as qcompile_load
+from qcompile.build import BuildOptions, build
 from qcompile.frontend import from_proto
 from qcompile.ir.interpret import run as interpret
 
@@ -679,3 +682,23 @@ def test_random_graph_with_symbolic_batch(case: Case, sizes: list[int]):
     session, graph = prepare(case)
     for batch in sizes:
         check_outputs(case, session, graph, batch)
+
+
+CAMPAIGN = int(os.environ.get("QCOMPILE_FUZZ_COMPILED", "0"))    # tools/fuzz.py --graphs N: N random ones
+
+
+@settings(max_examples=CAMPAIGN or 12, **{**COMMON, "derandomize": not CAMPAIGN})
+@given(case=random_graphs())
+def test_random_graph_compiles_and_matches_onnxruntime(case: Case, tmp_path_factory):
+    """The same graphs compiled into a native library (TVM, LLVM, the executor) at fp32."""
+    session, _ = prepare(case)
+    tmp = tmp_path_factory.mktemp("compiled")
+    onnx.save(case.model, str(tmp / "g.onnx"))
+    library = qcompile_load(build(tmp / "g.onnx", BuildOptions(out_dir=tmp, target="x86_64-v3")).library)
+    feeds = case.feeds(None)
+    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    got = library(**feeds)
+    for name, ref in expected.items():
+        assert got[name].shape == ref.shape and got[name].dtype == ref.dtype, name
+        atol = 1e-5 * max(1.0, float(np.max(np.abs(ref), initial=0.0)))
+        np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=atol, err_msg=f"output {name}")

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fuzz campaigns longer than CI runs: corrupted models through the build's front half.
+"""Fuzz campaigns longer than CI runs: corrupted models through the build's front half, or
+random valid graphs compiled to native libraries against onnxruntime.
 
 Each case mutates a bundled model's bytes (bit flips, overwritten or inserted bytes, truncation,
 random bytes) and runs import, checks, passes, quantization, plan and kernel generation on it.
@@ -8,12 +9,17 @@ is listed with its mutations, and with --save its bytes are kept to reproduce it
 
   python tools/fuzz.py --count 10000                 a campaign from seed 0
   python tools/fuzz.py --count 500 --seed 7 --save fuzz_cases/ --timeout 60
+  python tools/fuzz.py --graphs 500                   500 random graphs (tests/test_random_graphs.py's
+                                                      generator) compiled at fp32, each against onnxruntime;
+                                                      hypothesis prints the smallest failing graph
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +37,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the campaign's random seed (default: %(default)s)")
     p.add_argument("--timeout", type=int, default=120, help="seconds after which a case is a hang (default: %(default)s)")
     p.add_argument("--save", type=Path, help="keep the bytes of every escaped or hung case in this folder")
+    p.add_argument("--graphs", type=int, metavar="N", help="instead: N random valid graphs compiled and compared")
     args = p.parse_args(argv)
+    if args.graphs:
+        root = Path(__file__).resolve().parents[1]
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                               str(root / "tests" / "test_random_graphs.py"), "-k", "compiles"], cwd=root,
+                              env={**os.environ, "QCOMPILE_FUZZ_COMPILED": str(args.graphs)}).returncode
     kinds, refusals, bad = collections.Counter(), collections.Counter(), []
     slowest = (0.0, -1)
     bar = tqdm(total=args.count, unit="case")

@@ -241,7 +241,8 @@ def _all_shapes(g: Graph):
 
 
 def _place_weights(plan: Plan) -> None:
-    used = {name for s in plan.steps for name in s.inputs}
+    # graph outputs too: one that folded to a constant (it never read the inputs) is copied out
+    used = {name for s in plan.steps for name in s.inputs} | set(plan.graph.outputs)
     offset = 0
     for name in sorted(used):
         v = plan.graph.values[name]
