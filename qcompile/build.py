@@ -50,6 +50,7 @@ class BuildOptions:
     keep_temps: bool = False
     schedules: Path | None = None     # the schedule database's root (None: qcompile.tune.db.default_root())
     use_tuned: bool = True           # False: rule-based schedules only
+    verify: bool = True              # run the test vectors on the built library where it runs here
 
     def quant(self) -> QuantOptions:
         return QuantOptions(self.precision, self.middle, self.group_size, self.plan, self.rotate, self.calibrate,
@@ -155,6 +156,8 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
             finish = _write_metal(metal_module, prefix, tmp, out_dir, say)
         else:
             _link(prefix, tmp, obj, qlinear, library, tc, gpu, say)
+        self_test = _self_test(f, preset, library if finish is None and metal_module is None else None,
+                               out_dir / f"{prefix}.testvectors.npz", opts.verify, say)
         header = out_dir / f"{prefix}.h"
         header.write_text(src.header)
         (out_dir / f"{prefix}.plan.json").write_text(json.dumps({name: fmt for name, _, fmt, _ in layers}, indent=2)
@@ -166,6 +169,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
                                        "warnings": chooser.warnings if chooser else []}
         record["quantized_layers"] = qlinear
         record["session"] = dec.manifest() if dec else {"available": False, "why": why_not}
+        record["self_test"] = self_test
         if device_record:
             record[kind] = device_record
         manifest.write_text(json.dumps(record, indent=2) + "\n")
@@ -195,6 +199,50 @@ def _link(prefix: str, tmp: Path, obj: Path, qlinear, library: Path, tc, gpu: bo
                      prefix, tc, **(dict(cflags=cuda_tools.executor_flags(), libs=cuda_tools.link_libs())
                                     if gpu else {}))
     say("link", f"{library} ({library.stat().st_size / 2**20:.1f} MiB)")
+
+
+def _self_test(f, preset, library: Path | None, vectors: Path, verify: bool, say) -> dict:
+    """Writes the test vectors and, where the library runs here, checks it against them (a library
+    that fails is removed). The manifest's `self_test` record."""
+    from . import selftest
+    from .ir.interpret import run
+    phase_start = time.perf_counter()
+    feeds = selftest.example_inputs(f.reference, f.plan.bounds)
+    tolerance = 1e-3 if f.qlinear else 1e-4    # int8 rows: a rare rounding step apart from float64 sums
+    selftest.write(vectors, feeds, run(f.reference, feeds), tolerance)
+    record = {"vectors": vectors.name, "inputs": {k: list(v.shape) for k, v in feeds.items()}, "verified": False}
+    why = ("--no-verify" if not verify else "the library is built for another machine" if library is None
+           or not _runs_here(preset) else None)
+    if why:
+        record["why_not"] = why
+        say("verify", f"test vectors in {vectors.name}; not run here ({why}): `qcompile verify` runs them on the device")
+        return record
+    from .artifact.loader import ArtifactError, load
+    hint = "this is a qcompile bug; please report it with the model (--no-verify keeps the library)"
+    try:
+        report = selftest.check(load(library), vectors)
+    except ArtifactError as exc:
+        library.unlink(missing_ok=True)
+        raise selftest.VerifyError(f"the built library fails on its test vectors: {exc}; the library was removed",
+                                   hint=hint) from None
+    record.update(verified=report.ok, errors=report.errors, tolerance=report.tolerance)
+    if not report.ok:
+        library.unlink(missing_ok=True)
+        raise selftest.VerifyError(f"the built library disagrees with the reference interpreter on its test vectors: "
+                                   f"{report.render()}; the library was removed", hint=hint)
+    say("verify", f"the library matches the reference on its test vectors: {report.render()} "
+                  f"({time.perf_counter() - phase_start:.1f}s)")
+    return record
+
+
+def _runs_here(preset) -> bool:
+    """A CPU library for this machine's architecture and features (cross builds run on the device)."""
+    import platform
+
+    from .targets.tvm.host import host_cpu_flags
+    triple = preset.tvm_target.get("mtriple", platform.machine())
+    return (preset.tvm_target["kind"] == "llvm" and preset.abi == "linux-gnu" and platform.system() == "Linux"
+            and triple.split("-")[0] == platform.machine() and set(preset.cpu_features) <= host_cpu_flags())
 
 
 def _say_schedules(rules: dict[str, str], kernels, say) -> None:
@@ -260,6 +308,7 @@ def _compile_cuda(kernels, preset, bounds, tmp: Path, obj: Path, say) -> tuple[d
 
 @dataclass
 class Front:
+    reference: object    # the prepared graph before lowering: what the reference interpreter runs
     graph: object
     layers: list
     qlinear: list[dict]
@@ -281,6 +330,7 @@ def front(model_path: Path, opts: BuildOptions, preset, prefix: str, say: Progre
     phase("passes")
     prepared = prepare(graph, opts.quant(), say)
     graph, layers = prepared.graph, prepared.layers
+    reference = graph.copy()
     if preset.gpu:
         from .targets.lower_qlinear_gpu import lower_qlinear_gpu
         qlinear = lower_qlinear_gpu(graph)
@@ -308,7 +358,7 @@ def front(model_path: Path, opts: BuildOptions, preset, prefix: str, say: Progre
     check_coverage(plan, preset.name)
     kernels = build_kernels(plan, prefix)
     say("lower", f"{len(kernels)} kernels")
-    return Front(graph, layers, qlinear, plan, kernels, dec, why_not)
+    return Front(reference, graph, layers, qlinear, plan, kernels, dec, why_not)
 
 
 def _sha256(path: Path) -> str:

@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-temps", action="store_true", help="keep generated C, weights and objects in OUT/NAME_build")
     _schedule_arguments(p)
     p.add_argument("--no-tuned", action="store_true", help="ignore the schedule database: rule-based schedules only")
+    p.add_argument("--no-verify", action="store_true",
+                   help="do not run the test vectors (OUT/NAME.testvectors.npz, always written) on the built library; "
+                        "by default a library that runs on this machine must match the reference interpreter on "
+                        "them, or it is removed")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("tune", help="search fast kernel schedules for this machine or a remote device",
@@ -245,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="DIR", help="write each output to DIR/NAME.npy instead of printing it")
     p.add_argument("--threads", type=int, default=0, help="worker threads (default: $QCOMPILE_NUM_THREADS or all cores)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("verify", help="run a library's test vectors on this machine (the target device)",
+                       description="Run the test vectors `qcompile build` wrote beside a library (NAME.testvectors.npz: "
+                                   "inputs and the reference interpreter's outputs) through the library, and compare. "
+                                   "Exit status 0 when every output is within the build's tolerance, 1 otherwise. "
+                                   "Copy the library, its manifest and the vectors to the device and run it there.")
+    p.add_argument("library", help="path to a library built by `qcompile build`")
+    p.add_argument("--vectors", metavar="FILE", help="the test vectors (default: beside the library)")
+    p.add_argument("--threads", type=int, default=0, help="worker threads (default: $QCOMPILE_NUM_THREADS or all cores)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("generate", help="generate tokens with a built decoder", description=GENERATE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -325,7 +339,8 @@ def cmd_build(args) -> int:
     opts = BuildOptions(target=args.target, **_quant_options(args), out_dir=Path(args.out), name=args.name,
                         max_seq_len=args.max_seq_len, dim_bounds=bounds,
                         dump_ir=Path(args.dump_ir) if args.dump_ir else None, cc=args.cc, keep_temps=args.keep_temps,
-                        schedules=Path(args.schedules) if args.schedules else None, use_tuned=not args.no_tuned)
+                        schedules=Path(args.schedules) if args.schedules else None, use_tuned=not args.no_tuned,
+                        verify=not args.no_verify)
     start = time.perf_counter()
     interactive = sys.stderr.isatty()
 
@@ -375,6 +390,22 @@ def cmd_tune(args) -> int:
           f"{sum(w.failed for w in result.workloads)} rejected); records in {result.database}")
     print(report(Path(args.model), bo, opts))
     return 0
+
+
+def cmd_verify(args) -> int:
+    from pathlib import Path
+
+    from . import load
+    from .selftest import VerifyError, check
+    library = Path(args.library)
+    vectors = Path(args.vectors) if args.vectors else library.with_name(library.stem + ".testvectors.npz")
+    if not vectors.exists():
+        raise VerifyError(f"no test vectors at {vectors}", phase="options",
+                          hint="`qcompile build` writes NAME.testvectors.npz beside the library; copy it too, or "
+                               "pass --vectors")
+    report = check(load(library, num_threads=args.threads), vectors)
+    print(f"{library}: {'ok' if report.ok else 'MISMATCH'}: {report.render()}")
+    return 0 if report.ok else 1
 
 
 def cmd_run(args) -> int:

@@ -74,3 +74,27 @@ def test_a_nan_weight_is_named_when_it_is_quantized(tmp_path):
     from qcompile.targets.presets import get_preset
     with pytest.raises(PrecisionError, match=r"\[precision\] node .*non-finite value"):
         front(tmp_path / "nan.onnx", BuildOptions(precision="int8"), get_preset("x86_64-v3"), "m", lambda *a: None)
+
+
+def test_compiled_random_graph_finds_stay_fixed(tmp_path):
+    """What compiling random graphs found: a one-element constant operand of MatMul was folded into
+    the kernel as a literal (the MatMul kernel indexes it: a TypeError), and a 0-d input reached
+    the library as 1-d (numpy's ascontiguousarray)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    import qcompile
+    from qcompile.build import BuildOptions, build
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"), helper.make_node("Mul", ["y", "s"], ["z"], name="mul")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2, 1]),
+              helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [3, 2])],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT, [1], [-2.75])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "g.onnx"))
+    feeds = {"x": np.arange(6, dtype=np.float32).reshape(3, 2, 1), "s": np.array(0.5, np.float32)}
+    library = qcompile.load(build(tmp_path / "g.onnx", BuildOptions(out_dir=tmp_path, target="x86_64-v3")).library)
+    want = ort.InferenceSession(str(tmp_path / "g.onnx")).run(None, feeds)[0]
+    np.testing.assert_allclose(library(**feeds)["z"], want, rtol=1e-6)

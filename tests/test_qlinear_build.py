@@ -117,6 +117,10 @@ def test_a_refused_micro_kernel_call_fails_the_run_loudly(tmp_path, monkeypatch,
     path = tmp_path / "mlp.onnx"
     onnx.save(make_mlp(in_features=64, hidden=(64,), out_features=16), str(path))
     monkeypatch.setitem(extern_ops.FAMILY_CODES, "int8", 99)
-    result = build(path, BuildOptions(out_dir=tmp_path / "out", precision="int8", dim_bounds={"batch": 2}))
+    from qcompile.selftest import VerifyError     # the build's self-test catches it first
+    with pytest.raises(VerifyError, match="fails on its test vectors: .*qc_qlinear_panel refused its arguments"):
+        build(path, BuildOptions(out_dir=tmp_path / "out", precision="int8", dim_bounds={"batch": 2}))
+    result = build(path, BuildOptions(out_dir=tmp_path / "out", precision="int8", dim_bounds={"batch": 2},
+                                      verify=False))
     with pytest.raises(ArtifactError, match="qc_qlinear_panel refused its arguments"):
         qcompile.load(result.library)(x=rng.standard_normal((1, 64)).astype(np.float32))

@@ -147,7 +147,7 @@ class Model:
         if missing or extra:
             raise ArtifactError(f"missing inputs {missing}, unknown inputs {extra}; the model takes "
                                 f"{[s.name for s in self.inputs]}", 1)
-        arrays = [np.ascontiguousarray(feeds[s.name]) for s in self.inputs]
+        arrays = [np.asarray(feeds[s.name], order="C") for s in self.inputs]    # (ascontiguousarray makes 0-d 1-d)
         for spec, arr in zip(self.inputs, arrays):
             if arr.dtype != spec.dtype:
                 raise ArtifactError(f"input '{spec.name}' is {arr.dtype}; the model takes {spec.dtype}", 2)

@@ -37,6 +37,11 @@ ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Equal", "Less",
                "Cast", "Clip"}
 
 
+# Ops whose kernels broadcast an operand, so a one-element constant can be a literal (a MatMul or a
+# Concat indexes its operands as tensors).
+INLINE_OPS = ELEMENTWISE | {"QuantizeLinear", "DequantizeLinear"}
+
+
 class LoweringError(QCompileError):
     phase = "lower"
 
@@ -176,7 +181,7 @@ def make_plan(g: Graph, bounds: dict[str, int], simd_bits: int = 512, gpu: bool 
             if not name or i in shape_ops:
                 continue
             v = g.values[name]
-            if v.const is not None and v.const.size <= INLINE_CONST_ELEMS:
+            if v.const is not None and v.const.size <= INLINE_CONST_ELEMS and n.op in INLINE_OPS:
                 inline[i] = v.const
             elif name in symbolic and v.const is None and name not in storage:
                 steps.append(Step(n, [], [name], {}, materialize=symbolic[name]))

@@ -1,0 +1,74 @@
+"""The build's self-test: every build writes test vectors (inputs and the reference interpreter's
+outputs); a library that runs here must match them or the build fails and removes it;
+`qcompile verify` reruns them; cross builds write them for the device."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from qcompile import selftest
+from qcompile.build import BuildOptions, build
+from qcompile.zoo import LlamaConfig, make_llama
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("selftest")
+    onnx.save(make_llama(LlamaConfig(), with_kv_cache=True), str(tmp / "llama.onnx"))
+    return tmp / "llama.onnx"
+
+
+def _verify(*args):
+    return subprocess.run([sys.executable, "-m", "qcompile", "verify", *map(str, args)], capture_output=True, text=True)
+
+
+def test_a_build_checks_its_library_against_its_test_vectors(llama, tmp_path):
+    res = build(llama, BuildOptions(out_dir=tmp_path, precision="int4", group_size=32, max_seq_len=32,
+                                    target="x86_64-v3"))
+    record = json.loads(res.manifest.read_text())["self_test"]
+    assert record["verified"] and record["tolerance"] == 1e-3
+    assert set(record["errors"]) == {"logits", *(f"present_{kv}_{i}" for kv in ("key", "value") for i in range(2))}
+    assert max(record["errors"].values()) < 1e-5
+    # symbolic dims small and distinct, token ids inside the vocabulary
+    assert record["inputs"]["input_ids"] == [1, 2] and record["inputs"]["past_key_0"][2] == 3
+    vectors = np.load(tmp_path / record["vectors"])
+    assert vectors["input:input_ids"].max() < LlamaConfig().vocab_size
+    proc = _verify(res.library)
+    assert proc.returncode == 0 and f"{res.library}: ok: logits " in proc.stdout
+    # vectors that disagree: verify says so and fails
+    arrays = dict(vectors)
+    arrays["output:logits"] = arrays["output:logits"] + 1.0
+    np.savez(tmp_path / "bad.npz", **arrays)
+    proc = _verify(res.library, "--vectors", tmp_path / "bad.npz")
+    assert proc.returncode == 1 and "MISMATCH: logits " in proc.stdout and "present_key_0 " in proc.stdout
+
+
+def test_a_library_that_disagrees_is_removed(llama, tmp_path, monkeypatch):
+    """A stand-in for a miscompiled kernel: the reference the library is checked against is off."""
+    write = selftest.write
+    monkeypatch.setattr(selftest, "write", lambda path, feeds, expected, tol: write(
+        path, feeds, {k: v * 1.5 + 1 for k, v in expected.items()}, tol))
+    with pytest.raises(selftest.VerifyError, match=r"\[verify\] the built library disagrees with the reference "
+                                                   r"interpreter on its test vectors: logits .*library was removed"):
+        build(llama, BuildOptions(out_dir=tmp_path, max_seq_len=32, target="x86_64-v3"))
+    assert not (tmp_path / "llama.so").exists()
+    res = build(llama, BuildOptions(out_dir=tmp_path, max_seq_len=32, target="x86_64-v3", verify=False))
+    assert res.library.exists()
+    assert json.loads(res.manifest.read_text())["self_test"] == {
+        "vectors": "llama.testvectors.npz", "inputs": json.loads(res.manifest.read_text())["self_test"]["inputs"],
+        "verified": False, "why_not": "--no-verify"}
+
+
+def test_a_cross_build_writes_vectors_for_the_device(llama, tmp_path):
+    res = build(llama, BuildOptions(out_dir=tmp_path, max_seq_len=32, target="arm64", precision="int8"))
+    record = json.loads(res.manifest.read_text())["self_test"]
+    assert not record["verified"] and record["why_not"] == "the library is built for another machine"
+    assert (tmp_path / "llama.testvectors.npz").exists()
+    proc = _verify(tmp_path / "missing.so")
+    assert proc.returncode == 1 and "no test vectors at" in proc.stderr and "copy it too" in proc.stderr
