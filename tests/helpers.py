@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -76,3 +78,13 @@ def quantized_graph(path, policy, plan=None, **kw):
     assign(graph, PrecisionConfig(policy, overrides=load_plan(plan) if plan else {}, **kw))
     quantize_weights(graph)
     return graph
+
+
+def gpu_check_feeds(name: str, model, rng):
+    """The inputs tools/gpu_check.py runs on a GPU (batch 1; llama: a 7-token prompt, a step after
+    5), which the GPU shims' tests run on the CPU."""
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parents[1] / "tools" /
+                                                  "gpu_check.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool._feeds(name, model, rng)

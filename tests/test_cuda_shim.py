@@ -7,7 +7,6 @@ them."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -24,16 +23,10 @@ from qcompile.build import BuildOptions, build
 from qcompile.testing.cuda_cpu import SHIM_DIR, CudaShimError, compile_cxx, link_on_cpu
 from qcompile.zoo import LlamaConfig, make_bert, make_llama, make_mlp
 
-from .helpers import quantized_graph
+from .helpers import gpu_check_feeds, quantized_graph
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None or shutil.which("g++") is None,
                                 reason="the CUDA build needs nvcc; the shim needs g++")
-
-# the inputs tools/gpu_check.py runs on a GPU (batch 1; llama: a 7-token prompt, a step after 5)
-_spec = importlib.util.spec_from_file_location("gpu_check",
-                                               Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py")
-gpu_check = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gpu_check)
 
 MODELS = {"mlp": make_mlp, "llama": lambda: make_llama(LlamaConfig(), with_kv_cache=True), "bert": make_bert}
 
@@ -56,7 +49,7 @@ def test_cuda_kernels_match_onnxruntime_on_the_cpu(on_cpu):
     artifact = load(library)
     assert artifact.prefix == name                 # found through the copied manifest
     sess = ort.InferenceSession(str(path))
-    for feed in gpu_check._feeds(name, model, np.random.default_rng(0)):
+    for feed in gpu_check_feeds(name, model, np.random.default_rng(0)):
         got = artifact(**feed)
         for out, want in zip(sess.get_outputs(), sess.run(None, feed)):
             assert got[out.name].shape == want.shape, out.name
@@ -245,7 +238,7 @@ def test_other_models_and_precisions_on_the_cpu(name, precision, tmp_path):
                              out_dir=tmp_path / "out"))
     artifact = load(link_on_cpu(tmp_path / "out" / f"{name}_build", name, tmp_path / "cpu" / f"{name}.so"))
     graph = quantized_graph(path, precision)
-    for feed in gpu_check._feeds(name, model, np.random.default_rng(5)):
+    for feed in gpu_check_feeds(name, model, np.random.default_rng(5)):
         got, expected = artifact(**feed), run(graph, feed)
         for out, want in expected.items():
             assert np.abs(got[out] - want).max() <= 1e-3 * max(np.abs(want).max(), 1.0), (name, precision, out)

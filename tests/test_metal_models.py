@@ -7,7 +7,6 @@ session keeps its KV cache in Metal buffers and matches onnxruntime over a promp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -22,16 +21,10 @@ from qcompile.build import BuildOptions, build
 from qcompile.testing.metal_cpu import link_on_cpu, typecheck
 from qcompile.zoo import LlamaConfig, make_bert, make_llama, make_mlp
 
-from .helpers import quantized_graph
+from .helpers import gpu_check_feeds, quantized_graph
 
 pytestmark = pytest.mark.skipif(shutil.which("clang++") is None or shutil.which("g++") is None,
                                 reason="the MSL type check needs clang++; running it on the CPU needs g++")
-
-# the inputs tools/gpu_check.py runs on a GPU (batch 1; llama: a 7-token prompt, a step after 5)
-_spec = importlib.util.spec_from_file_location("gpu_check",
-                                               Path(__file__).resolve().parents[1] / "tools" / "gpu_check.py")
-gpu_check = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gpu_check)
 
 MODELS = {"mlp": make_mlp, "llama": lambda: make_llama(LlamaConfig(), with_kv_cache=True), "bert": make_bert}
 PRECISIONS = ["fp32", "fp16", "int8", "int4", "ternary"]
@@ -73,7 +66,7 @@ def test_metal_kernels_type_check_and_match_on_the_cpu(name, precision, onnx_fil
         graph = quantized_graph(path, precision, group_size=32)
         reference = lambda feed: run(graph, feed)  # noqa: E731
     model = onnx.load(str(path))
-    for feed in gpu_check._feeds(name, model, np.random.default_rng(5)):
+    for feed in gpu_check_feeds(name, model, np.random.default_rng(5)):
         got = artifact(**feed)
         for out, want in reference(feed).items():
             assert got[out].shape == want.shape, out

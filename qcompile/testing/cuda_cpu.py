@@ -82,7 +82,12 @@ def link_on_cpu(build_dir: Path, prefix: str, out: Path) -> Path:
         except link.LinkError as exc:
             raise CudaShimError(f"linking {out.name} from {build_dir} with the CPU shim failed: {exc.message}",
                                 phase="link", hint=_HINT) from None
-    manifest, beside = build_dir.parent / f"{prefix}.manifest.json", out.with_name(out.stem + ".manifest.json")
+    copy_manifest(build_dir.parent / f"{prefix}.manifest.json", out)
+    return out
+
+
+def copy_manifest(manifest: Path, library: Path) -> None:
+    """The build's manifest beside a relinked library, where the loader looks for the symbol prefix."""
+    beside = library.with_name(library.stem + ".manifest.json")
     if manifest.exists() and manifest != beside:
         shutil.copyfile(manifest, beside)
-    return out

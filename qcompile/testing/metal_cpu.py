@@ -32,7 +32,7 @@ from ..artifact import codegen, link
 from ..artifact.runtime import include_dirs
 from ..artifact.toolchain import Toolchain
 from ..errors import QCompileError
-from .cuda_cpu import SHIM_DIR as CUDA_SHIM_DIR
+from .cuda_cpu import SHIM_DIR as CUDA_SHIM_DIR, copy_manifest
 
 SHIM_DIR = Path(__file__).parent / "metal_shim"
 _HINT = "the CPU shim (qcompile/testing/metal_shim) may lack something this MSL uses"
@@ -282,7 +282,5 @@ def link_on_cpu(folder: Path, prefix: str, out: Path) -> Path:
         except link.LinkError as exc:
             raise MetalShimError(f"linking {out.name} from {folder} with the CPU shim failed: {exc.message}",
                                  phase="link", hint=_HINT) from None
-    manifest, beside = folder.parent / f"{prefix}.manifest.json", out.with_name(out.stem + ".manifest.json")
-    if manifest.exists() and manifest != beside:
-        shutil.copyfile(manifest, beside)
+    copy_manifest(folder.parent / f"{prefix}.manifest.json", out)
     return out

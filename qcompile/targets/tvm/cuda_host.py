@@ -252,21 +252,24 @@ static void qc_cuda_workspace_free(void* p) {
 """
 
 
+def function(ln: Launcher, declare: list[str] = (), release: list[str] = ()) -> list[str]:
+    """A launcher as the executor calls a kernel (TVM FFI's packed convention): its body between
+    `declare` and, at `done:` (where a failed launch jumps), `release`."""
+    return [f'extern "C" QC_LAUNCHER int __tvm_ffi_{ln.name}(void* self, const TVMFFIAny* args, int32_t num_args, '
+            f'TVMFFIAny* result) {{',
+            "  (void)self; (void)num_args; (void)result;",
+            "  int status = 0;",
+            *(f"  {line}" for line in declare),
+            "  {", *(f"    {line}" for line in ln.body), "  }",
+            "done:",
+            *(f"  {line}" for line in release),
+            "  return status;", "}", ""]
+
+
 def render(launchers: list[Launcher]) -> str:
     """C++ for every launcher (appended to TVM's device source in one .cu file)."""
     out = [PRELUDE]
     for ln in launchers:
-        out.append(f'extern "C" QC_LAUNCHER int __tvm_ffi_{ln.name}(void* self, const TVMFFIAny* args, int32_t num_args, '
-                   f'TVMFFIAny* result) {{')
-        out.append("  (void)self; (void)num_args; (void)result;")
-        out.append("  int status = 0;")
-        out += [f"  void* {w} = NULL;" for w in ln.workspaces]
-        out.append("  {")
-        out += [f"    {line}" for line in ln.body]
-        out.append("  }")
-        out.append("done:")
-        out += [f"  qc_cuda_workspace_free({w});" for w in ln.workspaces]
-        out.append("  return status;")
-        out.append("}")
-        out.append("")
+        out += function(ln, [f"void* {w} = NULL;" for w in ln.workspaces],
+                        [f"qc_cuda_workspace_free({w});" for w in ln.workspaces])
     return "\n".join(out)

@@ -102,17 +102,7 @@ def render(launchers: list, kernel_names: list[str]) -> str:
     and `qc_metal_load_kernels`, which the executor calls once with the embedded metallib."""
     out = [PRELUDE]
     for ln in launchers:
-        out.append(f'extern "C" QC_LAUNCHER int __tvm_ffi_{ln.name}(void* self, const TVMFFIAny* args, int32_t num_args, '
-                   f'TVMFFIAny* result) {{')
-        out.append("  (void)self; (void)num_args; (void)result;")
-        out.append("  int status = 0;")
-        out.append("  {")
-        out += [f"    {line}" for line in ln.body]
-        out.append("  }")
-        out.append("done:")
-        out.append("  return status;")
-        out.append("}")
-        out.append("")
+        out += cuda_host.function(ln)      # workspaces: released with the run (qc_metal_end)
     out.append(f"static const char* const QC_METAL_KERNELS[{max(len(kernel_names), 1)}] = {{")
     out += [f'  "{k}",' for k in kernel_names] or ["  NULL,"]
     out.append("};")
