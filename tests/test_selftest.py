@@ -72,3 +72,12 @@ def test_a_cross_build_writes_vectors_for_the_device(llama, tmp_path):
     assert (tmp_path / "llama.testvectors.npz").exists()
     proc = _verify(tmp_path / "missing.so")
     assert proc.returncode == 1 and "no test vectors at" in proc.stderr and "copy it too" in proc.stderr
+
+
+def test_nan_and_infinity_agree_with_themselves_only():
+    """Random inputs can put a Pow or a Log outside its domain: the same NaN on both sides agrees."""
+    nan, inf = np.nan, np.inf
+    assert selftest._error(np.array([nan, 1.0, inf]), np.array([nan, 1.0, inf])) == 0.0
+    assert selftest._error(np.array([nan, 1.0]), np.array([0.0, 1.0])) == inf
+    assert selftest._error(np.array([1.0, 1.0]), np.array([1.0, inf])) == inf
+    assert selftest._error(np.array([3.0, 0.0]), np.array([2.0, 4.0])) == 1.0     # |4| / max(1, 4)
