@@ -228,3 +228,17 @@ def test_missing_toolchain_is_named_before_any_work(workdir, monkeypatch):
     monkeypatch.setitem(PRESETS, "arm64", dataclasses.replace(PRESETS["arm64"], toolchain="aarch64-linux-gnu-gcc-none"))
     with pytest.raises(ToolchainError, match="aarch64-linux-gnu-gcc-none"):
         build(path, BuildOptions(out_dir=workdir / "arm", target="arm64"))
+
+
+def test_a_library_rebuilt_in_place_loads_its_new_code(tmp_path):
+    """dlopen matches by path: without care the second load (and the second build's self-test)
+    would run the first build's code. Two different graphs, one file name, one process."""
+    from onnx import TensorProto, helper
+    x = np.array([[1.5, -2.0, 0.25]], np.float32)
+    for op, expected in (("Relu", np.maximum(x, 0)), ("Neg", -x)):
+        graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "g.onnx"))
+        result = build(tmp_path / "g.onnx", BuildOptions(out_dir=tmp_path))    # verifies in this process
+        np.testing.assert_array_equal(qcompile.load(result.library)(x=x)["y"], expected)

@@ -35,11 +35,13 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -47,6 +49,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qcompile.artifact.loader import load as qcompile_load
 from qcompile.build import BuildOptions, build
 from qcompile.frontend import from_proto
+from qcompile.testing import fuzz
 from qcompile.ir.interpret import run as interpret
 
 OPSET, IR_VERSION = 18, 10
@@ -685,6 +688,7 @@ def test_random_graph_with_symbolic_batch(case: Case, sizes: list[int]):
 
 
 CAMPAIGN = int(os.environ.get("QCOMPILE_FUZZ_COMPILED", "0"))    # tools/fuzz.py --graphs N: N random ones
+HANG_SECONDS = int(os.environ.get("QCOMPILE_FUZZ_TIMEOUT", "600"))
 
 
 @settings(max_examples=CAMPAIGN or 12, **{**COMMON, "derandomize": not CAMPAIGN})
@@ -694,10 +698,17 @@ def test_random_graph_compiles_and_matches_onnxruntime(case: Case, tmp_path_fact
     session, _ = prepare(case)
     tmp = tmp_path_factory.mktemp("compiled")
     onnx.save(case.model, str(tmp / "g.onnx"))
-    library = qcompile_load(build(tmp / "g.onnx", BuildOptions(out_dir=tmp, target="x86_64-v3")).library)
-    feeds = case.feeds(None)
+    try:
+        with fuzz.time_limit(HANG_SECONDS):
+            library = qcompile_load(build(tmp / "g.onnx", BuildOptions(out_dir=tmp, target="x86_64-v3")).library)
+            feeds = case.feeds(None)
+            got = library(**feeds)
+    except fuzz.Hang:
+        pytest.fail(f"build and run still going after {HANG_SECONDS} s: a hang")
+    finally:
+        if CAMPAIGN:    # thousands of builds: keep the disk as it was
+            shutil.rmtree(tmp, ignore_errors=True)
     expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
-    got = library(**feeds)
     for name, ref in expected.items():
         assert got[name].shape == ref.shape and got[name].dtype == ref.dtype, name
         atol = 1e-5 * max(1.0, float(np.max(np.abs(ref), initial=0.0)))

@@ -9,9 +9,10 @@ is listed with its mutations, and with --save its bytes are kept to reproduce it
 
   python tools/fuzz.py --count 10000                 a campaign from seed 0
   python tools/fuzz.py --count 500 --seed 7 --save fuzz_cases/ --timeout 60
-  python tools/fuzz.py --graphs 500                   500 random graphs (tests/test_random_graphs.py's
-                                                      generator) compiled at fp32, each against onnxruntime;
-                                                      hypothesis prints the smallest failing graph
+  python tools/fuzz.py --graphs 10000 --seed 3      10,000 random valid graphs (tests/test_random_graphs.py's
+                                                      generator) compiled at fp32, each against onnxruntime, in
+                                                      processes of --chunk graphs; hypothesis prints the smallest
+                                                      failing graph, and a build or run past --timeout is a hang
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +34,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from qcompile.testing import fuzz  # noqa: E402
 
 
+STATS = re.compile(r"(\d+) passing examples?, (\d+) failing examples?, (\d+) invalid examples?")
+
+
+def graph_campaign(count: int, seed: int, chunk: int, timeout: int) -> int:
+    """pytest on the compiled random-graph test, one process per chunk (each with its own hypothesis
+    seed, so no process holds thousands of loaded libraries); totals from hypothesis' statistics."""
+    root = Path(__file__).resolve().parents[1]
+    passed = failed = invalid = 0
+    start = time.perf_counter()
+    bar = tqdm(total=count, unit="graph")
+    for i, first in enumerate(range(0, count, chunk)):
+        n = min(chunk, count - first)
+        with tempfile.TemporaryDirectory(prefix="qcompile_graphs_") as tmp:
+            run = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", tmp,
+                 "--hypothesis-show-statistics", f"--hypothesis-seed={seed * 100003 + i}",
+                 str(root / "tests" / "test_random_graphs.py"), "-k", "compiles"],
+                cwd=root, capture_output=True, text=True,
+                env={**os.environ, "QCOMPILE_FUZZ_COMPILED": str(n), "QCOMPILE_FUZZ_TIMEOUT": str(timeout)})
+        stats = STATS.findall(run.stdout)
+        passed += sum(int(s[0]) for s in stats)
+        invalid += sum(int(s[2]) for s in stats)
+        bar.update(n)
+        if run.returncode:
+            failed += 1
+            bar.close()
+            print(run.stdout[-20000:] + run.stderr[-5000:])
+            print(f"chunk {i} (hypothesis seed {seed * 100003 + i}) failed after {passed} graphs passed")
+            return 1
+    bar.close()
+    print(f"{passed} random graphs compiled and matched onnxruntime in {time.perf_counter() - start:.0f} s "
+          f"(seed {seed}, {invalid} draws the generator rejected); 0 failures, 0 hangs past {timeout} s")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=1000, help="cases to run (default: %(default)s)")
@@ -38,12 +76,10 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=int, default=120, help="seconds after which a case is a hang (default: %(default)s)")
     p.add_argument("--save", type=Path, help="keep the bytes of every escaped or hung case in this folder")
     p.add_argument("--graphs", type=int, metavar="N", help="instead: N random valid graphs compiled and compared")
+    p.add_argument("--chunk", type=int, default=500, help="graphs per process with --graphs (default: %(default)s)")
     args = p.parse_args(argv)
     if args.graphs:
-        root = Path(__file__).resolve().parents[1]
-        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                               str(root / "tests" / "test_random_graphs.py"), "-k", "compiles"], cwd=root,
-                              env={**os.environ, "QCOMPILE_FUZZ_COMPILED": str(args.graphs)}).returncode
+        return graph_campaign(args.graphs, args.seed, args.chunk, args.timeout)
     kinds, refusals, bad = collections.Counter(), collections.Counter(), []
     slowest = (0.0, -1)
     bar = tqdm(total=args.count, unit="case")

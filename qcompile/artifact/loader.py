@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import ml_dtypes
@@ -67,7 +70,7 @@ class Model:
         self.path = path
         self.prefix = _prefix_of(path)
         try:
-            self._lib = ctypes.CDLL(str(path.resolve()))
+            self._lib = _open(path)
         except OSError as exc:
             raise ArtifactError(f"'{path}' cannot be loaded: {exc}", 6, phase="load") from None
         lib, p = self._lib, self.prefix
@@ -234,6 +237,24 @@ def _call_str(lib, name: str) -> str:
     fn = getattr(lib, name)
     fn.restype = ctypes.c_char_p
     return fn().decode()
+
+
+_OPENED: dict[str, tuple[int, ...]] = {}    # resolved path -> the file's identity when first opened
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    """dlopen, but a library rebuilt at a path this process already opened is opened from a fresh
+    copy: dlopen matches by path and would return the old code (a rebuild in a notebook, or a
+    build's self-test after an earlier build to the same folder)."""
+    real = str(path.resolve())
+    st = os.stat(real)
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if _OPENED.setdefault(real, identity) == identity:
+        return ctypes.CDLL(real)
+    with tempfile.TemporaryDirectory(prefix="qcompile_reload_") as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copyfile(real, copy)
+        return ctypes.CDLL(str(copy))     # the mapping outlives the file
 
 
 def _prefix_of(path: Path) -> str:

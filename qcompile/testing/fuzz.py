@@ -9,6 +9,7 @@ fixed budget of them; `tools/fuzz.py` runs campaigns of any length and lists wha
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import tempfile
@@ -69,12 +70,10 @@ def run_case(data: bytes, precision: str, folder: Path, timeout: int = 0) -> Out
     path = folder / "case.onnx"
     path.write_bytes(data)
     start = time.perf_counter()
-    if timeout:
-        signal.signal(signal.SIGALRM, _raise_hang)
-        signal.alarm(timeout)
     try:
-        front(path, BuildOptions(precision=precision, max_seq_len=16), get_preset("x86_64-v3"), "m",
-              lambda phase, detail: None)
+        with time_limit(timeout):
+            front(path, BuildOptions(precision=precision, max_seq_len=16), get_preset("x86_64-v3"), "m",
+                  lambda phase, detail: None)
         return Outcome("built", "", time.perf_counter() - start)
     except QCompileError as exc:
         return Outcome("refused", f"[{exc.phase}] {str(exc.message).splitlines()[0][:160]}", time.perf_counter() - start)
@@ -86,9 +85,21 @@ def run_case(data: bytes, precision: str, folder: Path, timeout: int = 0) -> Out
         where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}"
         return Outcome("escaped", f"{type(exc).__name__} at {where}: {str(exc).splitlines()[0][:160] if str(exc) else ''}",
                        time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    """Raise Hang in the block after `seconds` (0: no limit). SIGALRM: main thread only."""
+    if not seconds:
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _raise_hang)
+    signal.alarm(seconds)
+    try:
+        yield
     finally:
-        if timeout:
-            signal.alarm(0)
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _raise_hang(signum, frame):
