@@ -51,6 +51,7 @@ class BuildOptions:
     schedules: Path | None = None     # the schedule database's root (None: qcompile.tune.db.default_root())
     use_tuned: bool = True           # False: rule-based schedules only
     verify: bool = True              # run the test vectors on the built library where it runs here
+    sanitize: str | None = None      # "address" or "thread": executor and runtime instrumented (debug builds)
 
     def quant(self) -> QuantOptions:
         return QuantOptions(self.precision, self.middle, self.group_size, self.plan, self.rotate, self.calibrate,
@@ -104,6 +105,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
                                                   "presets (native, x86_64, arm64, ...) build today")
     gpu = preset.gpu
     kind = preset.tvm_target["kind"]
+    _check_sanitize(opts.sanitize, preset)
     if kind == "cuda":
         from .artifact import cuda as cuda_tools
         cuda_tools.nvcc()                           # a missing CUDA toolkit fails here too
@@ -155,9 +157,9 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
         if metal_module is not None:
             finish = _write_metal(metal_module, prefix, tmp, out_dir, say)
         else:
-            _link(prefix, tmp, obj, qlinear, library, tc, gpu, say)
+            _link(prefix, tmp, obj, qlinear, library, tc, gpu, say, opts.sanitize)
         self_test = _self_test(f, preset, library if finish is None and metal_module is None else None,
-                               out_dir / f"{prefix}.testvectors.npz", opts.verify, say)
+                               out_dir / f"{prefix}.testvectors.npz", opts.verify, say, opts.sanitize)
         header = out_dir / f"{prefix}.h"
         header.write_text(src.header)
         (out_dir / f"{prefix}.plan.json").write_text(json.dumps({name: fmt for name, _, fmt, _ in layers}, indent=2)
@@ -185,8 +187,26 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
                        finish)
 
 
-def _link(prefix: str, tmp: Path, obj: Path, qlinear, library: Path, tc, gpu: bool, say) -> None:
-    """The kernels' object, the executor, the C runtime and the weights -> one shared library."""
+SANITIZERS = {"address": ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"],
+              "thread": ["-fsanitize=thread"]}
+
+
+def _check_sanitize(sanitize: str | None, preset) -> None:
+    if sanitize is None:
+        return
+    if sanitize not in SANITIZERS:
+        raise QCompileError(f"--sanitize {sanitize}: unknown sanitizer; choose from {', '.join(SANITIZERS)}",
+                            phase="options")
+    if preset.gpu:
+        raise QCompileError(f"--sanitize {sanitize} instruments the C executor of CPU libraries; target "
+                            f"{preset.name} runs on a GPU", phase="options",
+                            hint="CUDA: run the library under compute-sanitizer instead")
+
+
+def _link(prefix: str, tmp: Path, obj: Path, qlinear, library: Path, tc, gpu: bool, say,
+          sanitize: str | None = None) -> None:
+    """The kernels' object, the executor, the C runtime and the weights -> one shared library.
+    `sanitize` instruments the executor and runtime (TVM's kernels and the micro-kernels are not)."""
     from .artifact import cuda as cuda_tools, link
     from .artifact.runtime import RUNTIME_DIR, sources as runtime_sources
     for rt in runtime_sources():
@@ -195,13 +215,15 @@ def _link(prefix: str, tmp: Path, obj: Path, qlinear, library: Path, tc, gpu: bo
     objects = [obj]
     if qlinear and not gpu:
         objects.append(link.compile_object(tmp / "qc_qlinear.o", RUNTIME_DIR / "qc_qlinear.c", tc))
+    extra = dict(cflags=cuda_tools.executor_flags(), libs=cuda_tools.link_libs()) if gpu else {}
+    if sanitize:
+        extra = dict(cflags=[*SANITIZERS[sanitize], "-g", "-fno-omit-frame-pointer"])
     link.link_shared(library, objects, [tmp / f"{prefix}_exec.c", tmp / "qc_runtime.c"], [tmp / "weights.S"],
-                     prefix, tc, **(dict(cflags=cuda_tools.executor_flags(), libs=cuda_tools.link_libs())
-                                    if gpu else {}))
+                     prefix, tc, **extra)
     say("link", f"{library} ({library.stat().st_size / 2**20:.1f} MiB)")
 
 
-def _self_test(f, preset, library: Path | None, vectors: Path, verify: bool, say) -> dict:
+def _self_test(f, preset, library: Path | None, vectors: Path, verify: bool, say, sanitize: str | None = None) -> dict:
     """Writes the test vectors and, where the library runs here, checks it against them (a library
     that fails is removed). The manifest's `self_test` record."""
     from . import selftest
@@ -212,7 +234,8 @@ def _self_test(f, preset, library: Path | None, vectors: Path, verify: bool, say
     selftest.write(vectors, feeds, run(f.reference, feeds), tolerance)
     record = {"vectors": vectors.name, "inputs": {k: list(v.shape) for k, v in feeds.items()}, "verified": False}
     why = ("--no-verify" if not verify else "the library is built for another machine" if library is None
-           or not _runs_here(preset) else None)
+           or not _runs_here(preset) else f"a {sanitize}-sanitized library loads only into a program built with "
+           f"-fsanitize={sanitize}" if sanitize else None)
     if why:
         record["why_not"] = why
         say("verify", f"test vectors in {vectors.name}; not run here ({why}): `qcompile verify` runs them on the device")
@@ -447,7 +470,8 @@ def _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, checks
         "tvm_version": tvm_ver,
         "model": {"name": name, "sha256": model_hash},
         "symbol_prefix": prefix,
-        "target": {"preset": preset.name, "tvm_target": preset.tvm_target, "cpu_features": list(preset.cpu_features)},
+        "target": {"preset": preset.name, "tvm_target": preset.tvm_target, "cpu_features": list(preset.cpu_features),
+                   "sanitize": opts.sanitize},
         "precision": {"policy": opts.precision, "plan_file": f"{prefix}.plan.json", "rotate": opts.rotate,
                       "rounding": opts.rounding, "budget": opts.budget, "activations": opts.activations,
                       "act_clip": opts.act_clip,

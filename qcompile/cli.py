@@ -208,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not run the test vectors (OUT/NAME.testvectors.npz, always written) on the built library; "
                         "by default a library that runs on this machine must match the reference interpreter on "
                         "them, or it is removed")
+    p.add_argument("--sanitize", choices=["address", "thread"],
+                   help="debug build: compile the executor and C runtime with -fsanitize=address,undefined or "
+                        "-fsanitize=thread (TVM's kernels are not instrumented); the program that loads the library "
+                        "must be built with the same -fsanitize, so the self-test is left to it")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("tune", help="search fast kernel schedules for this machine or a remote device",
@@ -340,7 +344,7 @@ def cmd_build(args) -> int:
                         max_seq_len=args.max_seq_len, dim_bounds=bounds,
                         dump_ir=Path(args.dump_ir) if args.dump_ir else None, cc=args.cc, keep_temps=args.keep_temps,
                         schedules=Path(args.schedules) if args.schedules else None, use_tuned=not args.no_tuned,
-                        verify=not args.no_verify)
+                        verify=not args.no_verify, sanitize=args.sanitize)
     start = time.perf_counter()
     interactive = sys.stderr.isatty()
 

@@ -1,11 +1,13 @@
 """The generated C API used from C: examples/run_model.c against three models (numbers checked
 against onnxruntime), API misuse and threads through tests/c/capi_misuse.c (also under
-AddressSanitizer + UBSan), the num_threads option and $QCOMPILE_NUM_THREADS, and the refusal
+AddressSanitizer + UBSan and under ThreadSanitizer, each with the library's executor and runtime
+built instrumented too: `build --sanitize`), the num_threads option and $QCOMPILE_NUM_THREADS, and the refusal
 to run on a CPU that lacks a feature the library was built for."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 import qcompile
 from qcompile.artifact.loader import ArtifactError
 from qcompile.build import BuildOptions, build
+from qcompile.errors import QCompileError
 from qcompile.targets.presets import PRESETS
 from qcompile.zoo import BertConfig, LlamaConfig, make_bert, make_llama, make_mlp
 
@@ -28,6 +31,7 @@ DRIVER = Path(__file__).parent / "c" / "capi_misuse.c"
 # the flags examples/README.md promises the example compiles with
 EXAMPLE_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11"]
 ASAN = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-g"]
+TSAN = ["-fsanitize=thread", "-g"]
 ALL = "1000000000"   # run_model -n: print every value
 
 
@@ -35,8 +39,9 @@ ALL = "1000000000"   # run_model -n: print every value
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("QCOMPILE_", "ASAN_", "UBSAN_"))}
-    env.update(ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QCOMPILE_", "ASAN_", "UBSAN_", "TSAN_"))}
+    env.update(ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1",
+               TSAN_OPTIONS="halt_on_error=1:exitcode=66")
     env.update(extra)
     return env
 
@@ -108,10 +113,33 @@ def example(workdir, mlp, llama_kv, bert):
     return exes
 
 
-@pytest.fixture(scope="module", params=["plain", "asan"])
-def driver(request, workdir, mlp):
-    flags = ["-O1", "-std=c11", "-Wall", "-Wextra", "-Werror"] + (ASAN if request.param == "asan" else [])
-    return mlp[0], _gcc(workdir / f"capi_misuse_{request.param}", DRIVER, mlp[1], flags)
+DRIVER_FLAGS = ["-O1", "-std=c11", "-Wall", "-Wextra", "-Werror"]
+
+
+@pytest.fixture(scope="module")
+def plain_driver(workdir, mlp):
+    return _gcc(workdir / "capi_misuse_plain", DRIVER, mlp[1], DRIVER_FLAGS)
+
+
+@pytest.fixture(scope="module", params=["plain", "asan", "tsan"])
+def driver(request, workdir, mlp, plain_driver):
+    """The misuse driver; under a sanitizer, against a library whose executor and runtime are
+    instrumented with the same one (so races and overflows inside the artifact are seen)."""
+    if request.param == "plain":
+        return mlp[0], plain_driver
+    flags = DRIVER_FLAGS + (ASAN if request.param == "asan" else TSAN)
+    return mlp[0], _gcc(workdir / f"capi_misuse_{request.param}", DRIVER, _sanitized(workdir, mlp, request.param), flags)
+
+
+SANITIZE = {"asan": "address", "tsan": "thread"}
+
+
+def _sanitized(workdir: Path, mlp, kind: str) -> Path:
+    """The MLP built again with `build --sanitize` (once per module), into OUT=kind/."""
+    lib = workdir / kind / "mlp.so"
+    if not lib.exists():
+        _build(workdir, "mlp", None, out=kind, name="mlp", dim_bounds={"batch": 4}, sanitize=SANITIZE[kind])
+    return lib
 
 
 # --------------------------------------------------------------------------- the example
@@ -221,6 +249,15 @@ def test_threads(driver, mode):
     assert float(np.abs(refs[4].reshape(4, 10) - want).max()) <= 1e-4 * max(1.0, float(np.abs(want).max()))
 
 
+def test_one_instance_from_two_threads_refuses_the_overlap(driver):
+    # no lock: each call runs right or returns MLP_ERR_BUSY with the message on its own thread and
+    # its outputs untouched; under TSan the guard itself must be race-free
+    out = _run(driver[1], "busy", 1500, timeout=300).stdout
+    assert out.rstrip().endswith("OK"), out
+    refused = int(out.split(" refused as busy")[0].split()[-1])
+    assert refused >= 10, out
+
+
 # --------------------------------------------------------------------------- options
 
 
@@ -247,9 +284,10 @@ def test_num_threads_one_and_two_are_bitwise_identical(driver, llama_kv):
     (None, 1, 1),
     ("junk", 2, 2),
 ])
-def test_qcompile_num_threads_env(driver, env, option, threads):
-    # the pool's threads exist from create on: the process's thread count shows its size
-    out = _run(driver[1], "threads", option, env={"QCOMPILE_NUM_THREADS": env} if env else {}).stdout
+def test_qcompile_num_threads_env(plain_driver, env, option, threads):
+    # the pool's threads exist from create on: the process's thread count shows its size (no
+    # sanitizer here: ThreadSanitizer adds a thread of its own)
+    out = _run(plain_driver, "threads", option, env={"QCOMPILE_NUM_THREADS": env} if env else {}).stdout
     assert f"threads {threads}\nOK" in out, out
 
 
@@ -270,8 +308,25 @@ def test_cpu_feature_refusal(workdir, mlp, monkeypatch):
     assert info.value.status == 7
     assert "not_a_real_feature" in str(info.value) and "lacks" in str(info.value)
 
-    exe = _gcc(workdir / "capi_misuse_unreal", DRIVER, lib, ["-O1", "-std=c11", "-Wall", "-Wextra", "-Werror"])
+    exe = _gcc(workdir / "capi_misuse_unreal", DRIVER, lib, DRIVER_FLAGS)
     out = _run(exe, "cpu").stdout
     assert "create: status 7: " in out and "not_a_real_feature" in out and out.rstrip().endswith("OK"), out
     # the well-built library of the same model still loads on this CPU
     assert qcompile.load(mlp[1]).inputs[0].name == "x"
+
+
+@pytest.mark.parametrize("kind", ["asan", "tsan"])
+def test_sanitized_builds_say_so(workdir, mlp, kind):
+    lib = _sanitized(workdir, mlp, kind)
+    manifest = json.loads(lib.with_suffix(".manifest.json").read_text())
+    assert manifest["target"]["sanitize"] == SANITIZE[kind]
+    assert not manifest["self_test"]["verified"] and f"-fsanitize={SANITIZE[kind]}" in manifest["self_test"]["why_not"]
+    needed = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True).stdout
+    assert ("libtsan" if kind == "tsan" else "libasan") in needed
+
+
+def test_sanitize_is_refused_for_a_gpu_target(workdir, mlp):
+    with pytest.raises(QCompileError, match=r"--sanitize thread instruments the C executor of CPU libraries; "
+                                            r"target cuda runs on a GPU"):
+        build(mlp[0], BuildOptions(out_dir=workdir / "never", target="cuda", sanitize="thread"))
+    assert not (workdir / "never").exists()

@@ -21,7 +21,8 @@ from ..errors import QCompileError
 MAX_DIMS = 8
 _NP_OF_ONNX = {1: np.float32, 2: np.uint8, 3: np.int8, 6: np.int32, 7: np.int64, 9: np.bool_,
                10: np.float16, 16: ml_dtypes.bfloat16}
-_STATUS = {1: "invalid argument", 2: "dtype", 3: "shape", 4: "bounds", 5: "kernel", 6: "load", 7: "cpu"}
+BUSY = 8
+_STATUS = {1: "invalid argument", 2: "dtype", 3: "shape", 4: "bounds", 5: "kernel", 6: "load", 7: "cpu", 8: "busy"}
 
 
 class ArtifactError(QCompileError):
@@ -132,6 +133,11 @@ class Model:
                                      "--kv-cache) and build that file")
         return Session(self, max_context)
 
+    def message(self, status: int) -> str:
+        """The C library's message for a call that returned `status` on this thread (a call refused
+        as busy leaves the instance's own message alone: it belongs to the running call)."""
+        return self._error(None if status == BUSY else self._handle).decode()
+
     def close(self) -> None:
         if getattr(self, "_handle", None):
             self._destroy(self._handle)
@@ -165,7 +171,7 @@ class Model:
             t.data, t.dtype, t.capacity = buf.ctypes.data, spec.onnx_dtype, buf.nbytes
         status = self._run(self._handle, ins, len(arrays), outs, len(self.outputs))
         if status:
-            raise ArtifactError(self._error(self._handle).decode(), status)
+            raise ArtifactError(self.message(status), status)
         result = {}
         for t, spec, buf in zip(outs, self.outputs, buffers):
             shape = tuple(t.dims[i] for i in range(t.ndim))
@@ -183,12 +189,12 @@ class Session:
         handle = ctypes.c_void_p()
         status = self._fn["create"](model._handle, max_context, ctypes.byref(handle))
         if status:
-            raise ArtifactError(model._error(model._handle).decode(), status)
+            raise ArtifactError(model.message(status), status)
         self._handle = handle
 
     def _check(self, status: int) -> None:
         if status:
-            raise ArtifactError(self.model._error(self.model._handle).decode(), status)
+            raise ArtifactError(self.model.message(status), status)
 
     def prefill(self, tokens) -> np.ndarray:
         ids = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1))

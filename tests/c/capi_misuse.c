@@ -8,6 +8,9 @@
  *                   problem, and the instance still runs correctly after each
  *   concurrent N    two instances, each run N times from its own thread at the same time
  *   shared N        one instance run N times from each of two threads, one call at a time
+ *   busy N          one instance run from two threads at once, no lock: each call either runs
+ *                   right or is refused with MLP_ERR_BUSY untouched (N runs each, and on until
+ *                   10 calls were refused)
  *   options         num_threads = 1 and 2 give bitwise identical outputs
  *   threads T       create with num_threads = T; print the process's thread count
  *   cpu             create must fail with MLP_ERR_CPU naming "not_a_real_feature"
@@ -297,6 +300,55 @@ static void run_threads(int iters, int shared) {
   printf("%d runs per thread\n", iters);
 }
 
+/* Two threads on one instance with no lock: the library must refuse the overlapping calls
+ * (MLP_ERR_BUSY, message on the calling thread, outputs untouched), and every call it runs must
+ * be right. Runs continue past N until 10 refusals were seen (a 2-core machine overlaps fast). */
+typedef struct {
+  mlp_model* m;
+  int iters, tid, ran, wrong;
+  int* refused; /* shared, atomic */
+} busy_job;
+
+static void* busy_worker(void* arg) {
+  busy_job* j = (busy_job*)arg;
+  float x[MAXB * IN], y[MAXB * OUT];
+  for (int it = 0; it < 200 * j->iters && (it < j->iters || __atomic_load_n(j->refused, __ATOMIC_RELAXED) < 10);
+       ++it) {
+    int b = 1 + (it + j->tid) % MAXB;
+    make_input(x, b, 0);
+    memset(y, 0, sizeof y);
+    mlp_tensor in = input(x, b), out = output(y, sizeof y);
+    int s = mlp_run(j->m, &in, 1, &out, 1);
+    if (s == MLP_OK) {
+      ++j->ran;
+      if (out.dims[0] != b || memcmp(y, ref[b], sizeof(float) * (size_t)(b * OUT)) != 0) ++j->wrong;
+    } else if (s == MLP_ERR_BUSY) {
+      __atomic_add_fetch(j->refused, 1, __ATOMIC_RELAXED);
+      const char* msg = mlp_last_error(NULL);
+      if (out.ndim != -7 || y[0] != 0.0f || !strstr(msg, "mlp_run: the instance is running a call on another thread"))
+        ++j->wrong;
+    } else {
+      ++j->wrong;
+    }
+  }
+  return NULL;
+}
+
+static void busy(int iters) {
+  mlp_model* m = create(1);
+  compute_refs(m);
+  int refused = 0;
+  busy_job jobs[2] = {{m, iters, 0, 0, 0, &refused}, {m, iters, 1, 0, 0, &refused}};
+  pthread_t t[2];
+  for (int i = 0; i < 2; ++i) CHECK(pthread_create(&t[i], NULL, busy_worker, &jobs[i]) == 0, "pthread_create");
+  for (int i = 0; i < 2; ++i) pthread_join(t[i], NULL);
+  CHECK(jobs[0].wrong + jobs[1].wrong == 0, "%d calls wrong", jobs[0].wrong + jobs[1].wrong);
+  CHECK(refused >= 10, "only %d overlapping calls refused in %d runs", refused, jobs[0].ran + jobs[1].ran);
+  run_and_check(m, 3, "busy refusals");
+  mlp_destroy(m);
+  printf("%d runs, %d refused as busy\n", jobs[0].ran + jobs[1].ran, refused);
+}
+
 /* ------------------------------------------------------------------ options, threads, cpu */
 
 static void options(void) {
@@ -362,11 +414,12 @@ int main(int argc, char** argv) {
   if (!strcmp(cmd, "misuse")) misuse();
   else if (!strcmp(cmd, "concurrent")) run_threads(n, 0);
   else if (!strcmp(cmd, "shared")) run_threads(n, 1);
+  else if (!strcmp(cmd, "busy")) busy(n);
   else if (!strcmp(cmd, "options")) options();
   else if (!strcmp(cmd, "threads")) threads(n);
   else if (!strcmp(cmd, "cpu")) cpu();
   else {
-    fprintf(stderr, "usage: capi_misuse misuse|concurrent N|shared N|options|threads T|cpu\n");
+    fprintf(stderr, "usage: capi_misuse misuse|concurrent N|shared N|busy N|options|threads T|cpu\n");
     return 2;
   }
   printf("OK\n");
