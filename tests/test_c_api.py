@@ -1,7 +1,8 @@
 """The generated C API used from C: examples/run_model.c against three models (numbers checked
-against onnxruntime), API misuse and threads through tests/c/capi_misuse.c (also under
-AddressSanitizer + UBSan and under ThreadSanitizer, each with the library's executor and runtime
-built instrumented too: `build --sanitize`), the num_threads option and $QCOMPILE_NUM_THREADS, and the refusal
+against onnxruntime); API misuse and threads through tests/c/capi_misuse.c, and decoder sessions
+from two threads through tests/c/session_threads.c, each plain, under AddressSanitizer + UBSan and
+under ThreadSanitizer (against a library built with `build --sanitize`, so its executor and
+runtime are instrumented too); the num_threads option and $QCOMPILE_NUM_THREADS; and the refusal
 to run on a CPU that lacks a feature the library was built for."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .helpers import example_feeds, ort_run, parse_outputs
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "run_model.c"
 DRIVER = Path(__file__).parent / "c" / "capi_misuse.c"
+SESSION_DRIVER = Path(__file__).parent / "c" / "session_threads.c"
 # the flags examples/README.md promises the example compiles with
 EXAMPLE_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11"]
 ASAN = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-g"]
@@ -128,17 +130,21 @@ def driver(request, workdir, mlp, plain_driver):
     if request.param == "plain":
         return mlp[0], plain_driver
     flags = DRIVER_FLAGS + (ASAN if request.param == "asan" else TSAN)
-    return mlp[0], _gcc(workdir / f"capi_misuse_{request.param}", DRIVER, _sanitized(workdir, mlp, request.param), flags)
+    return mlp[0], _gcc(workdir / f"capi_misuse_{request.param}", DRIVER, _sanitized(workdir, "mlp", request.param),
+                        flags)
 
 
 SANITIZE = {"asan": "address", "tsan": "thread"}
+SANITIZER_FLAGS = {"plain": [], "asan": ASAN, "tsan": TSAN}
 
 
-def _sanitized(workdir: Path, mlp, kind: str) -> Path:
-    """The MLP built again with `build --sanitize` (once per module), into OUT=kind/."""
-    lib = workdir / kind / "mlp.so"
+def _sanitized(workdir: Path, stem: str, kind: str) -> Path:
+    """The MLP or the decoder (as the module's fixtures build them, which must come first) built
+    again with `build --sanitize` (once per module), into OUT=kind/."""
+    lib = workdir / kind / f"{stem}.so"
     if not lib.exists():
-        _build(workdir, "mlp", None, out=kind, name="mlp", dim_bounds={"batch": 4}, sanitize=SANITIZE[kind])
+        bounds = dict(dim_bounds={"batch": 4}) if stem == "mlp" else dict(dim_bounds={"batch": 2}, max_seq_len=32)
+        _build(workdir, stem, None, out=kind, name=stem, sanitize=SANITIZE[kind], **bounds)
     return lib
 
 
@@ -258,6 +264,24 @@ def test_one_instance_from_two_threads_refuses_the_overlap(driver):
     assert refused >= 10, out
 
 
+@pytest.mark.parametrize("kind", ["plain", "asan", "tsan"])
+@pytest.mark.parametrize("mode", ["separate", "shared"])
+def test_decoder_sessions_from_two_threads(workdir, llama_kv, kind, mode):
+    # separate: two instances decode at once; shared: two sessions of one instance, no lock, the
+    # overlapping calls refused (ERR_BUSY) and retried. Tokens must equal a one-thread run's, and
+    # under the sanitizers the library's own executor and runtime are instrumented too.
+    lib = llama_kv[1] if kind == "plain" else _sanitized(workdir, "llama_kv", kind)
+    exe = workdir / f"session_threads_{kind}"
+    if not exe.exists():
+        _gcc(exe, SESSION_DRIVER, lib, DRIVER_FLAGS + SANITIZER_FLAGS[kind], ["-DQC_NAME=llama_kv", "-DQC_UP=LLAMA_KV"])
+    out = _run(exe, mode, 16, timeout=600).stdout
+    assert out.rstrip().endswith("OK"), out
+    refs = [line.split()[2:] for line in out.splitlines() if line.startswith("REF ")]
+    assert len(refs) == 2 and all(len(r) == 16 for r in refs) and refs[0] != refs[1], out
+    if mode == "separate":
+        assert "refused 0\n" in out, out
+
+
 # --------------------------------------------------------------------------- options
 
 
@@ -317,7 +341,7 @@ def test_cpu_feature_refusal(workdir, mlp, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["asan", "tsan"])
 def test_sanitized_builds_say_so(workdir, mlp, kind):
-    lib = _sanitized(workdir, mlp, kind)
+    lib = _sanitized(workdir, "mlp", kind)
     manifest = json.loads(lib.with_suffix(".manifest.json").read_text())
     assert manifest["target"]["sanitize"] == SANITIZE[kind]
     assert not manifest["self_test"]["verified"] and f"-fsanitize={SANITIZE[kind]}" in manifest["self_test"]["why_not"]
