@@ -1,12 +1,15 @@
 """Random small ONNX graphs run the same in onnxruntime and in our frontend + reference interpreter.
 
-A hypothesis strategy builds a random DAG of 1..8 ops with onnx.helper (opset 18, IR version 10):
-Relu Neg Abs Exp Tanh Sigmoid Sqrt Erf; Add Sub Mul Div Max Min Pow with numpy broadcasting;
-MatMul (batched, 1-D operands); Gemm (transA/transB, alpha/beta, optional C); Reshape (0, -1);
-Transpose; Unsqueeze/Squeeze; Concat; Slice (negative and out-of-range indices, negative steps,
-optional axes/steps); Softmax; ReduceMean/Sum/Max (keepdims, no or empty axes); Where(Less(a, b),
-a, b); Cast fp32->fp16->fp32; Expand. Operands are graph inputs, initializers or earlier results;
-axes are often negative. A second test gives every input a symbolic first dim ("batch") and runs
+A hypothesis strategy builds a random DAG of 1..8 ops with onnx.helper (opset 13, 17 or 18, each
+with its IR version): Relu Neg Abs Exp Tanh Sigmoid Sqrt Erf; Add Sub Mul Div Max Min Pow with
+numpy broadcasting; MatMul (batched, 1-D operands); Gemm (transA/transB, alpha/beta, optional C);
+Reshape (0, -1); Transpose; Unsqueeze/Squeeze; Concat; Slice (negative and out-of-range indices,
+negative steps, optional axes/steps); Softmax; ReduceMean/Sum/Max (keepdims, no or empty axes;
+axes as an attribute before opset 18); Where(Less(a, b), a, b); Cast fp32->fp16->fp32; Expand;
+Gather (int64 or int32 constant indices, or an int64 graph input, negative indices, index ranks
+0..2); zero-size tensors (an empty Slice or an input with a 0 dim, through an elementwise op,
+concatenated back, sometimes a graph output). Operands are graph inputs, initializers or earlier
+results; axes are often negative. A second test gives every input a symbolic first dim ("batch") and runs
 one model at two batch sizes.
 
 Every value's shape is tracked symbolically, so each graph is valid by construction (the ONNX
@@ -52,7 +55,8 @@ from qcompile.frontend import from_proto
 from qcompile.testing import fuzz
 from qcompile.ir.interpret import run as interpret
 
-OPSET, IR_VERSION = 18, 10
+OPSETS = {13: 7, 17: 8, 18: 10}   # opset -> the IR version exporters pair it with; 13 and 17 take
+                                 # ReduceMean/ReduceMax axes as an attribute, 18 as an input
 BATCH = "batch"          # the symbolic first dim of the batch variant's inputs (an ONNX dim_param)
 MAX_BATCH = 4            # largest batch size fed; bounds count a `batch` dim as this
 MAX_RANK = 4
@@ -159,6 +163,7 @@ class Leaf:
     name: str
     shape: Shape
     kind: str
+    rows: int = 0          # kind "index": int64 indices in [-rows, rows)
 
 
 @dataclass
@@ -170,12 +175,14 @@ class Case:
 
     def feeds(self, batch: int | None = None) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, batch or 0])
-        return {leaf.name: sample(rng, leaf.kind, concrete(leaf.shape, batch)) for leaf in self.inputs}
+        return {leaf.name: rng.integers(-leaf.rows, leaf.rows, concrete(leaf.shape, batch)).astype(np.int64)
+                if leaf.kind == "index" else sample(rng, leaf.kind, concrete(leaf.shape, batch))
+                for leaf in self.inputs}
 
 
 class Builder:
-    def __init__(self, draw, seed: int, batch: bool):
-        self.draw, self.batch = draw, batch
+    def __init__(self, draw, seed: int, batch: bool, opset: int = 18):
+        self.draw, self.batch, self.opset = draw, batch, opset
         self.rng = np.random.default_rng(seed)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
@@ -184,6 +191,7 @@ class Builder:
         self.produced: list[Val] = []    # op results: the candidates for graph outputs
         self._ids = itertools.count()
         self._scalars: dict[float, str] = {}
+        self.empty_outputs: list[Val] = []   # zero-size values that are graph outputs too
 
     def fresh_name(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids)}"
@@ -552,9 +560,15 @@ def op_reduce(b: Builder) -> Val:
     if keepdims is not None:
         attrs["keepdims"] = keepdims
     style = b.draw(st.sampled_from(["axes", "axes", "axes", "none", "empty"]))
+    attribute = op != "ReduceSum" and b.opset < 18     # ReduceSum's axes became an input at 13, the rest at 18
+    if attribute and style == "empty":
+        style = "none"
     if style == "axes":
         axes = b.draw(st.lists(st.integers(0, rank - 1), min_size=1, max_size=rank, unique=True))
-        inputs = [x, b.ints(_maybe_negative(b, axes, rank))]
+        if attribute:
+            inputs, attrs["axes"] = [x], _maybe_negative(b, axes, rank)
+        else:
+            inputs = [x, b.ints(_maybe_negative(b, axes, rank))]
     else:   # no axes input, or an empty one: both reduce everything (noop_with_empty_axes=0)
         axes = list(range(rank))
         inputs = [x] if style == "none" else [x, b.ints([])]
@@ -591,20 +605,73 @@ def op_expand(b: Builder) -> Val:
     return b.emit("Expand", [x, b.ints(shape)], broadcast(x.shape, shape), x.bound, x.exact)
 
 
+def op_gather(b: Builder) -> Val | None:
+    """Indices of any rank up to 2, negative ones included: int64 (or int32) constants, or an int64
+    graph input whose values are drawn at feed time."""
+    x = b.pick(lambda v: any(isinstance(d, int) and d > 0 for d in v.shape))
+    if x is None:
+        return None
+    axis = b.draw(st.sampled_from([i for i, d in enumerate(x.shape) if isinstance(d, int) and d > 0]))
+    rows = x.shape[axis]
+    shape = tuple(b.draw(st.lists(st.integers(1, 3), max_size=2)))
+    if len(x.shape) - 1 + len(shape) > MAX_RANK:
+        shape = shape[:MAX_RANK - len(x.shape) + 1]
+    if not b.batch and b.coin(3):
+        name = b.fresh_name("i")
+        b.inputs.append(Leaf(name, shape, "index", rows))
+        index = TensorProto.INT64
+    else:
+        name, index = b.fresh_name("k"), b.draw(st.sampled_from([TensorProto.INT64, TensorProto.INT64,
+                                                                  TensorProto.INT32]))
+        values = b.rng.integers(-rows, rows, shape)
+        b.initializers.append(numpy_helper.from_array(values.astype(np.int64 if index == TensorProto.INT64
+                                                                    else np.int32), name))
+    out = x.shape[:axis] + shape + x.shape[axis + 1:]
+    return b.emit("Gather", [x, name], out, x.bound, x.exact, axis=_maybe_negative(b, [axis], len(x.shape))[0])
+
+
+def op_empty(b: Builder) -> Val | None:
+    """A zero-size tensor inside the graph: an empty Slice of a value, or an input with a 0 dim,
+    through an elementwise op, concatenated back onto the value (which comes out unchanged); now
+    and then also a graph output of its own."""
+    x = b.pick(lambda v: any(isinstance(d, int) for d in v.shape))
+    if x is None:
+        return None
+    axis = b.draw(st.sampled_from([i for i, d in enumerate(x.shape) if isinstance(d, int)]))
+    shape = x.shape[:axis] + (0,) + x.shape[axis + 1:]
+    empty = None
+    if b.coin(2):
+        empty = b.leaf(shape, as_input=True)
+        if empty is not None:
+            b.pool.remove(empty)
+    if empty is None:
+        at = b.draw(st.integers(0, x.shape[axis]))
+        empty = b.emit("Slice", [x, b.ints([at]), b.ints([at]), b.ints([axis])], shape, x.bound, x.exact, pool=False)
+    op = b.draw(st.sampled_from(["Relu", "Neg", "Add"]))
+    inputs = [empty, b.scalar(1.0)] if op == "Add" else [empty]
+    empty = b.emit(op, inputs, shape, x.bound + 1, x.exact, pool=False)
+    if b.coin(4):
+        b.empty_outputs.append(empty)
+    parts = [x, empty] if b.coin(2) else [empty, x]
+    return b.emit("Concat", parts, x.shape, x.bound, x.exact, axis=_maybe_negative(b, [axis], len(x.shape))[0])
+
+
 OPS = [op_unary, op_unary, op_binary, op_binary, op_matmul, op_gemm, op_reshape, op_transpose,
-       op_unsqueeze, op_squeeze, op_concat, op_slice, op_softmax, op_reduce, op_where, op_cast, op_expand]
+       op_unsqueeze, op_squeeze, op_concat, op_slice, op_softmax, op_reduce, op_where, op_cast, op_expand,
+       op_gather, op_empty]
 
 
 # -- the strategy -----------------------------------------------------------------------------
 
-def value_info(name: str, shape: Shape) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+def value_info(name: str, shape: Shape, dtype: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, list(shape))
 
 
 @st.composite
 def random_graphs(draw, batch: bool = False) -> Case:
     seed = draw(st.integers(0, 2 ** 32 - 1))
-    b = Builder(draw, seed, batch)
+    opset = draw(st.sampled_from(sorted(OPSETS, reverse=True)))
+    b = Builder(draw, seed, batch, opset)
     front = (BATCH,) if batch else ()
     for i in range(draw(st.integers(1, 2))):     # one or two sources; ops add more operands as they go
         dims = draw(st.lists(DIMS, min_size=1 - len(front), max_size=MAX_RANK - len(front)))
@@ -621,13 +688,14 @@ def random_graphs(draw, batch: bool = False) -> Case:
 
     # the last result is always an output; some intermediates too
     last = b.produced[-1]
-    outputs = [v for v in b.produced[:-1] if b.coin(4)] + [last]
+    outputs = [v for v in b.produced[:-1] if b.coin(4)] + b.empty_outputs + [last]
     graph = helper.make_graph(
         b.nodes, "random_graph",
-        inputs=[value_info(leaf.name, leaf.shape) for leaf in b.inputs],
+        inputs=[value_info(leaf.name, leaf.shape, TensorProto.INT64 if leaf.kind == "index" else TensorProto.FLOAT)
+                for leaf in b.inputs],
         outputs=[value_info(v.name, v.shape) for v in outputs],
         initializer=b.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=OPSETS[opset],
                               producer_name="test_random_graphs")
     return Case(model, b.inputs, {v.name: v.shape for v in outputs}, seed)
 

@@ -74,7 +74,7 @@ def for_preset(preset, cc: str | None = None) -> Toolchain:
         _require(driver[0], preset)
         return Toolchain(driver, "darwin", isa)
     if preset.abi == "android":
-        driver = (cc or _ndk_clang() or preset.toolchain,)
+        driver = (cc or ndk_clang() or preset.toolchain,)
     else:
         driver = (cc or preset.toolchain,)
     _require(driver[0], preset)
@@ -91,7 +91,7 @@ def _darwin_driver() -> tuple[str, ...]:
                               "Xcode's clang")
 
 
-def _ndk_clang() -> str | None:
+def ndk_clang() -> str | None:
     for var in ("ANDROID_NDK_HOME", "ANDROID_NDK_ROOT", "ANDROID_NDK"):
         root = os.environ.get(var)
         if root:

@@ -1,0 +1,224 @@
+"""The compatibility matrix: every bundled model built for every target preset at every
+precision, each library checked against its own test vectors where this machine can run it.
+
+A cell is verified (the library ran on the vectors and matched the reference interpreter on the
+graph as quantized: on this CPU, under qemu-aarch64, or on the CUDA or Metal CPU shim), built (a
+library exists but nothing here runs it), refused (a qcompile error: the preset cannot take that
+model at that precision, with the reason), no toolchain (the preset's compiler is not installed)
+or failed (a bug: an unexpected exception, or a library that disagrees with the reference).
+
+`tests/test_compatibility.py` runs it: the MLP in CI, checked against docs/compatibility.json;
+QCOMPILE_COMPAT=full (or `python tools/compat.py`) runs every model and writes
+docs/compatibility.md and docs/compatibility.json.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+
+from ..errors import QCompileError
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4", "ternary", "mixed")
+STATUSES = ("verified", "built", "refused", "no toolchain", "failed")
+
+
+def models() -> dict[str, tuple[onnx.ModelProto, dict, str]]:
+    """name -> (model, build options, what it is)."""
+    from ..zoo import LlamaConfig, make_bert, make_llama, make_mlp
+    return {
+        "mlp": (make_mlp(), dict(dim_bounds={"batch": 2}), "MLP: Gemm, Relu (x[batch, 64] -> y[batch, 10])"),
+        "llama": (make_llama(LlamaConfig(), with_kv_cache=True), dict(max_seq_len=32),
+                  "Llama-style decoder, KV-cache inputs: RMSNorm, RoPE, GQA attention, SwiGLU, tied LM head"),
+        "bert": (make_bert(), dict(max_seq_len=32),
+                 "BERT-style encoder: embeddings, LayerNorm, attention with a mask, GELU, pooler"),
+    }
+
+
+@dataclass
+class Cell:
+    model: str
+    preset: str
+    precision: str
+    status: str
+    error: float | None = None      # the largest relative error on the test vectors (verified cells)
+    detail: str = ""                # why refused, failed or not run
+
+
+def presets() -> list[str]:
+    from ..targets.presets import PRESETS
+    return [name for name, p in PRESETS.items() if p.status != "planned"]
+
+
+def verifier(preset_name: str) -> str | None:
+    """How this machine checks a library for `preset_name`; None: it only builds it."""
+    from ..targets.presets import PRESETS
+    from ..build import _runs_here
+    from ..targets.tvm.host import resolve
+    preset = resolve(PRESETS[preset_name])
+    kind = preset.tvm_target["kind"]
+    if kind == "cuda":
+        return "CUDA-on-CPU shim" if shutil.which("nvcc") else None
+    if kind == "metal":
+        return "MSL type check + Metal-on-CPU shim"
+    if _runs_here(preset):
+        return "ran on this CPU (the build's self-test)"
+    if preset.tvm_target.get("mtriple", "").startswith("aarch64") and shutil.which("qemu-aarch64"):
+        how = f"qemu-aarch64 -cpu {_qemu_cpu(preset_name)}"
+        return how + (", the glibc cross compiler standing in for the NDK" if preset.abi == "android" else "")
+    return None
+
+
+def _qemu_cpu(preset_name: str) -> str:
+    return "cortex-a72" if preset_name == "arm64-v8" else "max"
+
+
+def check(model: str, path: Path, options: dict, preset_name: str, precision: str, work: Path) -> Cell:
+    """Build one cell into `work` (removed after) and check it as verifier() says."""
+    from ..artifact.toolchain import ToolchainError, ndk_clang
+    from ..build import BuildOptions, build
+    from ..targets.presets import PRESETS
+    from . import device_run
+    preset = PRESETS[preset_name]
+    kind = preset.tvm_target["kind"]
+    out = work / f"{model}-{preset_name}-{precision}"
+    opts = BuildOptions(target=preset_name, precision=precision, out_dir=out, name=model, keep_temps=kind == "cuda",
+                        **options)
+    if preset.abi == "android" and ndk_clang() is None and shutil.which(device_run.AARCH64_CC):
+        opts.cc = device_run.AARCH64_CC
+    cell = Cell(model, preset_name, precision, "built")
+    try:
+        result = build(path, opts)
+        manifest = json.loads(result.manifest.read_text())
+        how = verifier(preset_name)
+        vectors = out / f"{model}.testvectors.npz"
+        if manifest["self_test"]["verified"]:
+            report = None
+            cell.error = max(manifest["self_test"]["errors"].values(), default=0.0)
+        elif how is None:
+            report = None
+            cell.detail = "nothing here runs it"
+        elif kind == "cuda":
+            report = device_run.on_cuda_shim(out, model, vectors)
+        elif kind == "metal":
+            report = device_run.on_metal_shim(out, model, vectors)
+        else:
+            report = device_run.under_qemu(result.library, vectors, cpu=_qemu_cpu(preset_name))
+        if report is not None:
+            cell.error = max(report.errors.values(), default=0.0)
+            if not report.ok:
+                cell.status, cell.detail = "failed", f"disagrees with the reference: {report.render()}"
+                return cell
+        if cell.error is not None:
+            cell.status = "verified"
+    except ToolchainError as exc:
+        cell.status, cell.detail = "no toolchain", str(exc.message).splitlines()[0]
+    except QCompileError as exc:
+        cell.status = "failed" if exc.phase == "verify" else "refused"
+        cell.detail = f"[{exc.phase}] {str(exc.message).splitlines()[0]}"
+    except Exception as exc:     # a bug: the matrix reports it rather than stopping
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        cell.status = "failed"
+        cell.detail = f"{type(exc).__name__} at {Path(frame.filename).name}:{frame.lineno}: {str(exc)[:200]}"
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return cell
+
+
+def run(names: list[str], work: Path, progress=None) -> list[Cell]:
+    """Every preset and precision for the models `names`; progress(i, n, cell) after each."""
+    every = models()
+    cells, jobs = [], [(m, p, q) for m in names for p in presets() for q in PRECISIONS]
+    for m in names:
+        onnx.save(every[m][0], str(work / f"{m}.onnx"))
+    for i, (m, p, q) in enumerate(jobs):
+        cells.append(check(m, work / f"{m}.onnx", every[m][1], p, q, work))
+        if progress:
+            progress(i + 1, len(jobs), cells[-1])
+    return cells
+
+
+def host() -> str:
+    from ..targets.tvm.host import host_cpu_flags
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else \
+        platform.processor()
+    flags = host_cpu_flags()
+    isa = ", ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags)
+    return f"{cpu} ({platform.machine()}: {isa or 'no x86 vector extensions'})"
+
+
+def to_json(cells: list[Cell]) -> str:
+    return json.dumps([asdict(c) for c in cells], indent=1) + "\n"
+
+
+def from_json(text: str) -> list[Cell]:
+    return [Cell(**c) for c in json.loads(text)]
+
+
+_MARK = {"verified": "✓", "built": "built", "refused": "refused", "no toolchain": "no toolchain", "failed": "✗ FAILED"}
+
+
+def render(cells: list[Cell], version: str) -> str:
+    """docs/compatibility.md: how each preset is checked, then per model a preset x precision table
+    (cells: ✓ and the largest relative error, or the status), with the reasons as notes."""
+    from ..targets.presets import PRESETS
+    names = list(dict.fromkeys(c.model for c in cells))
+    described = models()
+    lines = ["# Compatibility matrix", "",
+             "Generated by `tests/test_compatibility.py` with `QCOMPILE_COMPAT=full` (or `python tools/compat.py`);",
+             "not written by hand. CI rebuilds the MLP's rows on every run and fails if they no longer",
+             "match `docs/compatibility.json`.", "",
+             f"qcompile {version}, on {host()}.", "",
+             "Every cell is one `qcompile build` of a bundled model for one target preset at one precision,",
+             "with default options. **✓** means the library ran its own test vectors (small inputs, and the",
+             "reference interpreter's outputs on the graph as quantized) and matched; the number is the largest",
+             "error relative to the largest reference value. **built**: the library exists, but nothing on",
+             "this machine runs it. **refused**: qcompile declined with an error naming the reason (notes",
+             "below). **✗ FAILED** would be a bug.", "",
+             "## How each target is checked here", "",
+             "| target | status | what it is | checked by |", "|---|---|---|---|"]
+    for name in presets():
+        p = PRESETS[name]
+        lines.append(f"| `{name}` | {p.status} | {p.summary} | {verifier(name) or 'build only'} |")
+    notes: dict[str, int] = {}
+    for m in names:
+        model_cells = [c for c in cells if c.model == m]
+        counts = {s: sum(c.status == s for c in model_cells) for s in STATUSES}
+        lines += ["", f"## {m}", "", described[m][2] + ".", "",
+                  ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(model_cells)}.", "",
+                  "| target | " + " | ".join(PRECISIONS) + " |", "|---" * (len(PRECISIONS) + 1) + "|"]
+        for p in presets():
+            row = []
+            for q in PRECISIONS:
+                c = next(c for c in model_cells if c.preset == p and c.precision == q)
+                text = _MARK[c.status] + (f" {c.error:.0e}" if c.status == "verified" else "")
+                if c.status in ("refused", "no toolchain", "failed"):
+                    note = notes.setdefault(c.detail, len(notes) + 1)
+                    text += f" [{note}]"
+                row.append(text)
+            lines.append(f"| `{p}` | " + " | ".join(row) + " |")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"{i}. {d}" for d, i in notes.items()]
+    return "\n".join(lines) + "\n"
+
+
+def disagreements(now: list[Cell], recorded: list[Cell]) -> list[str]:
+    """Cells whose status differs from the recorded matrix. A cell recorded verified may be only
+    built here when this machine has no way to run that preset (another CPU, no qemu)."""
+    old = {(c.model, c.preset, c.precision): c for c in recorded}
+    out = []
+    for c in now:
+        r = old.get((c.model, c.preset, c.precision))
+        if r is None:
+            out.append(f"{c.model} {c.preset} {c.precision}: {c.status}, not in the recorded matrix")
+        elif c.status != r.status and not (r.status == "verified" and c.status == "built" and verifier(c.preset) is None):
+            out.append(f"{c.model} {c.preset} {c.precision}: {c.status} ({c.detail}); recorded {r.status} ({r.detail})")
+    return out
+

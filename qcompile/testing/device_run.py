@@ -1,0 +1,93 @@
+"""A build's test vectors on libraries this machine cannot load into Python.
+
+aarch64 libraries run under qemu-user through vector_runner.c (inputs and outputs as files);
+CUDA and Metal libraries run on the CPU shims (their kernels compiled for the host). Each returns
+the self-test's Report: the largest relative error per output against the reference interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import QCompileError
+from ..selftest import Report, _error
+
+RUNNER = Path(__file__).with_name("vector_runner.c")
+AARCH64_CC, QEMU, AARCH64_SYSROOT = "aarch64-linux-gnu-gcc", "qemu-aarch64", "/usr/aarch64-linux-gnu"
+
+
+class DeviceRunError(QCompileError):
+    phase = "verify"
+
+
+def _vectors(vectors: Path) -> tuple[dict, dict, float]:
+    data = np.load(vectors)
+    meta = json.loads(bytes(data["meta"]).decode())
+    pick = lambda kind: {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith(kind + ":")}  # noqa: E731
+    return pick("input"), pick("output"), meta["tolerance"]
+
+
+def _report(got: dict[str, np.ndarray], expected: dict[str, np.ndarray], tolerance: float) -> Report:
+    errors = {}
+    for name, want in expected.items():
+        if got[name].shape != want.shape:
+            raise DeviceRunError(f"output '{name}' has shape {got[name].shape}; the test vectors expect {want.shape}")
+        errors[name] = _error(got[name], want)
+    return Report(errors, tolerance)
+
+
+def on_host(library: Path, vectors: Path) -> Report:
+    """A library (or a shim-linked one) that loads here."""
+    from ..artifact.loader import load
+    from ..selftest import check
+    return check(load(library), vectors)
+
+
+def under_qemu(library: Path, vectors: Path, cpu: str = "max", cc: str = AARCH64_CC) -> Report:
+    """An aarch64 Linux library: vector_runner.c cross-compiled against it, run by qemu-aarch64
+    with `cpu` (cortex-a72 for ARMv8.0 without dotprod, max for everything)."""
+    from ..artifact.loader import _prefix_of
+    library = Path(library).resolve()
+    prefix = _prefix_of(library)
+    feeds, expected, tolerance = _vectors(vectors)
+    with tempfile.TemporaryDirectory(prefix="qc_qemu_") as tmp:
+        tmp = Path(tmp)
+        exe = tmp / "run_vectors"
+        cmd = [cc, "-O1", "-std=c11", f"-DQC_NAME={prefix}", str(RUNNER), f"-I{library.parent}",
+               f"-L{library.parent}", f"-l:{library.name}", f"-Wl,-rpath,{library.parent}", "-o", str(exe)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise DeviceRunError(f"compiling the vector runner against {library.name} failed:\n{proc.stderr[-3000:]}")
+        for i, arr in enumerate(feeds.values()):     # the npz keeps the inputs in the model's order
+            (tmp / f"in{i}.dims").write_text(" ".join(map(str, (arr.ndim, *arr.shape))))
+            (tmp / f"in{i}.bin").write_bytes(np.ascontiguousarray(arr).tobytes())
+        proc = subprocess.run([QEMU, "-cpu", cpu, "-L", AARCH64_SYSROOT, str(exe), str(tmp)], capture_output=True,
+                              text=True, timeout=900)
+        if proc.returncode:
+            raise DeviceRunError(f"{library.name} under qemu-aarch64 -cpu {cpu}: {proc.stderr.strip()[-2000:]}")
+        got = {}
+        for o, (name, want) in enumerate(expected.items()):
+            ndim, *shape = map(int, (tmp / f"out{o}.dims").read_text().split())
+            got[name] = np.frombuffer((tmp / f"out{o}.bin").read_bytes(), want.dtype).reshape(shape[:ndim])
+    return _report(got, expected, tolerance)
+
+
+def on_cuda_shim(out_dir: Path, prefix: str, vectors: Path) -> Report:
+    """A CUDA build made with keep_temps: its kernels linked to run on the CPU."""
+    from .cuda_cpu import link_on_cpu
+    with tempfile.TemporaryDirectory(prefix="qc_cuda_run_") as tmp:
+        return on_host(link_on_cpu(Path(out_dir) / f"{prefix}_build", prefix, Path(tmp) / f"{prefix}.so"), vectors)
+
+
+def on_metal_shim(out_dir: Path, prefix: str, vectors: Path) -> Report:
+    """A Metal build: its MSL type-checked, then run on the CPU."""
+    from .metal_cpu import link_on_cpu, typecheck
+    folder = Path(out_dir) / f"{prefix}_metal"
+    typecheck(folder / "kernels.metal")
+    with tempfile.TemporaryDirectory(prefix="qc_metal_run_") as tmp:
+        return on_host(link_on_cpu(folder, prefix, Path(tmp) / f"{prefix}.so"), vectors)
