@@ -234,11 +234,13 @@ def _self_test(f, preset, library: Path | None, vectors: Path, verify: bool, say
     selftest.write(vectors, feeds, run(f.reference, feeds), tolerance)
     record = {"vectors": vectors.name, "inputs": {k: list(v.shape) for k, v in feeds.items()}, "verified": False}
     why = ("--no-verify" if not verify else "the library is built for another machine" if library is None
-           or not _runs_here(preset) else f"a {sanitize}-sanitized library loads only into a program built with "
+           or not _runs_here(preset) else f"{'an' if sanitize == 'address' else 'a'} {sanitize}-sanitized library loads only into a program built with "
            f"-fsanitize={sanitize}" if sanitize else None)
     if why:
         record["why_not"] = why
-        say("verify", f"test vectors in {vectors.name}; not run here ({why}): `qcompile verify` runs them on the device")
+        where = ("on the device, or here under qemu-aarch64" if preset.tvm_target.get("mtriple", "").startswith("aarch64")
+                 and preset.abi == "linux-gnu" else "on the device")
+        say("verify", f"test vectors in {vectors.name}; not run here ({why}): `qcompile verify` runs them {where}")
         return record
     from .artifact.loader import ArtifactError, load
     hint = "this is a qcompile bug; please report it with the model (--no-verify keeps the library)"

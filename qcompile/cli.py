@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import sys
 import traceback
@@ -258,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the test vectors `qcompile build` wrote beside a library (NAME.testvectors.npz: "
                                    "inputs and the reference interpreter's outputs) through the library, and compare. "
                                    "Exit status 0 when every output is within the build's tolerance, 1 otherwise. "
-                                   "Copy the library, its manifest and the vectors to the device and run it there.")
+                                   "Copy the library, its manifest and the vectors to the device and run it there. "
+                                   "An aarch64 Linux library on an x86-64 machine runs under qemu-aarch64 instead, "
+                                   "when it is installed (tools/setup.sh --test installs it).")
     p.add_argument("library", help="path to a library built by `qcompile build`")
     p.add_argument("--vectors", metavar="FILE", help="the test vectors (default: beside the library)")
     p.add_argument("--threads", type=int, default=0, help="worker threads (default: $QCOMPILE_NUM_THREADS or all cores)")
@@ -396,6 +399,27 @@ def cmd_tune(args) -> int:
     return 0
 
 
+_AARCH64 = 183     # ELF e_machine
+
+
+def _elf_machine(path) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    return int.from_bytes(head[18:20], "little") if head[:4] == b"\x7fELF" and len(head) == 20 else None
+
+
+def _manifest(library) -> dict:
+    """The manifest beside a library ({} when missing or unreadable: the library still runs)."""
+    try:
+        record = json.loads(library.with_name(library.stem + ".manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def cmd_verify(args) -> int:
     from pathlib import Path
 
@@ -407,8 +431,26 @@ def cmd_verify(args) -> int:
         raise VerifyError(f"no test vectors at {vectors}", phase="options",
                           hint="`qcompile build` writes NAME.testvectors.npz beside the library; copy it too, or "
                                "pass --vectors")
-    report = check(load(library, num_threads=args.threads), vectors)
-    print(f"{library}: {'ok' if report.ok else 'MISMATCH'}: {report.render()}")
+    how, manifest = "", _manifest(library)
+    sanitize = manifest.get("target", {}).get("sanitize")
+    if sanitize:
+        raise VerifyError(f"{library} is a {sanitize}-sanitized debug build: it loads only into a program built with "
+                          f"-fsanitize={sanitize}", phase="options",
+                          hint="verify the same model built without --sanitize")
+    if _elf_machine(library) == _AARCH64 and platform.machine() == "x86_64":
+        import shutil
+
+        from .testing.device_run import QEMU, under_qemu
+        if shutil.which(QEMU) is None:
+            raise VerifyError(f"{library} is an aarch64 library and this machine is x86-64", phase="options",
+                              hint="run `qcompile verify` on the device, or install qemu-user and "
+                                   "gcc-aarch64-linux-gnu (tools/setup.sh --test) to run it emulated here")
+        preset = manifest.get("target", {}).get("preset")
+        cpu = "cortex-a72" if preset == "arm64-v8" else "max"
+        report, how = under_qemu(library, vectors, cpu=cpu), f" (under qemu-aarch64 -cpu {cpu})"
+    else:
+        report = check(load(library, num_threads=args.threads), vectors)
+    print(f"{library}{how}: {'ok' if report.ok else 'MISMATCH'}: {report.render()}")
     return 0 if report.ok else 1
 
 

@@ -72,6 +72,23 @@ def test_a_cross_build_writes_vectors_for_the_device(llama, tmp_path):
     assert (tmp_path / "llama.testvectors.npz").exists()
     proc = _verify(tmp_path / "missing.so")
     assert proc.returncode == 1 and "no test vectors at" in proc.stderr and "copy it too" in proc.stderr
+    # here, the aarch64 library runs under qemu (vector_runner.c reads and writes the vectors as files)
+    proc = _verify(res.library)
+    assert proc.returncode == 0 and f"{res.library} (under qemu-aarch64 -cpu max): ok: logits " in proc.stdout, \
+        proc.stdout + proc.stderr
+    arrays = dict(np.load(tmp_path / "llama.testvectors.npz"))
+    arrays["output:present_value_1"] = arrays["output:present_value_1"] * 2
+    np.savez(tmp_path / "bad.npz", **arrays)
+    proc = _verify(res.library, "--vectors", tmp_path / "bad.npz")
+    assert proc.returncode == 1 and "MISMATCH: logits " in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_sanitized_build_is_not_verified_in_python(llama, tmp_path):
+    res = build(llama, BuildOptions(out_dir=tmp_path, max_seq_len=32, target="x86_64-v3", sanitize="address"))
+    assert json.loads(res.manifest.read_text())["self_test"]["why_not"] == (
+        "an address-sanitized library loads only into a program built with -fsanitize=address")
+    proc = _verify(res.library)
+    assert proc.returncode == 1 and "address-sanitized debug build" in proc.stderr, proc.stderr
 
 
 def test_nan_and_infinity_agree_with_themselves_only():

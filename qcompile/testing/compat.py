@@ -94,38 +94,39 @@ def check(model: str, path: Path, options: dict, preset_name: str, precision: st
         opts.cc = device_run.AARCH64_CC
     cell = Cell(model, preset_name, precision, "built")
     try:
-        result = build(path, opts)
+        try:
+            result = build(path, opts)
+        except ToolchainError as exc:
+            cell.status, cell.detail = "no toolchain", str(exc.message).splitlines()[0]
+            return cell
+        except QCompileError as exc:     # a verify error here is the build's own self-test failing
+            cell.status = "failed" if exc.phase == "verify" else "refused"
+            cell.detail = f"[{exc.phase}] {str(exc.message).splitlines()[0]}"
+            return cell
         manifest = json.loads(result.manifest.read_text())
-        how = verifier(preset_name)
         vectors = out / f"{model}.testvectors.npz"
         if manifest["self_test"]["verified"]:
-            report = None
-            cell.error = max(manifest["self_test"]["errors"].values(), default=0.0)
-        elif how is None:
-            report = None
+            cell.status, cell.error = "verified", max(manifest["self_test"]["errors"].values(), default=0.0)
+            return cell
+        if verifier(preset_name) is None:
             cell.detail = "nothing here runs it"
-        elif kind == "cuda":
+            return cell
+        if kind == "cuda":
             report = device_run.on_cuda_shim(out, model, vectors)
         elif kind == "metal":
             report = device_run.on_metal_shim(out, model, vectors)
         else:
             report = device_run.under_qemu(result.library, vectors, cpu=_qemu_cpu(preset_name))
-        if report is not None:
-            cell.error = max(report.errors.values(), default=0.0)
-            if not report.ok:
-                cell.status, cell.detail = "failed", f"disagrees with the reference: {report.render()}"
-                return cell
-        if cell.error is not None:
+        cell.error = max(report.errors.values(), default=0.0)
+        if report.ok:
             cell.status = "verified"
-    except ToolchainError as exc:
-        cell.status, cell.detail = "no toolchain", str(exc.message).splitlines()[0]
-    except QCompileError as exc:
-        cell.status = "failed" if exc.phase == "verify" else "refused"
-        cell.detail = f"[{exc.phase}] {str(exc.message).splitlines()[0]}"
-    except Exception as exc:     # a bug: the matrix reports it rather than stopping
+        else:
+            cell.status, cell.detail = "failed", f"disagrees with the reference: {report.render()}"
+    except Exception as exc:     # a bug, in the build or in running what it built: reported, not raised
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         cell.status = "failed"
-        cell.detail = f"{type(exc).__name__} at {Path(frame.filename).name}:{frame.lineno}: {str(exc)[:200]}"
+        cell.detail = (f"[{exc.phase}] {str(exc.message).splitlines()[0]}" if isinstance(exc, QCompileError) else
+                       f"{type(exc).__name__} at {Path(frame.filename).name}:{frame.lineno}: {str(exc)[:200]}")
     finally:
         shutil.rmtree(out, ignore_errors=True)
     return cell

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -42,10 +43,16 @@ def _report(got: dict[str, np.ndarray], expected: dict[str, np.ndarray], toleran
 
 
 def on_host(library: Path, vectors: Path) -> Report:
-    """A library (or a shim-linked one) that loads here."""
-    from ..artifact.loader import load
-    from ..selftest import check
-    return check(load(library), vectors)
+    """A library (or a shim-linked one) that loads here, run in a child process: a shim that
+    aborts on a broken kernel must not take the caller with it, and each shim library keeps its
+    fibers' stacks mapped for the life of the process (thousands of mappings per library)."""
+    proc = subprocess.run([sys.executable, "-m", __name__, str(library), str(vectors)], capture_output=True,
+                          text=True, timeout=900)
+    if proc.returncode:
+        raise DeviceRunError(f"running {Path(library).name} on its test vectors failed (exit {proc.returncode}):\n"
+                             f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+    errors, tolerance = json.loads(proc.stdout.strip().splitlines()[-1])
+    return Report(errors, tolerance)
 
 
 def under_qemu(library: Path, vectors: Path, cpu: str = "max", cc: str = AARCH64_CC) -> Report:
@@ -91,3 +98,10 @@ def on_metal_shim(out_dir: Path, prefix: str, vectors: Path) -> Report:
     typecheck(folder / "kernels.metal")
     with tempfile.TemporaryDirectory(prefix="qc_metal_run_") as tmp:
         return on_host(link_on_cpu(folder, prefix, Path(tmp) / f"{prefix}.so"), vectors)
+
+
+if __name__ == "__main__":      # on_host's child: LIBRARY VECTORS -> [errors, tolerance] as JSON
+    from ..artifact.loader import load
+    from ..selftest import check
+    report = check(load(sys.argv[1]), Path(sys.argv[2]))
+    print(json.dumps([report.errors, report.tolerance]))
