@@ -242,6 +242,20 @@ static void misuse(void) {
         "messages mixed up: '%s' / '%s'", mlp_last_error(m), mlp_last_error(m2));
   mlp_destroy(m2);
 
+  /* use after destroy, double destroy, a pointer create never returned: refused without reading
+   * the memory (ASan would report a heap-use-after-free otherwise) */
+  s = mlp_run(m2, &in, 1, &out, 1);
+  expect(NULL, s, MLP_ERR_INVALID_ARGUMENT, "mlp_run: this instance was destroyed, or is not one mlp_create returned",
+         "run after destroy");
+  CHECK(strstr(mlp_last_error(m2), "this instance was destroyed"), "last_error(destroyed): '%s'", mlp_last_error(m2));
+  mlp_destroy(m2);
+  CHECK(strstr(mlp_last_error(NULL), "mlp_destroy: this instance was destroyed"), "double destroy: '%s'",
+        mlp_last_error(NULL));
+  ++cases;
+  s = mlp_run_device((mlp_model*)ref, &in, 1, &out, 1);
+  expect(NULL, s, MLP_ERR_INVALID_ARGUMENT, "mlp_run_device: this instance was destroyed", "run(foreign pointer)");
+  run_and_check(m, 3, "use after destroy");
+
   for (int b = 1; b <= MAXB; ++b) run_and_check(m, b, "all misuse");
   mlp_destroy(m);
   printf("%d cases\n", cases);

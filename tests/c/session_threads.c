@@ -2,12 +2,14 @@
  *
  *   gcc -std=c11 -DQC_NAME=llama_kv -DQC_UP=LLAMA_KV session_threads.c -I OUT -L OUT -l:llama_kv.so -Wl,-rpath,OUT -lm -pthread
  *
- * usage: session_threads separate|shared STEPS
+ * usage: session_threads separate|shared|stale STEPS
  *   separate   two instances, a session each, one thread each: greedy decoding of STEPS tokens
  *              at the same time
  *   shared     one instance, two sessions, one thread each, no lock: a call that overlaps the
  *              other thread's is refused with ERR_BUSY and retried (the session is unchanged by
  *              a refusal, so the retry continues where it stopped)
+ *   stale      no threads: calls on a destroyed session, and on a session whose instance was
+ *              destroyed, are refused with ERR_INVALID_ARGUMENT and a message (not a use after free)
  * Both threads must produce exactly the tokens of a single-threaded run first (thread 1 from a
  * different prompt). Prints the reference tokens, the number of refusals, and "OK".
  */
@@ -93,10 +95,37 @@ static QC(session) * session(QC(model) * m) {
   return s;
 }
 
+static void stale(void) {
+  QC(model)* m = create();
+  QC(session)* s = session(m);
+  QC(session)* gone = session(m);
+  QC(session_destroy)(gone);
+  float* logits = malloc(sizeof(float) * QC(vocab_size));
+  int64_t token = 1;
+  int st = QC(session_decode)(gone, token, logits);
+  CHECK(st == QC_CAT(QC_UP, ERR_INVALID_ARGUMENT) && strstr(QC(last_error)(NULL), "this session was destroyed"),
+        "decode on a destroyed session: %d '%s'", st, QC(last_error)(NULL));
+  CHECK(QC(session_position)(gone) == -1, "position of a destroyed session");
+  QC(session_destroy)(gone); /* twice: nothing happens */
+  CHECK(QC(session_decode)(s, token, logits) == 0, "decode: %s", QC(last_error)(m));
+  QC(destroy)(m);
+  st = QC(session_prefill)(s, &token, 1, logits);
+  CHECK(st == QC_CAT(QC_UP, ERR_INVALID_ARGUMENT) && strstr(QC(last_error)(NULL), "this instance was destroyed"),
+        "prefill after its instance was destroyed: %d '%s'", st, QC(last_error)(NULL));
+  CHECK(QC(session_position)(s) == 1, "the session keeps its state: %lld", (long long)QC(session_position)(s));
+  QC(session_destroy)(s);
+  free(logits);
+  printf("OK\n");
+}
+
 int main(int argc, char** argv) {
   const char* mode = argc > 1 ? argv[1] : "";
   int steps = argc > 2 ? atoi(argv[2]) : 16;
-  CHECK(!strcmp(mode, "separate") || !strcmp(mode, "shared"), "usage: session_threads separate|shared STEPS");
+  if (!strcmp(mode, "stale")) {
+    stale();
+    return 0;
+  }
+  CHECK(!strcmp(mode, "separate") || !strcmp(mode, "shared"), "usage: session_threads separate|shared|stale STEPS");
   CHECK(steps > 0 && steps <= MAX_STEPS && PROMPT + steps <= QC(max_context), "steps %d", steps);
   /* the reference, one thread at a time */
   job ref[2];
