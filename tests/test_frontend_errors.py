@@ -93,6 +93,30 @@ def test_wrong_initializer_size():
         from_proto(model)
 
 
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+def test_inner_dims_that_differ_name_the_node(op):
+    """Found by hand-made huge dims: a MatMul/Gemm whose K differs was accepted (the ONNX checker
+    does not see it) and a kernel would read past one operand."""
+    model = _matmul_model()
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 5
+    model.graph.node[0].op_type = op
+    with pytest.raises(InvalidModelError, match=rf"node 'mm', op {op}: {op} multiplies \('n', 5\) by \(4, 3\): "
+                                                r"the inner dims 5 and 4 differ"):
+        from_proto(model)
+
+
+def test_a_tensor_too_large_to_index_is_refused_at_plan_time(tmp_path):
+    from qcompile.build import BuildOptions, build
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2**20, "n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2**20, "n"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "big.onnx"))
+    with pytest.raises(QCompileError, match=r"\[lower\] value 'x' \[1048576, 'n'\] holds up to 4,294,967,296 "
+                                            r"elements at the bounds \{'n': 4096\}; a tensor may hold at most 2\*\*31 - 1"):
+        build(tmp_path / "big.onnx", BuildOptions(out_dir=tmp_path / "out", dim_bounds={"n": 4096}))
+    assert not (tmp_path / "out" / "big.so").exists()
+
+
 def test_cycle_is_rejected():
     nodes = [helper.make_node("Relu", ["h2"], ["h1"], name="a"), helper.make_node("Relu", ["h1"], ["h2"], name="b")]
     model = _matmul_model()

@@ -231,12 +231,22 @@ def output_shapes(g: Graph, n: Node, sv: SymValues | None = None) -> list[Shape]
     return out if isinstance(out, list) else [out]
 
 
+def _inner_dims_agree(n, a, b, ka, kb) -> None:
+    """A product whose inner dims are both known and differ is a malformed model (a kernel would
+    read past one operand)."""
+    if isinstance(ka, int) and isinstance(kb, int) and ka != kb:
+        raise InvalidModelError(f"{n.op} multiplies {tuple(a)} by {tuple(b)}: the inner dims {ka} and {kb} differ",
+                                node=n.name, op=n.op)
+
+
 def _matmul(g, n, a, sh):
     b = sh(1)
     if a is None or b is None:
         return None
     a2 = (1,) + tuple(a) if len(a) == 1 else tuple(a)
     b2 = tuple(b) + (1,) if len(b) == 1 else tuple(b)
+    if n.op == "MatMul" and len(a2) >= 2 and len(b2) >= 2:
+        _inner_dims_agree(n, a, b, a2[-1], b2[-2])
     batch = broadcast(a2[:-2], b2[:-2])
     if batch is None:
         return None
@@ -253,6 +263,8 @@ def _gemm(g, n, a, sh):
     if a is None or b is None:
         return None
     m = a[1] if n.attrs.get("transA", 0) else a[0]
+    if len(a) == 2 and len(b) == 2:
+        _inner_dims_agree(n, a, b, a[0] if n.attrs.get("transA", 0) else a[1], b[1] if n.attrs.get("transB", 0) else b[0])
     k = b[0] if n.attrs.get("transB", 0) else b[1]
     return (m, k)
 

@@ -27,6 +27,7 @@ SHAPE_OPERANDS = {
 VIEW_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 # Constants this small are folded into the kernel code instead of being passed as buffers.
 INLINE_CONST_ELEMS = 1
+MAX_ELEMENTS = 2**31 - 1    # kernels index a tensor with 32-bit integers
 ALIGN = 64
 GEMM_ROW_BLOCK = 4
 GPU_ROW_BLOCK = 16
@@ -152,6 +153,25 @@ def max_bytes(v: Value, bounds: dict[str, int]) -> int:
     return count * v.dtype.np_dtype.itemsize
 
 
+def _check_sizes(g: Graph, bounds: dict[str, int]) -> None:
+    """Every tensor fits 32-bit indexing at the dims' bounds (TVM would fail on it much later, in
+    words about int32 constants)."""
+    producer = {o: n for n in g.nodes for o in n.outputs if o}
+    for name, v in g.values.items():
+        if v.shape is None or any(d is None for d in v.shape):
+            continue
+        count = 1
+        for d in v.shape:
+            count *= dims.upper_bound(d, bounds)
+        if count > MAX_ELEMENTS:
+            n = producer.get(name)
+            raise LoweringError(f"value '{name}' {list(v.shape)} holds up to {count:,} elements"
+                                f"{f' at the bounds {bounds}' if bounds else ''}; a tensor may hold at most 2**31 - 1 (kernels index with "
+                                "32-bit integers)", node=n.name if n else None, op=n.op_id if n else None,
+                                hint="lower a symbolic dim's bound (--dim NAME=N, --max-seq-len N), or fix the "
+                                     "model's shapes")
+
+
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
@@ -161,6 +181,7 @@ def make_plan(g: Graph, bounds: dict[str, int], simd_bits: int = 512, gpu: bool 
     (widened to fp32 in registers) or fp32, in panels as wide as the target's registers hold (simd_bits).
     gpu: weights transposed to W[N, K] instead (a warp reads one output's K contiguously), rows
     split into blocks of GPU_ROW_BLOCK (a tiled GEMM) and the rest (a low-batch GEMV: decode)."""
+    _check_sizes(g, bounds)
     symbolic: SymValues = {}
     steps: list[Step] = []
     storage: dict[str, Storage] = {name: Storage("input") for name in g.inputs}
