@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qcompile.errors import InvalidModelError
+from qcompile.errors import InvalidModelError, QCompileError
 from qcompile.frontend import load
 from qcompile.testing import fuzz
 from qcompile.zoo import make_mlp
@@ -98,3 +98,33 @@ def test_compiled_random_graph_finds_stay_fixed(tmp_path):
     library = qcompile.load(build(tmp_path / "g.onnx", BuildOptions(out_dir=tmp_path, target="x86_64-v3")).library)
     want = ort.InferenceSession(str(tmp_path / "g.onnx")).run(None, feeds)[0]
     np.testing.assert_allclose(library(**feeds)["z"], want, rtol=1e-6)
+
+
+def test_a_cache_input_fixed_where_its_pair_is_symbolic_is_refused(tmp_path):
+    """Found by the "dim" mutation: past_key_0's past dim fixed at 3 while past_value_0's stays
+    symbolic. ONNX shape inference then names a dim unk__0, which has no bound: the plan said
+    ValueError; it now names the value it cannot size."""
+    import onnx
+
+    from qcompile.build import BuildOptions, front
+    from qcompile.targets.presets import get_preset
+    from qcompile.zoo import LlamaConfig, make_llama
+    model = make_llama(LlamaConfig(hidden_size=32, intermediate_size=64, vocab_size=64, num_layers=1),
+                       with_kv_cache=True)
+    past_key = next(i for i in model.graph.input if i.name == "past_key_0")
+    past_key.type.tensor_type.shape.dim[2].dim_value = 3
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    with pytest.raises(QCompileError, match=r"\[lower\] value '.*' \['unk__0'\]: no upper bound for symbolic dim\(s\) "
+                                            r"unk__0, so its storage cannot be sized"):
+        front(tmp_path / "m.onnx", BuildOptions(max_seq_len=16), get_preset("x86_64-v3"), "m", lambda *a: None)
+
+
+def test_the_dim_mutation_changes_one_declared_dim():
+    import onnx
+    data = make_mlp().SerializeToString()
+    rng = random.Random(0)
+    for _ in range(40):
+        out, at = fuzz._odd_dim(bytearray(data), rng)
+        value = int(at.rsplit("=", 1)[1])
+        assert value in fuzz.ODD_DIMS and out != data
+        assert onnx.load_from_string(bytes(out)) != make_mlp()

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from ..errors import QCompileError
 
-MUTATIONS = ("flip", "overwrite", "insert", "truncate", "random")
+MUTATIONS = ("flip", "overwrite", "insert", "truncate", "random", "dim")
+# "dim": one declared dim of an input, output, value_info or initializer set to one of these
+ODD_DIMS = (0, 1, 3, -1, -7, 2**31 - 1, 2**31, 2**40, 10**12, 2**62, 2**63 - 1)
 PRECISIONS = ("fp32", "int8", "mixed")
 
 
@@ -47,8 +49,37 @@ def mutate(data: bytes, rng: random.Random, count: int) -> tuple[bytes, list[str
             out = out[:at]
         elif kind == "random":
             out = bytearray(rng.randrange(256) for _ in range(rng.randrange(1, 512)))
+        elif kind == "dim":
+            out, at = _odd_dim(out, rng)
         done.append(f"{kind}@{at}")
     return bytes(out), done
+
+
+def _odd_dim(data: bytearray, rng: random.Random) -> tuple[bytearray, int | str]:
+    """Structured: the model parsed, one dim changed to a value from ODD_DIMS, serialized again (a
+    file that no longer parses is left as it is)."""
+    import onnx
+    try:
+        model = onnx.load_from_string(bytes(data))
+    except Exception:      # protobuf's DecodeError and friends: bytes already mangled
+        return data, "unparsed"
+    g = model.graph
+    shapes = [v.type.tensor_type.shape for v in (*g.input, *g.output, *g.value_info) if v.type.HasField("tensor_type")]
+    dims = [d for shape in shapes for d in shape.dim] + [t for t in g.initializer if t.dims]
+    if not dims:
+        return data, "none"
+    target, value = rng.choice(dims), rng.choice(ODD_DIMS)
+    if isinstance(target, onnx.TensorProto):
+        i = rng.randrange(len(target.dims))
+        target.dims[i] = value
+        where = f"{target.name}.dims[{i}]={value}"
+    else:
+        target.dim_value = value     # a dim_param becomes a fixed dim
+        where = f"dim={value}"
+    try:
+        return bytearray(model.SerializeToString()), where
+    except Exception:      # a value protobuf refuses to encode
+        return data, "unencodable"
 
 
 class Hang(Exception):
