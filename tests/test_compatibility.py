@@ -38,3 +38,15 @@ def test_compatibility_matrix(tmp_path):
     changed = compat.disagreements(cells, recorded)
     assert not changed, ("the matrix changed; if that is intended, regenerate docs/compatibility.md with "
                          "`python tools/compat.py`:\n" + "\n".join(changed))
+
+
+def test_only_real_changes_count_as_disagreements():
+    recorded = [compat.Cell("m", "x86_64", "fp32", "built"), compat.Cell("m", "arm64", "int4", "verified"),
+                compat.Cell("m", "cuda", "fp16", "refused", detail="[lower] no")]
+    now = [compat.Cell("m", "x86_64", "fp32", "verified"),       # a machine that can run it: fine
+           compat.Cell("m", "arm64", "int4", "failed", detail="disagrees"),
+           compat.Cell("m", "cuda", "fp16", "verified"), compat.Cell("m", "metal", "fp32", "verified")]
+    assert compat.disagreements(now, recorded) == [
+        "m arm64 int4: failed (disagrees); recorded verified ()",
+        "m cuda fp16: verified (); recorded refused ([lower] no)",
+        "m metal fp32: verified, not in the recorded matrix"]
