@@ -28,15 +28,7 @@
 
 #include "mlp.h"
 
-#define CHECK(cond, ...)                                              \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      fprintf(stdout, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      fprintf(stdout, __VA_ARGS__);                                   \
-      fprintf(stdout, "\n");                                          \
-      exit(1);                                                        \
-    }                                                                 \
-  } while (0)
+#include "check.h"
 
 enum { IN = 64, OUT = 10, MAXB = 4 };
 

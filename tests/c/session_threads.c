@@ -30,15 +30,7 @@
 #define QC(name) QC_CAT(QC_NAME, name)
 #include QC_STR(QC_NAME.h)
 
-#define CHECK(cond, ...)                                              \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      fprintf(stdout, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      fprintf(stdout, __VA_ARGS__);                                   \
-      fprintf(stdout, "\n");                                          \
-      exit(1);                                                        \
-    }                                                                 \
-  } while (0)
+#include "check.h"
 
 enum { MAX_STEPS = 24, PROMPT = 3 };
 
