@@ -61,10 +61,24 @@ def _div(a, b, dt):
     return tirx.truncdiv(a, b) if "int" in dt else a / b
 
 
+def _nan_propagating(pick):
+    """Max/Min that return a NaN operand, as onnxruntime and numpy do: TVM's max is `a > b ? a : b`
+    on CPUs (a NaN first operand is dropped) and fmaxf on GPUs (either is). isnan, not a != a:
+    TVM's simplifier folds the latter to false."""
+    def fn(a, b, dt):
+        if "float" not in dt:
+            return pick(a, b)
+        return tirx.Select(tirx.isnan(a), a, tirx.Select(tirx.isnan(b), b, pick(a, b)))
+    return fn
+
+
+def _relu(x, dt):
+    return tirx.Select(x < tirx.const(0, dt), tirx.const(0, dt), x)     # NaN < 0 is false: NaN stays
+
+
 _BINARY = {
     "Add": lambda a, b, dt: a + b, "Sub": lambda a, b, dt: a - b, "Mul": lambda a, b, dt: a * b, "Div": _div,
-    "Pow": lambda a, b, dt: _pow(a, b), "Max": lambda a, b, dt: tirx.max(a, b),
-    "Min": lambda a, b, dt: tirx.min(a, b),
+    "Pow": lambda a, b, dt: _pow(a, b), "Max": _nan_propagating(tirx.max), "Min": _nan_propagating(tirx.min),
     "Equal": lambda a, b, dt: a == b, "Less": lambda a, b, dt: a < b, "LessOrEqual": lambda a, b, dt: a <= b,
     "Greater": lambda a, b, dt: a > b, "GreaterOrEqual": lambda a, b, dt: a >= b,
     "And": lambda a, b, dt: tirx.And(a, b), "Or": lambda a, b, dt: tirx.Or(a, b),
@@ -83,7 +97,7 @@ _UNARY = {
     "Reciprocal": lambda n, x, dt: tirx.const(1, dt) / x, "Tanh": lambda n, x, dt: tirx.tanh(x),
     "Sigmoid": lambda n, x, dt: tirx.sigmoid(x), "Erf": lambda n, x, dt: tirx.erf(x),
     "Sin": lambda n, x, dt: tirx.sin(x), "Cos": lambda n, x, dt: tirx.cos(x),
-    "Relu": lambda n, x, dt: tirx.max(x, tirx.const(0, dt)),
+    "Relu": lambda n, x, dt: _relu(x, dt),
     "Floor": lambda n, x, dt: tirx.floor(x), "Ceil": lambda n, x, dt: tirx.ceil(x),
     "Not": lambda n, x, dt: tirx.Not(x),
     "Gelu": lambda n, x, dt: _gelu(x, n.attrs.get("approximate", "none")),
@@ -117,7 +131,7 @@ def elementwise(node, ins, out_shapes, out_dtypes):
                 v = tirx.max(v, lo(*i))
             if hi is not None:
                 v = tirx.min(v, hi(*i))
-            return v
+            return tirx.Select(tirx.isnan(x(*i)), x(*i), v) if "float" in str(ins[0].dtype) else v    # NaN stays NaN
         return [te.compute(shape, clip, name="y")]
     fn = _UNARY[op]
     x = bcast(ins[0], shape)
