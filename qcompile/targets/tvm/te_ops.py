@@ -72,6 +72,16 @@ def _nan_propagating(pick):
     return fn
 
 
+def _nan_reducer(pick, identity, name):
+    """te.max/te.min that end in NaN when any element is NaN (onnxruntime's ReduceMax does)."""
+    return te.comm_reducer(lambda a, b: tirx.Select(tirx.isnan(a), a, tirx.Select(tirx.isnan(b), b, pick(a, b))),
+                           identity, name=name)
+
+
+_NAN_REDUCERS = {"ReduceMax": _nan_reducer(tirx.max, lambda t: tirx.min_value(t), "nan_max"),
+                 "ReduceMin": _nan_reducer(tirx.min, lambda t: tirx.max_value(t), "nan_min")}
+
+
 def _relu(x, dt):
     return tirx.Select(x < tirx.const(0, dt), tirx.const(0, dt), x)     # NaN < 0 is false: NaN stays
 
@@ -273,10 +283,9 @@ def reduce(node, ins, out_shapes, out_dtypes, consts):
             count = count * x.shape[a]
         return [te.compute(out_shapes[0], lambda *i: total(*i) / count.astype(x.dtype)
                            if not isinstance(count, int) else total(*i) / float(count), name="mean")]
-    if op == "ReduceMax":
-        return [te.compute(out_shapes[0], lambda *i: te.max(x(*index(i)), axis=raxes), name="max")]
-    if op == "ReduceMin":
-        return [te.compute(out_shapes[0], lambda *i: te.min(x(*index(i)), axis=raxes), name="min")]
+    if op in ("ReduceMax", "ReduceMin"):
+        reducer = _NAN_REDUCERS[op] if "float" in str(x.dtype) else te.max if op == "ReduceMax" else te.min
+        return [te.compute(out_shapes[0], lambda *i: reducer(x(*index(i)), axis=raxes), name=op[6:].lower())]
     raise NotImplementedError(op)
 
 
