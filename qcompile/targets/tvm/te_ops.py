@@ -61,21 +61,21 @@ def _div(a, b, dt):
     return tirx.truncdiv(a, b) if "int" in dt else a / b
 
 
+def _keep_nan(pick, a, b):
+    """pick(a, b) (max or min), or the NaN operand, as onnxruntime's Max/Min and numpy do: TVM's max
+    is `a > b ? a : b` on CPUs (a NaN first operand is dropped) and fmaxf on GPUs (either is).
+    isnan, not a != a: TVM's simplifier folds the latter to false."""
+    return tirx.Select(tirx.isnan(a), a, tirx.Select(tirx.isnan(b), b, pick(a, b)))
+
+
 def _nan_propagating(pick):
-    """Max/Min that return a NaN operand, as onnxruntime and numpy do: TVM's max is `a > b ? a : b`
-    on CPUs (a NaN first operand is dropped) and fmaxf on GPUs (either is). isnan, not a != a:
-    TVM's simplifier folds the latter to false."""
-    def fn(a, b, dt):
-        if "float" not in dt:
-            return pick(a, b)
-        return tirx.Select(tirx.isnan(a), a, tirx.Select(tirx.isnan(b), b, pick(a, b)))
-    return fn
+    return lambda a, b, dt: _keep_nan(pick, a, b) if "float" in dt else pick(a, b)
 
 
 def _nan_reducer(pick, identity, name):
-    """te.max/te.min that end in NaN when any element is NaN (onnxruntime's ReduceMax does)."""
-    return te.comm_reducer(lambda a, b: tirx.Select(tirx.isnan(a), a, tirx.Select(tirx.isnan(b), b, pick(a, b))),
-                           identity, name=name)
+    """te.max/te.min that end in NaN when any element is NaN, as numpy's do (onnxruntime's keeps
+    one only when it comes first in the row)."""
+    return te.comm_reducer(lambda a, b: _keep_nan(pick, a, b), identity, name=name)
 
 
 _NAN_REDUCERS = {"ReduceMax": _nan_reducer(tirx.max, lambda t: tirx.min_value(t), "nan_max"),
