@@ -440,13 +440,12 @@ def cmd_verify(args) -> int:
     if _elf_machine(library) == _AARCH64 and platform.machine() == "x86_64":
         import shutil
 
-        from .testing.device_run import QEMU, under_qemu
+        from .testing.device_run import QEMU, qemu_cpu, under_qemu
         if shutil.which(QEMU) is None:
             raise VerifyError(f"{library} is an aarch64 library and this machine is x86-64", phase="options",
                               hint="run `qcompile verify` on the device, or install qemu-user and "
                                    "gcc-aarch64-linux-gnu (tools/setup.sh --test) to run it emulated here")
-        preset = manifest.get("target", {}).get("preset")
-        cpu = "cortex-a72" if preset == "arm64-v8" else "max"
+        cpu = qemu_cpu(manifest.get("target", {}).get("preset"))
         report, how = under_qemu(library, vectors, cpu=cpu), f" (under qemu-aarch64 -cpu {cpu})"
     else:
         report = check(load(library, num_threads=args.threads), vectors)

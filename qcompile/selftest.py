@@ -88,19 +88,28 @@ class Report:
         return ", ".join(f"{k} {v:.1e}" for k, v in self.errors.items()) + f" (tolerance {self.tolerance:.0e})"
 
 
-def check(model, vectors: Path) -> Report:
-    """Runs `model` (a loaded library) on the vectors; the largest relative error per output."""
+def read(vectors: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
+    """(inputs, expected outputs, tolerance) from a test-vector file, in the model's order."""
     data = np.load(vectors)
     meta = json.loads(bytes(data["meta"]).decode())
-    feeds = {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("input:")}
-    got = model(**feeds)
+    part = lambda kind: {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith(kind + ":")}  # noqa: E731
+    return part("input"), part("output"), meta["tolerance"]
+
+
+def compare(got: dict[str, np.ndarray], expected: dict[str, np.ndarray], tolerance: float) -> Report:
+    """The largest relative error per output; a shape that differs is an error of its own."""
     errors = {}
-    for key in (k for k in data.files if k.startswith("output:")):
-        name, want = key.split(":", 1)[1], data[key]
+    for name, want in expected.items():
         if got[name].shape != want.shape:
             raise VerifyError(f"output '{name}' has shape {got[name].shape}; the test vectors expect {want.shape}")
         errors[name] = _error(got[name], want)
-    return Report(errors, meta["tolerance"])
+    return Report(errors, tolerance)
+
+
+def check(model, vectors: Path) -> Report:
+    """Runs `model` (a loaded library) on the vectors."""
+    feeds, expected, tolerance = read(vectors)
+    return compare(model(**feeds), expected, tolerance)
 
 
 def _error(got: np.ndarray, want: np.ndarray) -> float:

@@ -70,13 +70,10 @@ def verifier(preset_name: str) -> str | None:
     if _runs_here(preset):
         return "ran on this CPU (the build's self-test)"
     if preset.tvm_target.get("mtriple", "").startswith("aarch64") and shutil.which("qemu-aarch64"):
-        how = f"qemu-aarch64 -cpu {_qemu_cpu(preset_name)}"
+        from .device_run import qemu_cpu
+        how = f"qemu-aarch64 -cpu {qemu_cpu(preset_name)}"
         return how + (", the glibc cross compiler standing in for the NDK" if preset.abi == "android" else "")
     return None
-
-
-def _qemu_cpu(preset_name: str) -> str:
-    return "cortex-a72" if preset_name == "arm64-v8" else "max"
 
 
 def check(model: str, path: Path, options: dict, preset_name: str, precision: str, work: Path) -> Cell:
@@ -116,7 +113,7 @@ def check(model: str, path: Path, options: dict, preset_name: str, precision: st
         elif kind == "metal":
             report = device_run.on_metal_shim(out, model, vectors)
         else:
-            report = device_run.under_qemu(result.library, vectors, cpu=_qemu_cpu(preset_name))
+            report = device_run.under_qemu(result.library, vectors, cpu=device_run.qemu_cpu(preset_name))
         cell.error = max(report.errors.values(), default=0.0)
         if report.ok:
             cell.status = "verified"

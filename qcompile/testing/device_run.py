@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QCompileError
-from ..selftest import Report, _error
+from ..selftest import Report, compare, read
 
 RUNNER = Path(__file__).with_name("vector_runner.c")
 AARCH64_CC, QEMU, AARCH64_SYSROOT = "aarch64-linux-gnu-gcc", "qemu-aarch64", "/usr/aarch64-linux-gnu"
@@ -26,20 +26,9 @@ class DeviceRunError(QCompileError):
     phase = "verify"
 
 
-def _vectors(vectors: Path) -> tuple[dict, dict, float]:
-    data = np.load(vectors)
-    meta = json.loads(bytes(data["meta"]).decode())
-    pick = lambda kind: {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith(kind + ":")}  # noqa: E731
-    return pick("input"), pick("output"), meta["tolerance"]
-
-
-def _report(got: dict[str, np.ndarray], expected: dict[str, np.ndarray], tolerance: float) -> Report:
-    errors = {}
-    for name, want in expected.items():
-        if got[name].shape != want.shape:
-            raise DeviceRunError(f"output '{name}' has shape {got[name].shape}; the test vectors expect {want.shape}")
-        errors[name] = _error(got[name], want)
-    return Report(errors, tolerance)
+def qemu_cpu(preset_name: str | None) -> str:
+    """The qemu-aarch64 CPU model a preset's library runs on: ARMv8.0 without dotprod for arm64-v8."""
+    return "cortex-a72" if preset_name == "arm64-v8" else "max"
 
 
 def on_host(library: Path, vectors: Path) -> Report:
@@ -61,7 +50,7 @@ def under_qemu(library: Path, vectors: Path, cpu: str = "max", cc: str = AARCH64
     from ..artifact.loader import _prefix_of
     library = Path(library).resolve()
     prefix = _prefix_of(library)
-    feeds, expected, tolerance = _vectors(vectors)
+    feeds, expected, tolerance = read(vectors)
     with tempfile.TemporaryDirectory(prefix="qc_qemu_") as tmp:
         tmp = Path(tmp)
         exe = tmp / "run_vectors"
@@ -81,7 +70,7 @@ def under_qemu(library: Path, vectors: Path, cpu: str = "max", cc: str = AARCH64
         for o, (name, want) in enumerate(expected.items()):
             ndim, *shape = map(int, (tmp / f"out{o}.dims").read_text().split())
             got[name] = np.frombuffer((tmp / f"out{o}.bin").read_bytes(), want.dtype).reshape(shape[:ndim])
-    return _report(got, expected, tolerance)
+    return compare(got, expected, tolerance)
 
 
 def on_cuda_shim(out_dir: Path, prefix: str, vectors: Path) -> Report:
