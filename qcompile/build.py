@@ -237,9 +237,14 @@ def _self_test(f, preset, library: Path | None, vectors: Path, verify: bool, say
         say("verify", "no test vectors: the reference interpreter's inputs do not fit in memory here")
         return {"vectors": None, "verified": False, "why_not": "the test inputs do not fit in memory here"}
     record = {"vectors": vectors.name, "inputs": {k: list(v.shape) for k, v in feeds.items()}, "verified": False}
-    why = ("--no-verify" if not verify else "the library is built for another machine" if library is None
-           or not _runs_here(preset) else f"{'an' if sanitize == 'address' else 'a'} {sanitize}-sanitized library loads "
-           f"only into a program built with -fsanitize={sanitize}" if sanitize else None)
+    why = None
+    if not verify:
+        why = "--no-verify"
+    elif library is None or not _runs_here(preset):
+        why = "the library is built for another machine"
+    elif sanitize:
+        why = (f"{'an' if sanitize == 'address' else 'a'} {sanitize}-sanitized library loads only into a program "
+               f"built with -fsanitize={sanitize}")
     if why:
         record["why_not"] = why
         where = ("on the device, or here under qemu-aarch64" if preset.tvm_target.get("mtriple", "").startswith("aarch64")

@@ -143,6 +143,10 @@ def _half_table(g: Graph, name: str, storage: str) -> str:
 
 
 def max_bytes(v: Value, bounds: dict[str, int]) -> int:
+    return max_elements(v, bounds) * v.dtype.np_dtype.itemsize
+
+
+def max_elements(v: Value, bounds: dict[str, int]) -> int:
     if v.shape is None:
         raise LoweringError(f"value '{v.name}' has an unknown rank", hint="run infer_shapes")
     count = 1
@@ -155,7 +159,7 @@ def max_bytes(v: Value, bounds: dict[str, int]) -> int:
             raise LoweringError(f"value '{v.name}' {list(v.shape)}: {exc}, so its storage cannot be sized",
                                 hint="give the dim a bound (--dim NAME=N); a dim named unk__N comes from ONNX shape "
                                      "inference meeting shapes that disagree, so check the model") from None
-    return count * v.dtype.np_dtype.itemsize
+    return count
 
 
 def _check_sizes(g: Graph, bounds: dict[str, int]) -> None:
@@ -163,13 +167,9 @@ def _check_sizes(g: Graph, bounds: dict[str, int]) -> None:
     words about int32 constants)."""
     producer = {o: n for n in g.nodes for o in n.outputs if o}
     for name, v in g.values.items():
-        if v.shape is None or any(d is None for d in v.shape):
-            continue
         try:
-            count = 1
-            for d in v.shape:
-                count *= dims.upper_bound(d, bounds)
-        except ValueError:      # a dim with no bound: the arena's plan names it
+            count = max_elements(v, bounds)
+        except LoweringError:   # an unknown dim or one with no bound: the arena's plan names it
             continue
         if count > MAX_ELEMENTS:
             n = producer.get(name)
