@@ -231,12 +231,15 @@ def _self_test(f, preset, library: Path | None, vectors: Path, verify: bool, say
     try:
         feeds = selftest.example_inputs(f.reference, f.plan.bounds)
         tolerance = 1e-3 if f.qlinear else 1e-4    # int8 rows: a rare rounding step apart from float64 sums
-        selftest.write(vectors, feeds, run(f.reference, feeds), tolerance)
+        expected = run(f.reference, feeds)
+        conditioning = selftest.conditioning(f.reference, feeds, expected)
+        selftest.write(vectors, feeds, expected, tolerance, conditioning)
     except MemoryError:     # fixed dims too large for numpy here: the library itself is fine
         vectors.unlink(missing_ok=True)
         say("verify", "no test vectors: the reference interpreter's inputs do not fit in memory here")
         return {"vectors": None, "verified": False, "why_not": "the test inputs do not fit in memory here"}
-    record = {"vectors": vectors.name, "inputs": {k: list(v.shape) for k, v in feeds.items()}, "verified": False}
+    record = {"vectors": vectors.name, "inputs": {k: list(v.shape) for k, v in feeds.items()}, "verified": False,
+              "conditioning": conditioning}
     why = None
     if not verify:
         why = "--no-verify"
@@ -254,12 +257,15 @@ def _self_test(f, preset, library: Path | None, vectors: Path, verify: bool, say
     from .artifact.loader import ArtifactError, load
     hint = "this is a qcompile bug; please report it with the model (--no-verify keeps the library)"
     try:
-        report = selftest.check(load(library), vectors)
+        report = selftest.check(load(library), vectors, graph=f.reference)
     except ArtifactError as exc:
         library.unlink(missing_ok=True)
         raise selftest.VerifyError(f"the built library fails on its test vectors: {exc}; the library was removed",
                                    hint=hint) from None
     record.update(verified=report.ok, errors=report.errors, tolerance=report.tolerance)
+    if report.steps is not None:
+        name, node, err = report.steps.worst()
+        record["kernels"] = {"values": len(report.steps.local), "largest_error": err, "at": name, "node": node}
     if not report.ok:
         library.unlink(missing_ok=True)
         raise selftest.VerifyError(f"the built library disagrees with the reference interpreter on its test vectors: "

@@ -52,8 +52,8 @@ def test_a_build_checks_its_library_against_its_test_vectors(llama, tmp_path):
 def test_a_library_that_disagrees_is_removed(llama, tmp_path, monkeypatch):
     """A stand-in for a miscompiled kernel: the reference the library is checked against is off."""
     write = selftest.write
-    monkeypatch.setattr(selftest, "write", lambda path, feeds, expected, tol: write(
-        path, feeds, {k: v * 1.5 + 1 for k, v in expected.items()}, tol))
+    monkeypatch.setattr(selftest, "write", lambda path, feeds, expected, tol, *rest: write(
+        path, feeds, {k: v * 1.5 + 1 for k, v in expected.items()}, tol, *rest))
     with pytest.raises(selftest.VerifyError, match=r"\[verify\] the built library disagrees with the reference "
                                                    r"interpreter on its test vectors: logits .*library was removed"):
         build(llama, BuildOptions(out_dir=tmp_path, max_seq_len=32, target="x86_64-v3"))
@@ -62,7 +62,7 @@ def test_a_library_that_disagrees_is_removed(llama, tmp_path, monkeypatch):
     assert res.library.exists()
     assert json.loads(res.manifest.read_text())["self_test"] == {
         "vectors": "llama.testvectors.npz", "inputs": json.loads(res.manifest.read_text())["self_test"]["inputs"],
-        "verified": False, "why_not": "--no-verify"}
+        "verified": False, "conditioning": 0.0, "why_not": "--no-verify"}
 
 
 def test_a_cross_build_writes_vectors_for_the_device(llama, tmp_path):

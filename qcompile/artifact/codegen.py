@@ -99,7 +99,7 @@ def generate(plan: Plan, prefix: str, model_name: str, target: str, cpu_features
         tail = f"__tvm_ffi_{st.tail_kernel}" if st.row_block else "NULL"
         step_rows.append(f"{{__tvm_ffi_{st.kernel}, {_c_string(st.kernel)}, {_c_string(st.node.name)}, "
                          f"{_c_string(st.node.op_id)}, {len(args)}, {len(step_args)}, {len(scal)}, {len(step_scalars)}, "
-                         f"{st.row_block}, {tail}}}")
+                         f"{st.row_block}, {tail}, {len(st.outputs)}}}")
         step_args.extend(args)
         step_scalars.extend(scal)
         externs.append(st.kernel)
@@ -128,6 +128,9 @@ def generate(plan: Plan, prefix: str, model_name: str, target: str, cpu_features
                  f"{{{', '.join(str(plan.bounds[s]) for s in syms) or '0'}}};")
     lines.append("static const qc_dim DIMS[QC_NDIMS_ALLOC] = {\n  " + ",\n  ".join(dim_rows or ["{0, {0}}"]) + "\n};")
     lines.append("static const qc_value VALUES[] = {\n  " + ",\n  ".join(value_rows) + "\n};")
+    names = list(value_ids)     # in id order: what a step observer is told
+    lines.append("static const char* const VALUE_NAMES[] = {\n  " + ",\n  ".join(map(_c_string, names)) + "\n};")
+    lines.append(f"static const int32_t VALUE_DTYPES[] = {{{', '.join(str(g.values[x].dtype.onnx) for x in names)}}};")
     for k in dict.fromkeys(externs):
         lines.append(f"extern int __tvm_ffi_{k}(void*, const TVMFFIAny*, int32_t, TVMFFIAny*);")
     lines.append(f"static const int32_t STEP_ARGS[] = {{{', '.join(map(str, step_args)) or '0'}}};")

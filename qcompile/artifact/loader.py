@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import ml_dtypes
@@ -147,6 +148,47 @@ class Model:
         self.close()
 
     def __call__(self, *args, **kwargs) -> dict[str, np.ndarray]:
+        return self._invoke(args, kwargs)
+
+    def trace(self, *args, **kwargs) -> tuple[dict[str, np.ndarray], list["StepRecord"]]:
+        """Run once with a step observer: the outputs, and for every kernel in order the graph values
+        it read (before it ran) and wrote (copies; weights are not shown). What `qcompile verify`
+        checks node by node against the reference interpreter."""
+        set_observer = getattr(self._lib, f"{self.prefix}_set_step_observer", None)
+        if set_observer is None:
+            raise ArtifactError(f"'{self.path.name}' has no step observer: it was built by an older qcompile", 1,
+                                hint="rebuild it")
+        records: list[StepRecord] = []
+        failures: list[BaseException] = []
+
+        def seen(_user, step, after, node, count, names, values):
+            try:
+                if not after:
+                    records.append(StepRecord(step, node.decode(), {}, {}))
+                side = records[-1].writes if after else records[-1].reads
+                for i in range(count):
+                    t = values[i]
+                    dtype = _NP_OF_ONNX.get(t.dtype)
+                    if dtype is not None:
+                        shape = tuple(t.dims[d] for d in range(t.ndim))
+                        side[names[i].decode()] = _copy_out(t.data, dtype, shape)
+            except BaseException as exc:     # ctypes would print and drop it
+                failures.append(exc)
+
+        callback = _OBSERVER(seen)
+        set_observer.argtypes = [ctypes.c_void_p, _OBSERVER, ctypes.c_void_p]
+        status = set_observer(self._handle, callback, None)
+        if status:
+            raise ArtifactError(self.message(status), status)
+        try:
+            outputs = self._invoke(args, kwargs)
+        finally:
+            set_observer(self._handle, _OBSERVER(), None)
+        if failures:
+            raise failures[0]
+        return outputs, records
+
+    def _invoke(self, args, kwargs) -> dict[str, np.ndarray]:
         if len(args) > len(self.inputs):
             raise ArtifactError(f"the model takes {len(self.inputs)} inputs, got {len(args)}", 1)
         feeds = {spec.name: a for spec, a in zip(self.inputs, args)}
@@ -177,6 +219,27 @@ class Model:
             shape = tuple(t.dims[i] for i in range(t.ndim))
             result[spec.name] = buf[:int(np.prod(shape, dtype=np.int64))].reshape(shape).copy()
         return result
+
+
+@dataclass
+class StepRecord:
+    """One kernel of a traced run: its index, graph node, and the values it read and wrote."""
+    step: int
+    node: str
+    reads: dict[str, np.ndarray]
+    writes: dict[str, np.ndarray]
+
+
+_OBSERVER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_char_p, ctypes.c_int32,
+                             ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(_Tensor))
+
+
+def _copy_out(address: int | None, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    count = int(np.prod(shape, dtype=np.int64))
+    if not count:
+        return np.zeros(shape, dtype)
+    raw = (ctypes.c_char * (count * np.dtype(dtype).itemsize)).from_address(address)
+    return np.frombuffer(raw, dtype).reshape(shape).copy()
 
 
 class Session:
