@@ -158,15 +158,13 @@ class Comparison:
         return "\n".join(lines)
 
 
-def compare(library: str | os.PathLike, model: str | os.PathLike, data: str | os.PathLike,
-            seq_len: int = 64) -> Comparison:
-    """A built library against its source model: the same quantization replayed from the library's
-    manifest and plan, run per layer in the reference interpreter, and the library's outputs."""
+def replay(library: str | os.PathLike, model: str | os.PathLike | None = None, phase: str = "verify"):
+    """The graph a library was built from, quantized as it was: its manifest's options and plan
+    replayed on the model (by default the file the manifest names, if it is still there with the
+    same hash). Returns (graph, manifest, formats): what the reference interpreter checks it with."""
     import json
 
-    from .artifact.loader import load as load_library
-    from .calibration import load_samples
-    from .evaluate import compare_arrays, compare_layers
+    from .build import _sha256
     from .prepare import QuantOptions, prepare
     library = Path(library)
     manifest_path = library.with_name(library.stem + ".manifest.json")
@@ -174,23 +172,43 @@ def compare(library: str | os.PathLike, model: str | os.PathLike, data: str | os
         manifest = json.loads(manifest_path.read_text())
         formats = json.loads(manifest_path.with_name(manifest["precision"]["plan_file"]).read_text())
     except (OSError, KeyError, ValueError) as exc:
-        raise QCompileError(f"cannot read the manifest and plan of '{library}': {exc}", phase="compare",
-                            hint="compare takes a library built by `qcompile build`, beside its "
+        raise QCompileError(f"cannot read the manifest and plan of '{library}': {exc}", phase=phase,
+                            hint="this needs a library built by `qcompile build`, beside its "
                                  "NAME.manifest.json and NAME.plan.json") from None
+    recorded = manifest["model"].get("path")
+    model = Path(model or recorded or "")
+    if not model.is_file():
+        raise QCompileError(f"the model '{library.name}' was built from is not at '{model}'", phase=phase,
+                            hint="pass the model file with --model")
+    if _sha256(model) != manifest["model"]["sha256"]:
+        raise QCompileError(f"'{model}' is not the model '{library.name}' was built from (its sha256 differs from "
+                            "the manifest's)", phase=phase, hint="pass the model file it was built from")
     p = manifest["precision"]
     calib = p.get("calibration") or {}
-    settings = {"precision": p["policy"], "rotate": p.get("rotate", False), "rounding": p.get("rounding", "rtn"),
-                "activations": p.get("activations", "int8")}
-    quant = QuantOptions(formats=formats, rotate=settings["rotate"], rounding=settings["rounding"],
+    quant = QuantOptions(formats=formats, rotate=p.get("rotate", False), rounding=p.get("rounding", "rtn"),
                          activations=p.get("activations", "int8"), act_clip=p.get("act_clip", "percentile"))
-    if settings["rounding"] == "gptq" or quant.activations == "int8-static":       # GPTQ's rounding depends on the calibration data: replay it exactly
-        from .build import _sha256
+    if quant.rounding == "gptq" or quant.activations == "int8-static":   # both depend on the calibration data
         path = Path(calib.get("file", ""))
         if not path.is_file() or _sha256(path) != calib.get("sha256"):
             raise QCompileError(f"the library was calibrated on '{path}', which is gone or has changed, so "
-                                "its quantization cannot be replayed", phase="compare")
+                                "its quantization cannot be replayed", phase=phase)
         quant.calibrate, quant.calib_seq, quant.calib_samples = path, calib["seq"], calib["samples"]
-    quantized = prepare(load(model), quant).graph
+    return prepare(load(model), quant).graph, manifest, formats
+
+
+def compare(library: str | os.PathLike, model: str | os.PathLike, data: str | os.PathLike,
+            seq_len: int = 64) -> Comparison:
+    """A built library against its source model: the same quantization replayed from the library's
+    manifest and plan, run per layer in the reference interpreter, and the library's outputs."""
+    from .artifact.loader import load as load_library
+    from .calibration import load_samples
+    from .evaluate import compare_arrays, compare_layers
+    from .prepare import QuantOptions, prepare
+    quantized, manifest, formats = replay(library, model, phase="compare")
+    library = Path(library)
+    p = manifest["precision"]
+    settings = {"precision": p["policy"], "rotate": p.get("rotate", False), "rounding": p.get("rounding", "rtn"),
+                "activations": p.get("activations", "int8")}
     twin = prepare(load(model), QuantOptions(rotate=settings["rotate"])).graph
     feeds = load_samples(data, quantized, seq_len, max_samples=1)[0]
     layers = compare_layers(twin, quantized, feeds, formats)

@@ -197,12 +197,14 @@ class StepReport:
         return name, node, err
 
     def render(self) -> str:
-        if self.dataflow:
-            return "; ".join(self.dataflow[:3])
         bad = [(v, n, e) for v, (n, e) in self.local.items() if e > self.tolerance]
+        parts = []
         if bad:
-            return ", ".join(f"{v} (node {n}) {e:.1e}" for v, n, e in bad[:5]) + \
-                (f" and {len(bad) - 5} more" if len(bad) > 5 else "") + f" (tolerance {self.tolerance:.0e})"
+            parts.append(", ".join(f"{v} (node {n}) {e:.1e}" for v, n, e in bad[:5]) +
+                         (f" and {len(bad) - 5} more" if len(bad) > 5 else "") + f" (tolerance {self.tolerance:.0e})")
+        parts += self.dataflow[:3]
+        if parts:
+            return "; ".join(parts)
         name, node, err = self.worst()
         return f"{len(self.local)} values, largest error {err:.1e} at {name} (node {node})"
 

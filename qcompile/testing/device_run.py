@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QCompileError
-from ..selftest import Report, compare, read
+from ..selftest import Report, check_steps, compare, read_meta
 
 RUNNER = Path(__file__).with_name("vector_runner.c")
 AARCH64_CC, QEMU, AARCH64_SYSROOT = "aarch64-linux-gnu-gcc", "qemu-aarch64", "/usr/aarch64-linux-gnu"
@@ -44,13 +44,14 @@ def on_host(library: Path, vectors: Path) -> Report:
     return Report(errors, tolerance)
 
 
-def under_qemu(library: Path, vectors: Path, cpu: str = "max", cc: str = AARCH64_CC) -> Report:
+def under_qemu(library: Path, vectors: Path, cpu: str = "max", cc: str = AARCH64_CC, graph=None) -> Report:
     """An aarch64 Linux library: vector_runner.c cross-compiled against it, run by qemu-aarch64
-    with `cpu` (cortex-a72 for ARMv8.0 without dotprod, max for everything)."""
+    with `cpu` (cortex-a72 for ARMv8.0 without dotprod, max for everything). With the reference
+    graph, the run is traced and judged kernel by kernel too (selftest.check_steps)."""
     from ..artifact.loader import _prefix_of
     library = Path(library).resolve()
     prefix = _prefix_of(library)
-    feeds, expected, tolerance = read(vectors)
+    feeds, expected, meta = read_meta(vectors)
     with tempfile.TemporaryDirectory(prefix="qc_qemu_") as tmp:
         tmp = Path(tmp)
         exe = tmp / "run_vectors"
@@ -62,15 +63,52 @@ def under_qemu(library: Path, vectors: Path, cpu: str = "max", cc: str = AARCH64
         for i, arr in enumerate(feeds.values()):     # the npz keeps the inputs in the model's order
             (tmp / f"in{i}.dims").write_text(" ".join(map(str, (arr.ndim, *arr.shape))))
             (tmp / f"in{i}.bin").write_bytes(np.ascontiguousarray(arr).tobytes())
-        proc = subprocess.run([QEMU, "-cpu", cpu, "-L", AARCH64_SYSROOT, str(exe), str(tmp)], capture_output=True,
-                              text=True, timeout=900)
+        proc = subprocess.run([QEMU, "-cpu", cpu, "-L", AARCH64_SYSROOT, str(exe), str(tmp)] +
+                              (["--trace"] if graph is not None else []), capture_output=True, text=True, timeout=900)
         if proc.returncode:
             raise DeviceRunError(f"{library.name} under qemu-aarch64 -cpu {cpu}: {proc.stderr.strip()[-2000:]}")
         got = {}
         for o, (name, want) in enumerate(expected.items()):
             ndim, *shape = map(int, (tmp / f"out{o}.dims").read_text().split())
             got[name] = np.frombuffer((tmp / f"out{o}.bin").read_bytes(), want.dtype).reshape(shape[:ndim])
-    return compare(got, expected, tolerance)
+        report = compare(got, expected, meta["tolerance"], meta.get("conditioning", 0.0))
+        if graph is not None:
+            report.steps = check_steps(graph, feeds, read_trace(tmp / "trace.bin"), meta["tolerance"])
+    return report
+
+
+def read_trace(path: Path) -> list:
+    """vector_runner.c's trace.bin -> loader.StepRecord list (the format is in vector_runner.c)."""
+    from ..artifact.loader import _NP_OF_ONNX, StepRecord
+    data, pos = Path(path).read_bytes(), 0
+
+    def take(fmt: str):
+        nonlocal pos
+        out = np.frombuffer(data, fmt, 1, pos)[0]
+        pos += np.dtype(fmt).itemsize
+        return int(out)
+
+    def string() -> str:
+        nonlocal pos
+        n = take("<i4")
+        pos += n
+        return data[pos - n:pos].decode()
+
+    records = []
+    while pos < len(data):
+        step, after, node = take("<i4"), take("<i4"), string()
+        count = take("<i4")
+        if not after:
+            records.append(StepRecord(step, node, {}, {}))
+        side = records[-1].writes if after else records[-1].reads
+        for _ in range(count):
+            name, dtype, ndim = string(), take("<i4"), take("<i4")
+            shape = tuple(take("<i8") for _ in range(ndim))
+            nbytes = take("<i8")
+            raw, pos = data[pos:pos + nbytes], pos + nbytes
+            if dtype in _NP_OF_ONNX:
+                side[name] = np.frombuffer(raw, _NP_OF_ONNX[dtype]).reshape(shape).copy()
+    return records
 
 
 def on_cuda_shim(out_dir: Path, prefix: str, vectors: Path) -> Report:

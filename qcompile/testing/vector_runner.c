@@ -3,11 +3,16 @@
  * this program, and compares the outputs it wrote.
  *
  *   CC -O1 -std=c11 -DQC_NAME=mlp vector_runner.c -I OUT -L OUT -l:mlp.so -Wl,-rpath,OUT -o run_vectors
- *   ./run_vectors DIR
+ *   ./run_vectors DIR [--trace]
  *
  * DIR/in<i>.dims holds input i's "ndim d0 d1 ...", DIR/in<i>.bin its bytes (row-major, in the
  * model's dtype). The program writes DIR/out<o>.dims and DIR/out<o>.bin the same way. Exit status
  * 0 when the run succeeded; otherwise the library's message is on stderr.
+ *
+ * With --trace it also writes DIR/trace.bin, what the library's step observer saw: per call
+ * (little-endian) int32 step, int32 after, string node, int32 count, then count times string name,
+ * int32 dtype, int32 ndim, int64 dims[ndim], int64 nbytes, the bytes; a string is int32 length and
+ * its bytes.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -45,13 +50,40 @@ static void* read_file(const char* path, size_t* size) {
   return data;
 }
 
+static FILE* trace;
+
+static void put_string(const char* text) {
+  int32_t n = (int32_t)strlen(text);
+  fwrite(&n, sizeof n, 1, trace);
+  fwrite(text, 1, (size_t)n, trace);
+}
+
+static void observe(void* user, int32_t step, int32_t after, const char* node, int32_t count,
+                    const char* const* names, const QC(tensor)* values) {
+  (void)user;
+  fwrite(&step, sizeof step, 1, trace);
+  fwrite(&after, sizeof after, 1, trace);
+  put_string(node);
+  fwrite(&count, sizeof count, 1, trace);
+  for (int i = 0; i < count; ++i) {
+    put_string(names[i]);
+    fwrite(&values[i].dtype, sizeof(int32_t), 1, trace);
+    fwrite(&values[i].ndim, sizeof(int32_t), 1, trace);
+    fwrite(values[i].dims, sizeof(int64_t), (size_t)values[i].ndim, trace);
+    int64_t n = (int64_t)values[i].capacity;
+    fwrite(&n, sizeof n, 1, trace);
+    if (n) fwrite(values[i].data, 1, (size_t)n, trace);
+  }
+}
+
 static int fail(const char* what, const char* detail) {
   fprintf(stderr, "run_vectors: %s%s\n", what, detail ? detail : "");
   return 1;
 }
 
 int main(int argc, char** argv) {
-  if (argc != 2) return fail("usage: run_vectors DIR", NULL);
+  if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "--trace")))
+    return fail("usage: run_vectors DIR [--trace]", NULL);
   const char* dir = argv[1];
   char path[4096];
   int nin = QC(num_inputs)(), nout = QC(num_outputs)();
@@ -84,6 +116,11 @@ int main(int argc, char** argv) {
   QC(options) opt = {1};
   QC(model)* m = NULL;
   if (QC(create)(&opt, &m) != 0) return fail("create: ", QC(last_error)(NULL));
+  if (argc == 3) {
+    snprintf(path, sizeof path, "%s/trace.bin", dir);
+    if (!(trace = fopen(path, "wb"))) return fail("cannot write ", path);
+    if (QC(set_step_observer)(m, observe, NULL) != 0) return fail("set_step_observer: ", QC(last_error)(m));
+  }
   if (QC(run)(m, in, nin, out, nout) != 0) return fail("run: ", QC(last_error)(m));
   for (int o = 0; o < nout; ++o) {
     size_t n = element_size(out[o].dtype);
@@ -101,6 +138,7 @@ int main(int argc, char** argv) {
     if (!f || fwrite(out[o].data, 1, n, f) != n) return fail("cannot write ", path);
     fclose(f);
   }
+  if (trace && fclose(trace)) return fail("cannot write the trace", NULL);
   QC(destroy)(m);
   return 0;
 }

@@ -1,0 +1,128 @@
+"""Real models in the forms users have them: SmolLM2-135M's first layers, exported by
+tools/export_model.py (torch.onnx.export, dynamo) and cached between test runs.
+
+SmolLM2 has outlier channels (|x| about 230x the median) that the generated models never make.
+Under int8 activation rounding they make its outputs ill-conditioned: a last-bit difference
+between the library's float arithmetic and numpy's moves an activation across a rounding boundary
+and, through the later layers, the logits by 1e-2. These builds failed their self-test (issue 21)
+though every kernel was right; the self-test now judges such libraries kernel by kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qcompile.build import BuildOptions, build
+from qcompile.selftest import read_meta
+
+from .test_export_model import MISSING_SMOLLM2, TOOL, em, needs_smollm2
+
+SLICE_LAYERS = 4    # enough for SmolLM2's outlier channels to make int8 rounding chaotic (layer 2 on)
+
+
+@pytest.fixture(scope="session")
+def smollm2_slice(request) -> Path:
+    """SmolLM2's first SLICE_LAYERS blocks with a KV cache, exported once and kept in pytest's
+    cache (keyed by the exporter's source, so a changed exporter exports again)."""
+    if MISSING_SMOLLM2:
+        pytest.skip(f"needs {', '.join(MISSING_SMOLLM2)}: {em.SETUP_HINT}")
+    import hashlib
+    key = hashlib.sha256(TOOL.read_bytes()).hexdigest()[:12]
+    path = Path(request.config.cache.mkdir("qcompile-real-models")) / f"smollm2_kv_l{SLICE_LAYERS}_{key}.onnx"
+    if not path.exists():
+        part = path.with_suffix(".part.onnx")
+        subprocess.run([sys.executable, str(TOOL), "smollm2", "--kv-cache", "--layers", str(SLICE_LAYERS),
+                        "-o", str(part)], check=True, capture_output=True, text=True)
+        part.rename(path)
+    return path
+
+
+def _self_test(res) -> dict:
+    return json.loads(res.manifest.read_text())["self_test"]
+
+
+@needs_smollm2
+@pytest.mark.parametrize("target", ["native", "x86_64-v3"])
+def test_int8_build_passes_its_self_test_kernel_by_kernel(smollm2_slice, tmp_path, target):
+    """The build issue 21 reported (int8, native): the self-test removed a correct library. On
+    these vectors the reference's own outputs move past the tolerance when its int8 activations
+    are perturbed by 1e-6, so the library is judged on every kernel's own inputs, and passes
+    there with float-level errors."""
+    res = build(smollm2_slice, BuildOptions(out_dir=tmp_path, precision="int8", max_seq_len=512, target=target))
+    record = _self_test(res)
+    assert record["verified"] and res.library.exists()
+    assert record["conditioning"] > record["tolerance"]          # the case this test is about
+    assert record["kernels"]["values"] > 90 and record["kernels"]["largest_error"] < 1e-5, record["kernels"]
+    assert max(record["errors"].values()) > record["tolerance"]   # end to end, the numbers do move
+
+
+@needs_smollm2
+@pytest.mark.parametrize("target, precision, group", [("arm64", "int8", None), ("arm64-v8", "mixed", 32)])
+def test_arm64_builds_verify_under_qemu(smollm2_slice, tmp_path, target, precision, group):
+    """issue 21's qemu MISMATCH (int8 on arm64 misses by 1.6e-2 end to end on these vectors): arm64
+    builds verified under qemu-aarch64 by tracing every kernel and replaying the model the manifest
+    names; --model names it explicitly. arm64-v8 runs the ARMv8.0 smlal kernels."""
+    res = build(smollm2_slice, BuildOptions(out_dir=tmp_path, precision=precision, group_size=group, max_seq_len=512,
+                                            target=target))
+    meta = read_meta(tmp_path / f"{res.library.stem}.testvectors.npz")[2]
+    assert meta["conditioning"] > meta["tolerance"]
+    for extra in ([], ["--model", str(smollm2_slice)]):
+        proc = subprocess.run([sys.executable, "-m", "qcompile", "verify", str(res.library), *extra],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert ": ok: logits" in proc.stdout and "kernel by kernel: " in proc.stdout
+        worst = float(proc.stdout.split("largest error ")[1].split()[0])
+        assert worst < 1e-5, proc.stdout
+
+
+@needs_smollm2
+def test_verify_without_the_model_is_inconclusive_not_ok(smollm2_slice, tmp_path):
+    """Where the end-to-end comparison cannot judge and the model is gone, verify says so and
+    fails: it never passes a library it could not check."""
+    model = tmp_path / "moved.onnx"
+    model.write_bytes(smollm2_slice.read_bytes())
+    res = build(model, BuildOptions(out_dir=tmp_path, precision="int8", max_seq_len=512, target="x86_64-v3"))
+    model.unlink()
+    proc = subprocess.run([sys.executable, "-m", "qcompile", "verify", str(res.library)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 1
+    assert ": INCONCLUSIVE: logits" in proc.stdout and "--model MODEL.onnx" in proc.stdout
+    assert "is not at" in proc.stderr
+
+
+def test_kernel_by_kernel_check_names_a_wrong_kernel_and_overwritten_memory(tmp_path):
+    """A stand-in for a miscompiled kernel and for a planner that reuses memory too early: one
+    traced write and one traced read are changed, and check_steps names the node of each."""
+    from qcompile import load, selftest
+    from qcompile.build import front
+    from qcompile.targets.presets import get_preset
+    from qcompile.zoo import LlamaConfig, make_llama
+    path = tmp_path / "llama.onnx"
+    import onnx
+    onnx.save(make_llama(LlamaConfig()), path)
+    opts = BuildOptions(out_dir=tmp_path, precision="int8", max_seq_len=32, target="x86_64-v3")
+    res = build(path, opts)
+    f = front(path, opts, get_preset("x86_64-v3"), "llama", lambda *a: None)
+    feeds, _, tolerance = selftest.read(tmp_path / "llama.testvectors.npz")
+    _, records = load(res.library).trace(**feeds)
+    assert selftest.check_steps(f.reference, feeds, records, tolerance).ok
+
+    quantized = {n.name for n in f.reference.nodes if n.op == "QLinear"}
+    qlinear, name, reader = next((w, x, r) for w in records if w.node in quantized for x in w.writes
+                                 for r in records if r.step > w.step and x in r.reads)
+    right = qlinear.writes[name]
+    qlinear.writes[name] = right * np.float32(1.01)
+    report = selftest.check_steps(f.reference, feeds, records, tolerance)
+    assert not report.ok and f"{name} (node {qlinear.node})" in report.render()
+    qlinear.writes[name] = right
+
+    reader.reads[name] = reader.reads[name].copy()
+    reader.reads[name].flat[0] += 1
+    report = selftest.check_steps(f.reference, feeds, records, tolerance)
+    assert not report.ok and report.render() == f"node {reader.node} read '{name}' changed since it was written"
