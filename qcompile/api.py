@@ -196,6 +196,25 @@ def replay(library: str | os.PathLike, model: str | os.PathLike | None = None, p
     return prepare(load(model), quant).graph, manifest, formats
 
 
+def reference_for(library: str | os.PathLike, vectors: str | os.PathLike, model: str | os.PathLike | None = None,
+                  note=None):
+    """The replayed reference graph to judge a library kernel by kernel: with `model` always, else
+    only where its test vectors say the end-to-end comparison cannot judge (selftest.conditioning)
+    and the model is still where it was built (otherwise None, and `note(message)` says why)."""
+    from .selftest import read_meta
+    if model is None:
+        meta = read_meta(Path(vectors))[2]
+        if meta.get("conditioning", 0.0) <= meta["tolerance"]:
+            return None
+        try:
+            return replay(library)[0]
+        except QCompileError as exc:
+            if note:
+                note(f"{exc}; judging end to end only")
+            return None
+    return replay(library, model)[0]
+
+
 def compare(library: str | os.PathLike, model: str | os.PathLike, data: str | os.PathLike,
             seq_len: int = 64) -> Comparison:
     """A built library against its source model: the same quantization replayed from the library's

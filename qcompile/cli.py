@@ -431,8 +431,10 @@ def cmd_verify(args) -> int:
     from pathlib import Path
 
     from . import load
+    from .api import reference_for
     from .selftest import VerifyError, check
     library = Path(args.library)
+    note = lambda text: print(f"qcompile: note: {text}", file=sys.stderr)  # noqa: E731
     vectors = Path(args.vectors) if args.vectors else library.with_name(library.stem + ".testvectors.npz")
     if not vectors.exists():
         raise VerifyError(f"no test vectors at {vectors}", phase="options",
@@ -453,32 +455,14 @@ def cmd_verify(args) -> int:
                               hint="run `qcompile verify` on the device, or install qemu-user and "
                                    "gcc-aarch64-linux-gnu (tools/setup.sh --test) to run it emulated here")
         cpu = qemu_cpu(manifest.get("target", {}).get("preset"))
-        graph = _reference_for(library, vectors, args.model)
+        graph = reference_for(library, vectors, args.model, note)
         report, how = under_qemu(library, vectors, cpu=cpu, graph=graph), f" (under qemu-aarch64 -cpu {cpu})"
     else:
         model = load(library, num_threads=args.threads)
-        report = check(model, vectors, graph=_reference_for(library, vectors, args.model))
+        report = check(model, vectors, graph=reference_for(library, vectors, args.model, note))
     verdict = "ok" if report.ok else "INCONCLUSIVE" if report.ill_conditioned and report.steps is None else "MISMATCH"
     print(f"{library}{how}: {verdict}: {report.render()}")
     return 0 if report.ok else 1
-
-
-def _reference_for(library, vectors, model):
-    """The replayed reference graph for a kernel-by-kernel check: with --model always, else only
-    where the vectors say the end-to-end check cannot judge and the model is where it was built."""
-    from .api import replay
-    from .errors import QCompileError
-    from .selftest import read_meta
-    if model is None:
-        meta = read_meta(vectors)[2]
-        if meta.get("conditioning", 0.0) <= meta["tolerance"]:
-            return None
-        try:
-            return replay(library)[0]
-        except QCompileError as exc:
-            print(f"qcompile: note: {exc}; judging end to end only", file=sys.stderr)
-            return None
-    return replay(library, model)[0]
 
 
 def cmd_run(args) -> int:
