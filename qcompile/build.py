@@ -19,6 +19,7 @@ from .errors import QCompileError
 from .frontend import load
 from .ir import dims
 from .prepare import QuantOptions, check_options, prepare
+from .targets.index_limits import table_limits
 from .targets.lower_qlinear import lower_qlinear
 from .targets.plan import make_plan
 from .targets.presets import get_preset
@@ -96,6 +97,7 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
     from .passes.assign_precision import PrecisionConfig, load_plan
     quant = opts.quant()
     check_options(quant)                            # bad options fail here, first
+    _check_bounds(opts)
     PrecisionConfig(opts.precision, opts.middle, opts.group_size, load_plan(opts.plan) if opts.plan else {})
     say = progress or (lambda phase, detail: None)
     preset = resolve(get_preset(opts.target))
@@ -189,6 +191,14 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
 
 SANITIZERS = {"address": ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"],
               "thread": ["-fsanitize=thread"]}
+
+
+def _check_bounds(opts: BuildOptions) -> None:
+    """A dim bound below 1 leaves no input the library could take."""
+    for flag, value in [("--max-seq-len", opts.max_seq_len)] + [(f"--dim {k}", v) for k, v in opts.dim_bounds.items()]:
+        if not isinstance(value, int) or value < 1:
+            raise QCompileError(f"{flag} must be a positive number of elements, got {value}", phase="options",
+                                hint="it is the largest value the dim may take at run time (e.g. --max-seq-len 512)")
 
 
 def _check_sanitize(sanitize: str | None, preset) -> None:
@@ -397,6 +407,13 @@ def front(model_path: Path, opts: BuildOptions, preset, prefix: str, say: Progre
                     f"{bounds[dec.past]} tokens")
     except decoder.NotADecoder as exc:
         dec, why_not = None, str(exc)
+    limits, unbounded = table_limits(graph, plan.symbolic)
+    for lim in limits:
+        if dims.upper_bound(lim.limit, bounds) > lim.most:
+            say("plan", f"{lim.limit}: {lim.describe()}; the library refuses inputs that take it further")
+    for node in unbounded:
+        say("plan", f"warning: node {node} gathers at indices the graph computes, which qcompile cannot bound: "
+                    "one past its table is clamped to the last row")
     phase("lower")
     check_coverage(plan, preset.name)
     kernels = build_kernels(plan, prefix)

@@ -406,32 +406,12 @@ def cmd_tune(args) -> int:
     return 0
 
 
-_AARCH64 = 183     # ELF e_machine
-
-
-def _elf_machine(path) -> int | None:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(20)
-    except OSError:
-        return None
-    return int.from_bytes(head[18:20], "little") if head[:4] == b"\x7fELF" and len(head) == 20 else None
-
-
-def _manifest(library) -> dict:
-    """The manifest beside a library ({} when missing or unreadable: the library still runs)."""
-    try:
-        record = json.loads(library.with_name(library.stem + ".manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def cmd_verify(args) -> int:
     from pathlib import Path
 
     from . import load
     from .api import reference_for
+    from .artifact.loader import elf_machine
     from .selftest import VerifyError, check
     library = Path(args.library)
     note = lambda text: print(f"qcompile: note: {text}", file=sys.stderr)  # noqa: E731
@@ -446,7 +426,7 @@ def cmd_verify(args) -> int:
         raise VerifyError(f"{library} is a {sanitize}-sanitized debug build: it loads only into a program built with "
                           f"-fsanitize={sanitize}", phase="options",
                           hint="verify the same model built without --sanitize")
-    if _elf_machine(library) == _AARCH64 and platform.machine() == "x86_64":
+    if elf_machine(library) == "aarch64" and platform.machine() == "x86_64":
         import shutil
 
         from .testing.device_run import QEMU, qemu_cpu, under_qemu
@@ -478,7 +458,7 @@ def cmd_run(args) -> int:
         if not path:
             print(f"qcompile: error: --input expects NAME=FILE.npy, got '{item}'", file=sys.stderr)
             return 2
-        feeds[name] = np.load(path)
+        feeds[name] = _read_npy(name, path)
     outputs = model(**feeds)
     for name, value in outputs.items():
         if args.save:
@@ -489,6 +469,26 @@ def cmd_run(args) -> int:
             print(f"{name}: {value.dtype}{list(value.shape)}")
             print(np.array2string(value, threshold=64, precision=5))
     return 0
+
+
+def _read_npy(name: str, path: str):
+    import numpy as np
+
+    from .errors import QCompileError
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise QCompileError(f"--input {name}={path}: no such file", phase="options") from None
+    except IsADirectoryError:
+        raise QCompileError(f"--input {name}={path}: is a folder, not a .npy file", phase="options") from None
+    except (OSError, ValueError, EOFError) as exc:
+        with open(path, "rb") as f:
+            numpy_header = f.read(6) == b"\x93NUMPY"
+        why = f"a .npy file numpy cannot read as an array ({exc})" if numpy_header else \
+            "not a .npy file (it has no NumPy header)"
+        raise QCompileError(f"--input {name}={path}: {why}", phase="options",
+                            hint="save the array with numpy.save, e.g. python3 -c \"import numpy as np; "
+                                 f"np.save('{name}.npy', np.array([[1, 2, 3]]))\"") from None
 
 
 def cmd_generate(args) -> int:

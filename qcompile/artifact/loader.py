@@ -70,6 +70,7 @@ class Model:
         if not path.exists():
             raise ArtifactError(f"'{path}': no such file", 6, phase="load")
         self.path = path
+        _check_loadable(path)
         self.prefix = _prefix_of(path)
         try:
             self._lib = _open(path)
@@ -196,8 +197,9 @@ class Model:
         missing = [s.name for s in self.inputs if s.name not in feeds]
         extra = sorted(set(feeds) - {s.name for s in self.inputs})
         if missing or extra:
-            raise ArtifactError(f"missing inputs {missing}, unknown inputs {extra}; the model takes "
-                                f"{[s.name for s in self.inputs]}", 1)
+            what = "; ".join(part for part in (f"missing inputs {missing}" if missing else "",
+                                               f"unknown inputs {extra}" if extra else "") if part)
+            raise ArtifactError(f"{what}; the model takes {[s.name for s in self.inputs]}", 1)
         arrays = [np.asarray(feeds[s.name], order="C") for s in self.inputs]    # (ascontiguousarray makes 0-d 1-d)
         for spec, arr in zip(self.inputs, arrays):
             if arr.dtype != spec.dtype:
@@ -324,6 +326,53 @@ def _open(path: Path) -> ctypes.CDLL:
         copy = Path(tmp) / path.name
         shutil.copyfile(real, copy)
         return ctypes.CDLL(str(copy))     # the mapping outlives the file
+
+
+ELF_MACHINES = {3: "x86", 62: "x86_64", 40: "arm", 183: "aarch64", 243: "riscv64"}
+
+
+def elf_machine(path: Path) -> str | None:
+    """The architecture an ELF file is built for (e.g. "aarch64"); None for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    if head[:4] != b"\x7fELF" or len(head) < 20:
+        return None
+    code = int.from_bytes(head[18:20], "little")
+    return ELF_MACHINES.get(code, f"ELF machine {code}")
+
+
+def _check_loadable(path: Path) -> None:
+    """What a file is, when it is not a library this machine loads: an ONNX model, or a library
+    for another architecture (instead of dlopen's 'invalid ELF header' or 'No such file')."""
+    import platform
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"\x7fELF":
+        arch, here = elf_machine(path), platform.machine()
+        if arch != here and not (arch == "aarch64" and here == "arm64"):
+            raise ArtifactError(f"'{path}' is a library for {arch}; this machine is {here}", 6, phase="load",
+                                hint="run it on the device it was built for (`qcompile verify` runs its test "
+                                     "vectors here, under qemu-aarch64 for an aarch64 library)")
+        return
+    if head[:4] in (b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe"):      # Mach-O (a Mac's dylib)
+        return
+    if path.suffix == ".onnx" or _is_onnx(path):
+        raise ArtifactError(f"'{path}' is an ONNX model, not a library built by qcompile", 6, phase="load",
+                            hint=f"build it first: qcompile build {path} -o out/  (then run out/{path.stem}.so)")
+    raise ArtifactError(f"'{path}' is not a shared library (no ELF or Mach-O header)", 6, phase="load",
+                        hint="pass the NAME.so that `qcompile build` wrote")
+
+
+def _is_onnx(path: Path) -> bool:
+    try:
+        import onnx
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return bool(model.graph.node or model.graph.input)
 
 
 def _prefix_of(path: Path) -> str:
