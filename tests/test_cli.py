@@ -135,3 +135,45 @@ def test_a_metal_build_off_a_mac_says_how_to_finish_it(tmp_path):
     assert "Apple's Metal compiler runs only on macOS; on a Mac, run: sh " + str(folder / "build.sh") in proc.stdout
     assert (folder / "kernels.metal").exists() and not (tmp_path / "out" / "mlp.dylib").exists()
 
+
+
+def test_run_and_generate_errors_say_what_the_file_is(llama_path, tmp_path):
+    """issue 21's tracebacks and wrong messages: every bad input file is one clear error (exit 1)."""
+    import numpy as np
+    out = tmp_path / "out"
+    qcompile("build", llama_path, "-o", out, "--max-seq-len", "16")
+    library = out / "llama.so"
+    cases = [
+        (("run", library, "--input", f"input_ids={tmp_path / 'missing.npy'}"),
+         f"[options] --input input_ids={tmp_path / 'missing.npy'}: no such file"),
+        (("run", library, "--input", f"input_ids={llama_path}"),
+         f"[options] --input input_ids={llama_path}: not a .npy file (it has no NumPy header)"),
+        (("run", llama_path), f"[load] '{llama_path}' is an ONNX model, not a library built by qcompile"),
+        (("generate", llama_path, "--prompt-ids", "1,2"), f"hint: build it first: qcompile build {llama_path}"),
+    ]
+    np.save(tmp_path / "ids.npy", np.array([[1, 2]]))
+    cases.append((("run", library, "--input", f"input_ids={tmp_path / 'ids.npy'}", "--input",
+                   f"mask={tmp_path / 'ids.npy'}"), "[run] unknown inputs ['mask']; the model takes ['input_ids']"))
+    for args, message in cases:
+        proc = qcompile(*args, check=False)
+        assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+    missing = qcompile("run", library, check=False)
+    assert "missing inputs ['input_ids']; the model takes" in missing.stderr and "unknown inputs" not in missing.stderr
+
+
+def test_a_library_for_another_machine_is_named_as_such(tmp_path):
+    from qcompile.zoo import make_mlp
+    onnx.save(make_mlp(), str(tmp_path / "mlp.onnx"))
+    qcompile("build", tmp_path / "mlp.onnx", "--target", "arm64", "-o", tmp_path / "out", "--no-verify")
+    for args in (("run", tmp_path / "out" / "mlp.so"), ("generate", tmp_path / "out" / "mlp.so", "--prompt-ids", "1")):
+        proc = qcompile(*args, check=False)
+        assert proc.returncode == 1 and "is a library for aarch64; this machine is x86_64" in proc.stderr, proc.stderr
+        assert "qcompile verify" in proc.stderr
+
+
+@pytest.mark.parametrize("flag", [("--max-seq-len", "0"), ("--max-seq-len", "-3")])
+def test_a_bound_below_one_is_refused_before_any_work(llama_path, tmp_path, flag):
+    proc = qcompile("build", llama_path, "-o", tmp_path / "out", *flag, check=False)
+    assert proc.returncode == 1 and f"[options] --max-seq-len must be a positive number of elements, got " \
+                                   f"{flag[1]}" in proc.stderr
+    assert not (tmp_path / "out").exists()
