@@ -186,7 +186,8 @@ def replay(library: str | os.PathLike, model: str | os.PathLike | None = None, p
     p = manifest["precision"]
     calib = p.get("calibration") or {}
     quant = QuantOptions(formats=formats, rotate=p.get("rotate", False), rounding=p.get("rounding", "rtn"),
-                         activations=p.get("activations", "int8"), act_clip=p.get("act_clip", "percentile"))
+                         activations=p.get("activations", "int8"), act_clip=p.get("act_clip", "percentile"),
+                         file_activations=p.get("file_activations", True))
     if quant.rounding == "gptq" or quant.activations == "int8-static":   # both depend on the calibration data
         path = Path(calib.get("file", ""))
         if not path.is_file() or _sha256(path) != calib.get("sha256"):

@@ -41,6 +41,7 @@ class BuildOptions:
     rounding: str = "rtn"            # rtn or gptq
     budget: float | None = None      # --precision auto: allowed relative output error
     activations: str = "int8"        # int8 (dynamic, per token) or int8-static (calibrated ranges)
+    file_activations: bool = True    # imported QDQ layers use the file's static activation scales
     act_clip: str = "percentile"
     out_dir: Path = Path("out")
     name: str | None = None
@@ -57,7 +58,7 @@ class BuildOptions:
     def quant(self) -> QuantOptions:
         return QuantOptions(self.precision, self.middle, self.group_size, self.plan, self.rotate, self.calibrate,
                             self.calib_seq, self.calib_samples, self.rounding, self.budget, self.activations,
-                            self.act_clip, dump_ir=self.dump_ir)
+                            self.act_clip, file_activations=self.file_activations, dump_ir=self.dump_ir)
 
 
 @dataclass
@@ -511,6 +512,7 @@ def _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, checks
                    "sanitize": opts.sanitize},
         "precision": {"policy": opts.precision, "plan_file": f"{prefix}.plan.json", "rotate": opts.rotate,
                       "rounding": opts.rounding, "budget": opts.budget, "activations": opts.activations,
+                      "file_activations": opts.file_activations,
                       "act_clip": opts.act_clip,
                       "calibration": {"file": str(Path(opts.calibrate).resolve()), "sha256": _sha256(opts.calibrate),
                                       "seq": opts.calib_seq, "samples": opts.calib_samples}

@@ -129,9 +129,11 @@ def _quant_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--rounding", default="rtn", choices=["rtn", "gptq"],
                    help="weight rounding: rtn (to nearest) or gptq (error feedback weighted by the calibration "
                         "activations; needs --calibrate) (default: %(default)s)")
-    q.add_argument("--activations", default="dynamic", choices=["dynamic", "static"],
-                   help="int8 activation scales: dynamic (per token, measured at run time) or static (one "
-                        "calibrated range per layer, values beyond it saturate; needs --calibrate) "
+    q.add_argument("--activations", default="auto", choices=["auto", "dynamic", "static"],
+                   help="int8 activation scales: auto (a pre-quantized QDQ file's own static scales and zero "
+                        "points where it has them, as onnxruntime uses them; per token elsewhere), dynamic "
+                        "(per token, measured at run time, everywhere) or static (one calibrated range per "
+                        "layer qcompile quantizes, values beyond it saturate; needs --calibrate) "
                         "(default: %(default)s)")
     q.add_argument("--act-clip", default="percentile", choices=["percentile", "mse", "max"],
                    help="static ranges: the 99.99th percentile of |x|, the int8-MSE-optimal clip, or the "
@@ -147,7 +149,8 @@ def _quant_options(args) -> dict:
                 plan=Path(args.plan) if args.plan else None, rotate=args.rotate,
                 calibrate=Path(args.calibrate) if args.calibrate else None, calib_seq=args.calib_seq,
                 calib_samples=args.calib_samples, rounding=args.rounding, budget=args.budget,
-                activations={"dynamic": "int8", "static": "int8-static"}[args.activations], act_clip=args.act_clip)
+                activations={"auto": "int8", "dynamic": "int8", "static": "int8-static"}[args.activations],
+                file_activations=args.activations != "dynamic", act_clip=args.act_clip)
 
 
 def _schedule_arguments(p) -> None:

@@ -35,6 +35,7 @@ class QuantOptions:
     activations: str = "int8"        # int8 (per token, at run time), int8-static (calibrated per-layer
                                      # ranges) or fp32 (weight-only; reference interpreter only)
     act_clip: str = "percentile"     # int8-static: how a range is chosen (percentile, mse or max)
+    file_activations: bool = True    # imported QDQ layers read the file's int8 activations (scale, zero point)
     formats: dict[str, str] | None = None   # exact node name -> format (a built library's plan.json)
     dump_ir: Path | None = None
 
@@ -75,6 +76,7 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
     """Run the default pipeline, the accuracy passes and quantization on an imported graph."""
     from .passes import get_pass
     from .passes.assign_precision import PrecisionConfig, assign, linear_layers, load_plan, table
+    from .passes.file_activations import file_activation_layers, use_file_activations
     from .passes.import_quantized import import_report
     from .passes.quantize_weights import quantize_weights
     check_options(q)
@@ -93,6 +95,16 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
     if q.rotate:
         graph = out.graph = get_pass("rotate").fn(get_pass("fold_norms").fn(graph))
         say("passes", "norm gammas folded into the linear layers; residual stream rotated by H/sqrt(d)")
+    recorded = file_activation_layers(graph)
+    if recorded and q.file_activations and not q.rotate:
+        use_file_activations(graph)
+        say("passes", f"{len(recorded)} imported layers compute on the file's static int8 activations (its "
+                      "scales and zero points, as onnxruntime does)")
+    elif recorded:
+        why = "the residual stream is rotated (--rotate)" if q.rotate else "--activations dynamic"
+        say("passes", f"note: {len(recorded)} imported layers have static int8 activation scales in the file; "
+                      f"they quantize per token at run time instead ({why}), which differs from onnxruntime "
+                      "running the same file")
     samples = None
     if q.calibrate is not None:
         from .calibration import collect, load_samples

@@ -156,9 +156,10 @@ PERTURBATION = 1e-6
 
 
 def conditioning(graph, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray], seed: int = 1) -> float:
-    """The largest relative change of the reference's outputs when the inputs of every layer whose
-    activations are quantized to int8 at run time are perturbed by PERTURBATION (0.0 when there is
-    no such layer: then nothing rounds, and the outputs move by about as much as their inputs).
+    """The largest relative change of the reference's outputs when the float input of every node
+    that rounds it to integers (a layer whose activations are quantized to int8 at run time, a
+    QDQ file's QuantizeLinear) is perturbed by PERTURBATION (0.0 when there is no such node: then
+    nothing rounds, and the outputs move by about as much as their inputs).
 
     Rounding an activation to int8 is a step function: an element within a float rounding error of
     a half step lands on either side, and that one step, through a real model's outlier channels and
@@ -167,7 +168,8 @@ def conditioning(graph, feeds: dict[str, np.ndarray], expected: dict[str, np.nda
     from .ir.interpret import run
     rng = np.random.default_rng(seed)
     quantized = {n.name for n in graph.nodes if n.op == "QLinear" and
-                 n.attrs.get("activations") in ("int8", "int8-static")}
+                 n.attrs.get("activations") in ("int8", "int8-static") or
+                 n.op in ("QuantizeLinear", "DynamicQuantizeLinear") and not n.domain}
     if not quantized:
         return 0.0
 

@@ -425,3 +425,30 @@ def test_int16_block_extremes(lib, family, K, G, M):
     assert np.array_equal(xq, xi.astype(np.int8))
     y = c_qlinear(lib, p, xq, xscale, xsum)
     assert np.array_equal(y, ql.reference_qlinear(p, xq, xscale, xsum))
+
+
+@pytest.mark.parametrize("family", ["int8", "int4", "uint4"])
+@pytest.mark.parametrize("extreme", ["highest", "lowest", "random"])
+@pytest.mark.parametrize("M", [1, 2, 4, 5, 16, 17])
+def test_activations_at_minus_128(all_libs, family, extreme, M):
+    """Activations imported with a file's static scale and zero point (QDQ) span the whole int8
+    range: xq = -128, which the quantizer never makes, against the extreme codes, on every ISA
+    path (the AVX2 int8 sign trick takes |x| as its unsigned operand so that -128 stays exact)."""
+    p, q, rng = _problem(family, 4, 4, 7, exact=True)
+    if extreme != "random":
+        lo, hi = ql.Q_RANGE[family]
+        q = np.full_like(q, hi if extreme == "highest" else lo)
+        scales = np.ones(p.logical_scales().shape, np.float32)
+        zp = np.full(p.logical_scales().shape, 15 if extreme == "lowest" else 0) if family == "uint4" else None
+        scales = scales[0] if family == "int8" else scales
+        p = ql.pack_qlinear(q, family, scales, zp, p.group if family != "int8" else None)
+    xq = rng.integers(-128, 128, size=(M, p.K)).astype(np.int8)
+    xq[::2] = -128
+    xscale = np.ones(M, np.float32)
+    xsum = xq.astype(np.int32).reshape(M, p.K // p.group, p.group).sum(axis=2).astype(np.int32)
+    ref = ql.reference_qlinear(p, xq, xscale, xsum)
+    qz = q.astype(np.int64) - (np.repeat(p.logical_zero_points(), p.group, 0) if family == "uint4" else 0)
+    if p.ngroups == 1:
+        assert np.array_equal(ref, (xq.astype(np.int64) @ qz * p.logical_scales()[0][None]).astype(np.float32))
+    for name, lib_ in all_libs.items():
+        assert np.array_equal(c_qlinear(lib_, p, xq, xscale, xsum), ref), name

@@ -87,8 +87,12 @@ def test_neon_build_matches_scalar_build(binaries, opt):
     assert len(scalar) > 400
     # the large-K worst cases and the random shapes are there, at every row count asked for
     big = [ln for ln in scalar if ln.startswith("case ") and int(ln.split(" K=")[1].split()[0]) >= 4096]
-    assert len(big) == 20 and {ln.split(" mode=")[1][0] for ln in big} == set("01234")
+    assert len(big) == 26 and {ln.split(" mode=")[1][0] for ln in big} == set("0123456")
     assert {ln.split(" M=")[1].split()[0] for ln in big} == {"1", "2", "3", "5", "17"}
+    # activations at -128 (a QDQ file's int8 scale reaches it): int8, int4 and uint4, every row count
+    low = [ln for ln in scalar if ln.startswith("case ") and ln.split(" mode=")[1][0] in "56"]
+    assert {ln.split()[2] for ln in low} == {"int8", "int4", "uint4"} and len(low) == 42
+    assert {ln.split(" M=")[1].split()[0] for ln in low} == {"1", "2", "3", "4", "5", "9", "17"}
     for isa in ("neon", "i8mm", "v80"):
         lines = runs[isa].stdout.splitlines()
         assert len(lines) == len(scalar), isa

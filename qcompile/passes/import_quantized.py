@@ -27,12 +27,16 @@ Two weight encodings are recognized and rewritten into qcompile.QLinear(x, q, sc
   it into the float weight it denotes, so the numbers stay the model's -- and reported as kept
   float.
 
-Activation QuantizeLinear -> DequantizeLinear pairs (static scales from quantize_static) are kept
-as they are: they are part of what the model computes -- rounding to the calibrated grid and
-saturating at its ends (quantize_static even drops a Relu into the zero point -128 of the next
-QuantizeLinear) -- so dropping them would change the numbers. The QLinear kernels then quantize
-the (fake-quantized) activations per token at run time, as they always do. The targets run Q/DQ
-as elementwise kernels (float <-> int8/uint8, per tensor or per axis).
+Activation QuantizeLinear -> DequantizeLinear pairs (static scales from quantize_static) are kept:
+they are part of what the model computes -- rounding to the calibrated grid and saturating at its
+ends (quantize_static even drops a Relu into the zero point -128 of the next QuantizeLinear) -- so
+dropping them would change the numbers. Where such a DequantizeLinear (one scale and zero point,
+int8 or uint8) feeds a rewritten layer, the QLinear records it (attrs act_file_input, the integer
+tensor, and act_file_scale / act_file_zero_point / act_file_dtype): use_file_activations (run by
+prepare unless per-token activations are asked for) then feeds the layer those integers, so the
+kernel computes sum (xq - zp) * q exactly as onnxruntime does, instead of quantizing the
+dequantized values again per token (which moved SmolLM2's logits by 27%). The targets run Q/DQ as
+elementwise kernels (float <-> int8/uint8, per tensor or per axis).
 
 Report: every layer rewritten (or kept float) is one entry {node, op, format, exact, note} in
 `g.metadata[REPORT_KEY]` (JSON; read it with `import_report(g)`); `exact` says whether the layer
@@ -95,6 +99,8 @@ def import_quantized(g: Graph) -> Graph:
                 report.append(_entry(node, node.op, "fp32", True, f"kept float: {why_not}"))
                 continue
             entry = _qdq_linear(g, node, dq, cache, transposed=bool(path))
+            if entry["format"] != "fp32" and _record_file_activations(g, producers, node):
+                entry["note"] += "; activations: the file's static int8 scale and zero point"
             report.append(entry)
             if entry["format"] != "fp32":
                 consumed.extend([dq, *path])
@@ -170,6 +176,26 @@ def _after(g: Graph, node: Node, op: str, inputs: list[str], out: str, hint: str
 def _temp(g: Graph, like: str, hint: str) -> str:
     v = g.values[like]
     return g.add_value(g.unique_name(f"{like}.{hint}"), v.dtype, v.shape).name
+
+
+def _record_file_activations(g: Graph, producers: dict[str, Node], node: Node) -> bool:
+    """Record on a QLinear that its input is DequantizeLinear(integers, one scale, one zero point)."""
+    dq = producers.get(node.inputs[0])
+    if dq is None or dq.domain or dq.op != "DequantizeLinear" or dq.attrs.get("block_size"):
+        return False
+    xq, scale, zp = (dq.input(i) for i in range(3))
+    scale_v = g.values[scale].const
+    zp_v = g.values[zp].const if zp else np.zeros((), np.int8)
+    kind = g.values[xq].dtype.name
+    if (g.values[xq].const is not None or kind not in ("int8", "uint8") or scale_v is None or zp_v is None
+            or np.asarray(scale_v).size != 1 or np.asarray(zp_v).size != 1 or g.values[dq.outputs[0]].dtype != dtypes.FP32):
+        return False
+    value = float(np.asarray(scale_v, np.float32).reshape(-1)[0])
+    if not (np.isfinite(value) and value > 0):
+        return False
+    node.attrs.update(act_file_input=xq, act_file_scale=value, act_file_dtype=kind,
+                      act_file_zero_point=int(np.asarray(zp_v).reshape(-1)[0]))
+    return True
 
 
 # ---------------------------------------------------------------------------------- MatMulNBits

@@ -112,6 +112,10 @@ static void run_case_x(int id, int fam, int64_t K, int64_t N, int64_t G, int64_t
  * table-lookup kernel's worst case for its byte sums: codes lowest at k%8 < 4, else the code of
  * q = 0 (ternary: every table entry used is -1: low part 31, high part -1), activations 1 at
  * k%8 < 4, +-127 at k%8 == 7, random otherwise (integers, xq == x).
+ * mode 5 and 6 (not ternary: its table-lookup sums assume xq >= -127): activations imported with
+ * a file's static scale reach xq = -128, which the quantizer never makes: xq is overwritten after
+ * quantizing, 5 with every activation -128 against the highest codes (6: the lowest), and
+ * every other row random over the whole int8 range.
  * run_only: no checks and no output (instruction counts: the "run" mode) */
 static void run_case(int id, int fam, int64_t K, int64_t N, int64_t G, int64_t M, int mode,
                      int sigill_only) {
@@ -139,8 +143,8 @@ static void run_case_x(int id, int fam, int64_t K, int64_t N, int64_t G, int64_t
             int code = rint_in(CLO[fam], CHI[fam]);
             if (mode == 1 && n < 16) code = CHI[fam];
             if (mode == 1 && n >= 16 && n < 32) code = CLO[fam];
-            if (mode == 2) code = CHI[fam];
-            if (mode == 3) code = CLO[fam];
+            if (mode == 2 || mode == 5) code = CHI[fam];
+            if (mode == 3 || mode == 6) code = CLO[fam];
             if (mode == 4) code = k % 8 < 4 ? CLO[fam] : fam == QC_QL_INT8 ? 0 : (CLO[fam] + CHI[fam] + 1) / 2;
             c[k * N + n] = code;
         }
@@ -163,6 +167,17 @@ static void run_case_x(int id, int fam, int64_t K, int64_t N, int64_t G, int64_t
     pack(fam, c, s, zp, K, N, G, T, w, sp, zpp, colsum);
 
     int32_t rc = qc_quantize_rows(x, xq, xscale, xsum, 0, M, K, G);
+    if (mode >= 5) {    /* the full int8 range, -128 included (see above); xsum to match */
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t g = 0; g < ng; g++) {
+                int32_t sum = 0;
+                for (int64_t k = g * G; k < (g + 1) * G; k++) {
+                    xq[m * K + k] = (int8_t)(m % 2 ? rint_in(-128, 127) : -128);
+                    sum += xq[m * K + k];
+                }
+                xsum[m * ng + g] = sum;
+            }
+    }
     if (sigill_only) {
         printf("kernel\n");
         fflush(stdout);
@@ -332,6 +347,14 @@ int main(int argc, char** argv) {
             const int64_t G = fam == QC_QL_INT4 && mode % 2 ? 1024 : fam == QC_QL_UINT4 && mode == 4 ? 512 : K;
             run_case(id, fam, K, NX[(fam + mode) % 3], G, MX[(fam + mode) % 5], mode, 0);
         }
+    /* activations at -128 (modes 5, 6): every family but ternary, every row count, large K too */
+    for (int fam = 0; fam < 3; fam++)
+        for (int mode = 5; mode <= 6; mode++)
+            for (int mi = 0; mi < 7; mi++, id++) {
+                const int64_t K = mi == 6 ? (fam == QC_QL_INT8 ? 4100 : 4096) : fam == QC_QL_INT8 ? 132 : 256;
+                const int64_t G = fam == QC_QL_INT8 ? K : mi % 2 ? 128 : 32;
+                run_case(id, fam, K, NS[(mi + mode) % 6], G, MS[mi], mode, 0);
+            }
     /* random shapes, groups and row counts */
     for (int i = 0; i < 48; i++, id++) {
         const int fam = rint_in(0, 3), kc = 4 * (8 / BITS[fam]);

@@ -13,14 +13,15 @@
  *   re-read per row block anyway.  At each group end the zero-point correction and the scale
  *   fma go into a small float accumulator on the stack; the last step multiplies by xscale.
  *
- * No-overflow arguments (xq is in [-127,127], never -128):
+ * No-overflow arguments (xq in [-128,127]: the per-token quantizer never makes -128, static
+ * activation scales imported from a file (int8 with a zero point) do):
  *   AVX2 4-/2-bit: one vpmaddubsw lane is c0*x0 + c1*x1 with c <= 15 (4-bit) or c <= 2 (ternary
- *   codes are 0..2), so |lane| <= 2*15*127 = 3810 or 2*2*127 = 508: no saturation.  A chunk's v
- *   fields sum to <= 2*3810 = 7620 (4-bit) or 4*508 = 2032 (ternary) per int16 lane, so int16 sums
- *   over NB = 4 chunks (30480) or 16 chunks (32512) stay < 32767 and need one vpmaddwd per NB
- *   chunks.  Ternary fields 1, 3 enter pre-scaled by 4 (<= 2*8*127 = 2032 per lane, two of them
- *   4064 < 32767) and their exact multiple-of-4 sum is shifted back before joining the rest.
- *   AVX2 int8: maddubs(|w|, sign(x, w)) lane is w0*x0 + w1*x1, |.| <= 2*127*127 = 32258 < 32767.
+ *   codes are 0..2), so lane is in [-2*15*128, 2*15*127] = [-3840, 3810] or [-512, 508]: no
+ *   saturation.  A chunk's v fields sum to |.| <= 7680 (4-bit) or 2048 (ternary) per int16 lane, so
+ *   int16 sums over NB = 4 chunks (30720) or 16 chunks ([-32768, 32512]) fit in int16 and need one
+ *   vpmaddwd per NB chunks.  Ternary fields 1, 3 enter pre-scaled by 4 (<= 2*8*128 = 2048 per lane,
+ *   two of them 4096) and their exact multiple-of-4 sum is shifted back before joining the rest.
+ *   AVX2 int8: maddubs(|x|, sign(w, x)) lane is w0*x0 + w1*x1, |.| <= 2*128*127 = 32512 < 32767.
  *   int32 dots: |D| <= G*255*127 fits for any practical K; vpdpbusd wraps, and since the
  *   corrected value fits in int32 the wrap-around cancels (int8 AVX-512: (x+128)*w - 128*colsum).
  *   NEON sdot sums 4 int8 x int8 products straight into int32 (codes <= 15 or the int8 weight
@@ -477,13 +478,15 @@ QL_INLINE void simd_rows(const panel_t* P, const int8_t* x, const float* xscale,
                         for (int h = 0; h < 2; h++) {
                             const __m256i raw = _mm256_loadu_si256((const __m256i*)(wp + t * 64 + h * 32));
                             if (B == 8) {
-                                /* sign trick: |w| is the unsigned operand, x takes w's sign */
-                                const __m256i aw = _mm256_abs_epi8(raw);
+                                /* sign trick: |x| is the unsigned operand (128 for x = -128 reads
+                                 * right as a byte), w takes x's sign (|w| <= 127 stays in range) */
 #pragma GCC unroll 4
                                 for (int r = 0; r < R; r++) {
-                                    __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(ld32(xk + r * K)), raw);
+                                    const __m256i xb = _mm256_set1_epi32(ld32(xk + r * K));
+                                    const __m256i sw = _mm256_sign_epi8(raw, xb);
                                     acc[t][h][r] = _mm256_add_epi32(
-                                        acc[t][h][r], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones));
+                                        acc[t][h][r],
+                                        _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(xb), sw), ones));
                                 }
                             } else {
                                 const __m256i f0 = _mm256_and_si256(raw, m15);
@@ -882,10 +885,10 @@ static inline int subtile_batch(int R, int T) { return R * T <= 4 ? T : 4 / R; }
  *     sadalp into int32 [i][half] (lanes = (column, j pair)), addp at group end -> 4 columns.
  *   4-/2-bit (fields as in the sdot path, codes 0..15 / 0..2 as int8): NB chunks per int16 block,
  *     then addp of the two halves (the j pairs of a column: lanes (column, j01 / j23)) and sadalp
- *     into int32 [i] = columns 4i..4i+3.  A lane gains <= V*15*127 = 3810 (4-bit) or 4*2*127 = 1016
- *     (ternary) per chunk; the addp sums two lanes, so NB = 4 (2*4*3810 = 30480) or 16 (2*16*1016
- *     = 32512) keeps that sum < 32767 (int16 adds wrap, so only the sums that are widened must
- *     fit: they are exact).
+ *     into int32 [i] = columns 4i..4i+3.  A lane gains <= V*15*128 = 3840 (4-bit) or 4*2*128 = 1024
+ *     (ternary) per chunk; the addp sums two lanes, so NB = 4 (2*4*3840 = 30720) or 16 (two lanes
+ *     in [-16*1024, 16*1016]: [-32768, 32512]) keeps that sum in int16 (int16 adds wrap, so only the
+ *     sums that are widened must fit: they are exact).
  *   ternary, single rows (R = 1: M = 1 decode, an odd last row): table lookups (T-MAC style, the
  *     "lut1" kernel of tests/c/ternary_lut_neon.c).  The low nibble of a byte is the base-4 index
  *     e = c0 + 4*c1 of the k pair (j, 4+j) of the chunk, the high nibble that of (8+j, 12+j); per
@@ -1444,5 +1447,28 @@ int32_t qc_quantize_rows_static(const float* x, int8_t* xq, float* xscale, int32
     if (m1 > m0 && (!x || !xq || !xscale || !xsum)) return -1;
     for (int64_t m = m0; m < m1; m++)
         quantize_row_amax(x + m * K, xq + m * K, xscale + m, xsum + m * (K / group), K, group, amax);
+    return 0;
+}
+
+int32_t qc_file_rows(const void* x, int32_t is_uint8, int8_t* xq, float* xscale, int32_t* xsum, int32_t m0,
+                     int32_t m1, int64_t K, int64_t group, float scale) {
+    if (m0 < 0 || m1 < m0 || K < 0 || group <= 0 || K % group) return -3;
+    if (!(scale > 0.0f) || !isfinite(scale)) return -2;
+    if (m1 > m0 && (!x || !xq || !xscale || !xsum)) return -1;
+    for (int64_t m = m0; m < m1; m++) {
+        const int8_t* in = (const int8_t*)x + m * K;
+        int8_t* out = xq + m * K;
+        /* uint8 u -> u - 128: flipping the top bit of the byte */
+        if (is_uint8)
+            for (int64_t i = 0; i < K; i++) out[i] = (int8_t)((uint8_t)in[i] ^ 0x80u);
+        else
+            memcpy(out, in, (size_t)K);
+        xscale[m] = scale;
+        for (int64_t g = 0; g < K / group; g++) {
+            int32_t sum = 0;
+            for (int64_t i = g * group; i < (g + 1) * group; i++) sum += out[i];
+            xsum[m * (K / group) + g] = sum;
+        }
+    }
     return 0;
 }

@@ -95,6 +95,14 @@ int32_t qc_quantize_rows(const float* x, int8_t* xq, float* xscale, int32_t* xsu
 int32_t qc_quantize_rows_static(const float* x, int8_t* xq, float* xscale, int32_t* xsum,
                                 int32_t m0, int32_t m1, int64_t K, int64_t group, float amax);
 
+/* A file's static int8 activations (a QDQ model's QuantizeLinear output, int8 or uint8 with one
+ * scale): rows [m0, m1) of x[., K] -> xq (uint8 u stored as u - 128, int8 as is; the caller
+ * shifts the zero point to match), xscale = scale, xsum.  xq may be -128 here: the int8 and
+ * 2-/4-bit paths take it (see qc_qlinear.c), the ternary table lookups do not.  Returns 0, or a
+ * negative value on bad arguments (scale must be positive and finite). */
+int32_t qc_file_rows(const void* x, int32_t is_uint8, int8_t* xq, float* xscale, int32_t* xsum, int32_t m0,
+                     int32_t m1, int64_t K, int64_t group, float scale);
+
 /* y[0:M, panel*16T : (panel+1)*16T] (row stride N) for one panel; w, scales, zero_points and
  * colsum are the whole packed tensors (the panel is located inside them).  zero_points is
  * required for uint4 and colsum for int8; both are ignored otherwise.  Returns 0, or a negative

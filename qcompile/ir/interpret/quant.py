@@ -124,7 +124,8 @@ def _qlinear(node, x, q, scales=None, zero_points=None):
     zero points follow the QuantSpec given by the attributes (granularity, axis, group_size).
     With activations="int8" x is first quantized per token (qcompile.quant.activations), as the
     kernels do; with "int8-static" every row uses the calibrated clipping range attr act_amax
-    instead of its own max |x|; the products are then exact and summed in float64."""
+    instead of its own max |x|; the products are then exact and summed in float64. With "int8-file"
+    x is already integer (a QDQ file's activations): y = act_file_scale * (x - act_file_zero_point) @ w."""
     from ..quant import QuantSpec
     if scales is None:
         w = q.astype(np.float32)
@@ -134,6 +135,10 @@ def _qlinear(node, x, q, scales=None, zero_points=None):
                          scales=scales, zero_points=zero_points)
         w = spec.dequantize(q)
     acts = node.attrs.get("activations", "fp32")
+    if acts == "int8-file":      # x: the file's int8/uint8 activations, with its scale and zero point
+        centered = x.astype(np.int64) - int(node.attrs["act_file_zero_point"])
+        y = np.matmul(centered.astype(np.float64), np.asarray(w, np.float64)) * float(node.attrs["act_file_scale"])
+        return y.astype(np.float32)
     if acts in ("int8", "int8-static"):
         from ...quant.activations import quantize_per_token
         if acts == "int8-static" and node.attrs.get("act_amax") is None:

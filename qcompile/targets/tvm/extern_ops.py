@@ -69,6 +69,25 @@ def quantize_rows(node, data, out_shapes, out_dtypes):
     return list(te.extern(out_shapes, [x], body, dtype=list(out_dtypes), name="quantize_rows"))
 
 
+def file_rows(node, data, out_shapes, out_dtypes):
+    """A QDQ file's int8/uint8 activations -> the rows QLinearPacked reads (see qc_file_rows)."""
+    x = data[0]
+    k, group = int(x.shape[-1]), int(node.attrs["group"])
+    rows = _rows(x.shape)
+    scale = tirx.const(float(np.float32(node.attrs["scale"])), "float32")
+
+    def body(ins, outs):
+        t = tirx.Var("task", "int64")
+        lo = t * ROWS_PER_TASK
+        hi = tirx.min(lo + ROWS_PER_TASK, rows)
+        call = tirx.call_extern("int32", "qc_file_rows", ins[0].data, _i32(x.dtype == "uint8"), outs[0].data,
+                                outs[1].data, outs[2].data, _index(lo), _index(hi), _i64(k), _i64(group), scale)
+        tasks = tirx.floordiv(rows + ROWS_PER_TASK - 1, _i64(ROWS_PER_TASK))
+        return tirx.For(t, _i64(0), tasks, tirx.ForKind.PARALLEL, _checked(call, "qc_file_rows"))
+
+    return list(te.extern(out_shapes, [x], body, dtype=list(out_dtypes), name="file_rows"))
+
+
 def qlinear_packed(node, data, out_shapes, out_dtypes):
     """y[rows..., N] from quantized rows and a packed weight, one task per weight panel."""
     xq, xs, xsum, w, s = data[:5]

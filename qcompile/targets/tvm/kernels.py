@@ -27,6 +27,7 @@ _BUILDERS = {
     "qcompile.Hadamard": ("plain", te_ops.hadamard),
     "QuantizeLinear": ("plain", te_ops.quantize_linear), "DequantizeLinear": ("plain", te_ops.dequantize_linear),
     "qcompile.QuantizeRows": ("plain", extern_ops.quantize_rows),
+    "qcompile.FileRows": ("plain", extern_ops.file_rows),
     "qcompile.QLinearPacked": ("plain", extern_ops.qlinear_packed),
     "qcompile.QuantizeRowsTIR": ("plain", te_quant.quantize_rows), "qcompile.QLinearTIR": ("plain", te_quant.qlinear),
 }
