@@ -245,6 +245,7 @@ def _self_test(f, preset, library: Path | None, vectors: Path, verify: bool, say
         tolerance = 1e-3 if f.qlinear else 1e-4    # int8 rows: a rare rounding step apart from float64 sums
         expected = run(f.reference, feeds)
         conditioning = selftest.conditioning(f.reference, feeds, expected)
+        act_error = selftest.activation_error(f.reference, feeds, expected)
         selftest.write(vectors, feeds, expected, tolerance, conditioning)
     except MemoryError:     # fixed dims too large for numpy here: the library itself is fine
         vectors.unlink(missing_ok=True)
@@ -252,6 +253,10 @@ def _self_test(f, preset, library: Path | None, vectors: Path, verify: bool, say
         return {"vectors": None, "verified": False, "why_not": "the test inputs do not fit in memory here"}
     record = {"vectors": vectors.name, "inputs": {k: list(v.shape) for k, v in feeds.items()}, "verified": False,
               "conditioning": conditioning}
+    if act_error is not None:
+        record["int8_activation_error"] = act_error
+        say("verify", "int8 activations move the outputs by " + ", ".join(f"{k} {v:.1e}" for k, v in act_error.items())
+                      + " from the same weights with float activations (onnxruntime runs MatMulNBits that way)")
     why = None
     if not verify:
         why = "--no-verify"

@@ -182,6 +182,24 @@ def conditioning(graph, feeds: dict[str, np.ndarray], expected: dict[str, np.nda
     return max((_error(moved[k], expected[k]) for k in expected), default=0.0)
 
 
+def activation_error(graph, feeds: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> dict[str, float] | None:
+    """How far int8 activations take the outputs from the same weights with float activations:
+    per output, the error measure of the self-test between the reference (`expected`) and the graph
+    with every dynamically quantized layer's activations left in float (None when there is none).
+    onnxruntime runs a MatMulNBits file with float activations; this is what to expect between the
+    two (the manifest records it)."""
+    from .ir.interpret import run
+    layers = [n for n in graph.nodes if n.op == "QLinear" and n.attrs.get("activations") in ("int8", "int8-static")]
+    if not layers:
+        return None
+    floating = graph.copy()
+    for n in floating.nodes:
+        if n.op == "QLinear" and n.attrs.get("activations") in ("int8", "int8-static"):
+            n.attrs = {**n.attrs, "activations": "fp32"}
+    moved = run(floating, feeds)
+    return {k: _error(expected[k], moved[k]) for k in expected}
+
+
 @dataclass
 class StepReport:
     """The library's kernels checked one by one: every graph value a kernel wrote, against the
