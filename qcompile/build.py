@@ -256,7 +256,7 @@ def _self_test(f, preset, library: Path | None, vectors: Path, verify: bool, say
     if act_error is not None:
         record["int8_activation_error"] = act_error
         say("verify", "int8 activations move the outputs by " + ", ".join(f"{k} {v:.1e}" for k, v in act_error.items())
-                      + " from the same weights with float activations (onnxruntime runs MatMulNBits that way)")
+                      + " from the same weights with float activations")
     why = None
     if not verify:
         why = "--no-verify"

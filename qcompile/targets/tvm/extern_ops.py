@@ -47,6 +47,25 @@ def _rows(shape) -> object:
     return reduce(lambda a, b: a * b, shape[:-1], _i64(1))
 
 
+def _row_tasks(x, out_shapes, out_dtypes, fn: str, args, name: str):
+    """x[rows..., K] -> three per-row outputs (int8 rows, scales, group sums) by the micro-kernel
+    fn(x, *head, xq, xscale, xsum, m0, m1, *tail) over tasks of ROWS_PER_TASK rows, in parallel;
+    args = (head, tail)."""
+    head, tail = args
+    rows = _rows(x.shape)
+
+    def body(ins, outs):
+        t = tirx.Var("task", "int64")
+        lo = t * ROWS_PER_TASK
+        hi = tirx.min(lo + ROWS_PER_TASK, rows)
+        call = tirx.call_extern("int32", fn, ins[0].data, *head, outs[0].data, outs[1].data, outs[2].data,
+                                _index(lo), _index(hi), *tail)
+        tasks = tirx.floordiv(rows + ROWS_PER_TASK - 1, _i64(ROWS_PER_TASK))
+        return tirx.For(t, _i64(0), tasks, tirx.ForKind.PARALLEL, _checked(call, fn))
+
+    return list(te.extern(out_shapes, [x], body, dtype=list(out_dtypes), name=name))
+
+
 def quantize_rows(node, data, out_shapes, out_dtypes):
     """x[rows..., K] -> int8 rows, their scales and per-group sums (see qc_quantize_rows; with attr
     amax, static scales: qc_quantize_rows_static with that clipping range as a float constant)."""
@@ -55,37 +74,16 @@ def quantize_rows(node, data, out_shapes, out_dtypes):
     amax = node.attrs.get("amax")
     fn = "qc_quantize_rows" if amax is None else "qc_quantize_rows_static"
     extra = [] if amax is None else [tirx.const(float(np.float32(amax)), "float32")]
-    rows = _rows(x.shape)
-
-    def body(ins, outs):
-        t = tirx.Var("task", "int64")
-        lo = t * ROWS_PER_TASK
-        hi = tirx.min(lo + ROWS_PER_TASK, rows)
-        call = tirx.call_extern("int32", fn, ins[0].data, outs[0].data, outs[1].data, outs[2].data,
-                                _index(lo), _index(hi), _i64(k), _i64(group), *extra)
-        tasks = tirx.floordiv(rows + ROWS_PER_TASK - 1, _i64(ROWS_PER_TASK))
-        return tirx.For(t, _i64(0), tasks, tirx.ForKind.PARALLEL, _checked(call, fn))
-
-    return list(te.extern(out_shapes, [x], body, dtype=list(out_dtypes), name="quantize_rows"))
+    return _row_tasks(x, out_shapes, out_dtypes, fn, ([], [_i64(k), _i64(group), *extra]), "quantize_rows")
 
 
 def file_rows(node, data, out_shapes, out_dtypes):
     """A QDQ file's int8/uint8 activations -> the rows QLinearPacked reads (see qc_file_rows)."""
     x = data[0]
     k, group = int(x.shape[-1]), int(node.attrs["group"])
-    rows = _rows(x.shape)
     scale = tirx.const(float(np.float32(node.attrs["scale"])), "float32")
-
-    def body(ins, outs):
-        t = tirx.Var("task", "int64")
-        lo = t * ROWS_PER_TASK
-        hi = tirx.min(lo + ROWS_PER_TASK, rows)
-        call = tirx.call_extern("int32", "qc_file_rows", ins[0].data, _i32(x.dtype == "uint8"), outs[0].data,
-                                outs[1].data, outs[2].data, _index(lo), _index(hi), _i64(k), _i64(group), scale)
-        tasks = tirx.floordiv(rows + ROWS_PER_TASK - 1, _i64(ROWS_PER_TASK))
-        return tirx.For(t, _i64(0), tasks, tirx.ForKind.PARALLEL, _checked(call, "qc_file_rows"))
-
-    return list(te.extern(out_shapes, [x], body, dtype=list(out_dtypes), name="file_rows"))
+    return _row_tasks(x, out_shapes, out_dtypes, "qc_file_rows",
+                      ([_i32(x.dtype == "uint8")], [_i64(k), _i64(group), scale]), "file_rows")
 
 
 def qlinear_packed(node, data, out_shapes, out_dtypes):
