@@ -53,8 +53,9 @@ def real(root: Path) -> int:
             f"[{i}/{n}] {c.preset} {c.precision}: {c.status} end to end {c.error} kernels {c.kernels} {c.detail}",
             flush=True))
     (docs / "compatibility_real.json").write_text(compat.to_json(cells))
-    zoo = compat.from_json((docs / "compatibility.json").read_text())
-    (docs / "compatibility.md").write_text(compat.render(zoo, __version__, cells))
+    recorded = (docs / "compatibility.json").read_text()
+    (docs / "compatibility.md").write_text(compat.render(compat.from_json(recorded), __version__, cells,
+                                                         zoo_host=compat.host_of(recorded)))
     bad = [c for c in cells if c.status != "verified"]
     for c in bad:
         print(f"not verified: {c.preset} {c.precision}: {c.status} {c.detail}")
