@@ -409,6 +409,15 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def _manifest(library) -> dict:
+    """The manifest beside a library ({} when missing or unreadable: the library still runs)."""
+    try:
+        record = json.loads(library.with_name(library.stem + ".manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def cmd_verify(args) -> int:
     from pathlib import Path
 

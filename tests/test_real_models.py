@@ -27,14 +27,16 @@ SLICE_LAYERS = 4    # enough for SmolLM2's outlier channels to make int8 roundin
 
 
 @pytest.fixture(scope="session")
-def smollm2_slice(request) -> Path:
+def smollm2_slice(request, tmp_path_factory) -> Path:
     """SmolLM2's first SLICE_LAYERS blocks with a KV cache, exported once and kept in pytest's
     cache (keyed by the exporter's source, so a changed exporter exports again)."""
     if MISSING_SMOLLM2:
         pytest.skip(f"needs {', '.join(MISSING_SMOLLM2)}: {em.SETUP_HINT}")
     import hashlib
     key = hashlib.sha256(TOOL.read_bytes()).hexdigest()[:12]
-    path = Path(request.config.cache.mkdir("qcompile-real-models")) / f"smollm2_kv_l{SLICE_LAYERS}_{key}.onnx"
+    cache = request.config.cache      # None under -p no:cacheprovider: then exported for this run only
+    folder = Path(cache.mkdir("qcompile-real-models")) if cache else tmp_path_factory.mktemp("real-models")
+    path = folder / f"smollm2_kv_l{SLICE_LAYERS}_{key}.onnx"
     if not path.exists():
         part = path.with_suffix(".part.onnx")
         subprocess.run([sys.executable, str(TOOL), "smollm2", "--kv-cache", "--layers", str(SLICE_LAYERS),
