@@ -287,6 +287,10 @@ def render(cells: list[Cell], version: str, real: list[Cell] | None = None, zoo_
                   "activations are perturbed by 1e-6, so the build traces the library and checks every kernel on",
                   "the values the library itself computed before it (`selftest.check_steps`); the number is the",
                   f"largest such error. End to end those libraries were up to {worst:.1e} from the reference.", "",
+                  "Columns: `int4 g128` is the default group choice (128 where it divides K: the down projections;",
+                  "64 elsewhere); `zp`: int4 with zero points on the linear layers (a plan file); `mixed`: bf16",
+                  "embeddings and LM head, int4 (or ternary) middle layers; `rotated gptq`: docs/accuracy.md's",
+                  "recommended build (Hadamard rotation, GPTQ on 16 windows of the Lee corpus), on this CPU only.", "",
                   "| target | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
         for p in dict.fromkeys(c.preset for c in real):
             row = []
