@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import QCompileError
 from .ir import dims
+from .targets.index_limits import index_inputs
 
 SIZES = (3, 2, 4, 5)        # non-batch symbolic dims, in name order: unequal, so a mix-up shows
 
@@ -39,7 +40,7 @@ def example_inputs(graph, bounds: dict[str, int], seed: int = 0) -> dict[str, np
         else:
             env[s] = min(SIZES[k % len(SIZES)], bounds.get(s, SIZES[0]))
             k += 1
-    rows = _index_ranges(graph)
+    rows = {name: t.rows for name, t in index_inputs(graph).items()}
     feeds = {}
     for name in graph.inputs:
         v = graph.values[name]
@@ -54,18 +55,6 @@ def example_inputs(graph, bounds: dict[str, int], seed: int = 0) -> dict[str, np
         else:
             feeds[name] = np.zeros(shape, dtype)
     return feeds
-
-
-def _index_ranges(graph) -> dict[str, int]:
-    """Integer inputs used as Gather indices -> the table's row count (token ids and the like)."""
-    out = {}
-    for n in graph.nodes:
-        if n.op == "Gather" and len(n.inputs) > 1 and n.inputs[1] in graph.inputs:
-            table = graph.values[n.inputs[0]].shape
-            axis = n.attrs.get("axis", 0)
-            if table and isinstance(table[axis], int):
-                out[n.inputs[1]] = min(out.get(n.inputs[1], table[axis]), table[axis])
-    return out
 
 
 def write(path: Path, feeds: dict, expected: dict, tolerance: float, conditioning: float = 0.0) -> None:
@@ -167,8 +156,7 @@ def conditioning(graph, feeds: dict[str, np.ndarray], expected: dict[str, np.nda
     end-to-end comparison cannot judge the library, and the node-by-node one (check_steps) does."""
     from .ir.interpret import run
     rng = np.random.default_rng(seed)
-    quantized = {n.name for n in graph.nodes if n.op == "QLinear" and
-                 n.attrs.get("activations") in ("int8", "int8-static") or
+    quantized = {n.name for n in graph.nodes if _rounds_at_run_time(n) or
                  n.op in ("QuantizeLinear", "DynamicQuantizeLinear") and not n.domain}
     if not quantized:
         return 0.0
@@ -189,15 +177,19 @@ def activation_error(graph, feeds: dict[str, np.ndarray], expected: dict[str, np
     onnxruntime runs a MatMulNBits file with float activations; this is what to expect between the
     two (the manifest records it)."""
     from .ir.interpret import run
-    layers = [n for n in graph.nodes if n.op == "QLinear" and n.attrs.get("activations") in ("int8", "int8-static")]
+    floating = graph.copy()
+    layers = [n for n in floating.nodes if _rounds_at_run_time(n)]
     if not layers:
         return None
-    floating = graph.copy()
-    for n in floating.nodes:
-        if n.op == "QLinear" and n.attrs.get("activations") in ("int8", "int8-static"):
-            n.attrs = {**n.attrs, "activations": "fp32"}
+    for n in layers:
+        n.attrs["activations"] = "fp32"      # Graph.copy copies each node's attrs
     moved = run(floating, feeds)
     return {k: _error(expected[k], moved[k]) for k in expected}
+
+
+def _rounds_at_run_time(node) -> bool:
+    """A quantized layer whose float activations the kernels round to int8 (per token or static)."""
+    return node.op == "QLinear" and node.attrs.get("activations") in ("int8", "int8-static")
 
 
 @dataclass

@@ -15,8 +15,8 @@ import numpy as np
 
 from .. import __version__
 from ..ir import dims
-from ..targets.index_limits import table_limits
-from ..targets.plan import VIEW_OPS, LoweringError, Plan, max_bytes, resolve
+from ..targets.index_limits import index_inputs, table_limits
+from ..targets.plan import LoweringError, Plan, max_bytes, resolve
 from .decoder import Decoder
 from .runtime import checksum64
 
@@ -147,11 +147,12 @@ def generate(plan: Plan, prefix: str, model_name: str, target: str, cpu_features
     lines.append(f"static const int32_t OUTPUT_VALUE[] = {{{', '.join(map(str, output_ids)) or '0'}}};")
     lines.append(f"#define QC_NLIMITS {len(limit_rows)}")
     lines.append("static const qc_limit LIMITS[] = {" + (", ".join(limit_rows) or "{0, 0, NULL, NULL}") + "};")
-    tables = index_tables(g)
+    tables = index_inputs(g)
     lines.append("static const int64_t INDEX_ROWS[] = {" +
-                 (", ".join(str(tables[x][1]) if x in tables else "0" for x in g.inputs) or "0") + "};")
+                 (", ".join(str(tables[x].rows) if x in tables else "0" for x in g.inputs) or "0") + "};")
     lines.append("static const char* const INDEX_TABLE[] = {" +
-                 (", ".join(_c_string(tables[x][0]) if x in tables else "NULL" for x in g.inputs) or "NULL") + "};")
+                 (", ".join(_c_string(tables[x].describe()) if x in tables else "NULL" for x in g.inputs) or "NULL")
+                 + "};")
     sym_rows = []
     for name in g.inputs:
         row = []
@@ -213,28 +214,6 @@ def _session_tables(plan: Plan, dec: Decoder, syms: list[str]) -> tuple[str, str
         f"static const int8_t OUTPUT_ROLE[] = {{{', '.join(map(str, roles_out))}}};",
         f"static const int32_t CACHE_IN[] = {{{', '.join(map(str, cache_in))}}};"])
     return config, tables, vocab
-
-
-def index_tables(g) -> dict[str, tuple[str, int]]:
-    """Integer graph inputs used (directly or through reshapes) as Gather indices -> (the table,
-    its row count along the gathered axis; the smallest, where several). The executor refuses an
-    index outside [-rows, rows): onnxruntime does, and a kernel would clamp or read past the table."""
-    producers = g.producers()
-    out: dict[str, tuple[str, int]] = {}
-    for n in g.nodes:
-        if n.op != "Gather" or n.domain or len(n.inputs) < 2:
-            continue
-        source = n.inputs[1]
-        while source in producers and producers[source].op in VIEW_OPS:
-            source = producers[source].inputs[0]
-        table = g.values[n.inputs[0]]
-        axis = n.attrs.get("axis", 0)
-        if source not in g.inputs or not table.shape or not isinstance(table.shape[axis], int):
-            continue
-        rows = table.shape[axis]
-        if source not in out or rows < out[source][1]:
-            out[source] = (f"{n.inputs[0]}' (node {n.name}", rows)
-    return out
 
 
 def _tensor_info(plan: Plan, v) -> str:

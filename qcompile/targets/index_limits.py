@@ -3,7 +3,7 @@
 table, and its kernel clamps what does not. The graph says how large an index can get, as a
 linear expression of the dims; the executor refuses a call whose dims would take it past the
 table, as onnxruntime refuses the index. (Indices that are graph inputs are checked value by value
-in the executor instead: artifact.codegen.index_tables.)
+in the executor instead: index_inputs.)
 
 No TVM here: this reads the plan's graph and its symbolic values.
 """
@@ -15,8 +15,41 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import dims
+from .plan import VIEW_OPS
 
 _PASS_THROUGH = {"Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand", "Cast"}
+
+
+@dataclass
+class IndexedTable:
+    table: str
+    node: str          # the Gather
+    rows: int
+
+    def describe(self) -> str:
+        return f"'{self.table}' (node {self.node})"
+
+
+def index_inputs(g) -> dict[str, IndexedTable]:
+    """Integer graph inputs used (directly or through reshapes) as Gather indices -> the table
+    they index (the one with the fewest rows along the gathered axis, where several). The executor
+    refuses an index outside [-rows, rows), as onnxruntime does (a kernel would clamp it); the
+    self-test draws such inputs inside it."""
+    producers = g.producers()
+    out: dict[str, IndexedTable] = {}
+    for n in g.nodes:
+        if n.op != "Gather" or n.domain or len(n.inputs) < 2:
+            continue
+        source = n.inputs[1]
+        while source in producers and producers[source].op in VIEW_OPS:
+            source = producers[source].inputs[0]
+        table = g.values[n.inputs[0]]
+        axis = n.attrs.get("axis", 0)
+        if source not in g.inputs or not table.shape or not isinstance(table.shape[axis], int):
+            continue
+        if source not in out or table.shape[axis] < out[source].rows:
+            out[source] = IndexedTable(n.inputs[0], n.name, table.shape[axis])
+    return out
 
 
 @dataclass

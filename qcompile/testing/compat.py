@@ -94,7 +94,7 @@ def run_real(model: Path, work: Path, calibration: Path | None = None, progress=
     jobs = [(label, p, opts) for label, (opts, ps) in real_variants(work, calibration).items() for p in ps]
     cells = []
     for i, (label, preset, opts) in enumerate(jobs):
-        cells.append(check("smollm2", model, dict(max_seq_len=512, **opts), preset, label, work, precision=None))
+        cells.append(check("smollm2", model, dict(max_seq_len=512, **opts), preset, label, work))
         if progress:
             progress(i + 1, len(jobs), cells[-1])
     return cells
@@ -125,10 +125,9 @@ def verifier(preset_name: str) -> str | None:
     return None
 
 
-def check(model: str, path: Path, options: dict, preset_name: str, label: str, work: Path,
-          precision: str | None = "") -> Cell:
-    """Build one cell into `work` (removed after) and check it as verifier() says. The cell is
-    `label`; `precision` is the --precision it builds with (default: the label; None: options has it)."""
+def check(model: str, path: Path, options: dict, preset_name: str, label: str, work: Path) -> Cell:
+    """Build one cell, `label`, with the BuildOptions fields `options` (its precision among them)
+    into `work` (removed after) and check it as verifier() says."""
     from ..artifact.toolchain import ToolchainError, ndk_clang
     from ..build import BuildOptions, build
     from ..targets.presets import PRESETS
@@ -136,8 +135,6 @@ def check(model: str, path: Path, options: dict, preset_name: str, label: str, w
     preset = PRESETS[preset_name]
     kind = preset.tvm_target["kind"]
     out = work / f"{model}-{preset_name}-{label.replace(' ', '_')}"
-    if precision is not None:
-        options = dict(options, precision=precision or label)
     opts = BuildOptions(target=preset_name, out_dir=out, name=model, keep_temps=kind == "cuda", **options)
     if preset.abi == "android" and ndk_clang() is None and shutil.which(device_run.AARCH64_CC):
         opts.cc = device_run.AARCH64_CC
@@ -195,7 +192,7 @@ def run(names: list[str], work: Path, progress=None) -> list[Cell]:
     for m in names:
         onnx.save(every[m][0], str(work / f"{m}.onnx"))
     for i, (m, p, q) in enumerate(jobs):
-        cells.append(check(m, work / f"{m}.onnx", every[m][1], p, q, work))
+        cells.append(check(m, work / f"{m}.onnx", dict(every[m][1], precision=q), p, q, work))
         if progress:
             progress(i + 1, len(jobs), cells[-1])
     return cells

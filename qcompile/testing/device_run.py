@@ -79,32 +79,36 @@ def under_qemu(library: Path, vectors: Path, cpu: str = "max", cc: str = AARCH64
 
 def read_trace(path: Path) -> list:
     """vector_runner.c's trace.bin -> loader.StepRecord list (the format is in vector_runner.c)."""
+    import struct
+
     from ..artifact.loader import _NP_OF_ONNX, StepRecord
     data, pos = Path(path).read_bytes(), 0
 
     def take(fmt: str):
         nonlocal pos
-        out = np.frombuffer(data, fmt, 1, pos)[0]
-        pos += np.dtype(fmt).itemsize
-        return int(out)
+        values = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return values
 
     def string() -> str:
         nonlocal pos
-        n = take("<i4")
+        (n,) = take("<i")
         pos += n
         return data[pos - n:pos].decode()
 
     records = []
     while pos < len(data):
-        step, after, node = take("<i4"), take("<i4"), string()
-        count = take("<i4")
+        step, after = take("<2i")
+        node = string()
+        (count,) = take("<i")
         if not after:
             records.append(StepRecord(step, node, {}, {}))
         side = records[-1].writes if after else records[-1].reads
         for _ in range(count):
-            name, dtype, ndim = string(), take("<i4"), take("<i4")
-            shape = tuple(take("<i8") for _ in range(ndim))
-            nbytes = take("<i8")
+            name = string()
+            dtype, ndim = take("<2i")
+            shape = take(f"<{ndim}q")
+            (nbytes,) = take("<q")
             raw, pos = data[pos:pos + nbytes], pos + nbytes
             if dtype in _NP_OF_ONNX:
                 side[name] = np.frombuffer(raw, _NP_OF_ONNX[dtype]).reshape(shape).copy()
