@@ -36,6 +36,12 @@ class QuantSpec:
         if self.granularity != "per_tensor" and self.axis is None:
             raise ValueError(f"{self.granularity} quantization needs an axis")
 
+    @classmethod
+    def of_qlinear(cls, attrs: dict, scales, zero_points=None) -> "QuantSpec":
+        """The weight spec a qcompile.QLinear node's attributes describe, with its scales and zero points."""
+        return cls(attrs.get("family", "int8"), int(attrs.get("bits", 8)), attrs["granularity"], attrs.get("axis"),
+                   attrs.get("group_size") or None, scales=scales, zero_points=zero_points)
+
     @property
     def symmetric(self) -> bool:
         return self.zero_points is None or not np.any(self.zero_points)

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..ir import dtypes
 from ..ir.graph import Graph, Node
+from ..ir.quant import QuantSpec
 from ..quant.activations import static_amax
 from .plan import LoweringError
 from .qlinear_layout import FAMILY_CODES, pack_qlinear
@@ -75,11 +76,7 @@ def _file_zero_point(node: Node) -> int:
 
 def _dequantized_column_sums(node: Node, q, scales, zero_points) -> np.ndarray:
     """sum over k of the layer's dequantized weight, per output column (float64)."""
-    from ..ir.quant import QuantSpec
-    a = node.attrs
-    spec = QuantSpec(a.get("family", "int8"), int(a.get("bits", 8)), a["granularity"], a.get("axis"),
-                     a.get("group_size") or None, scales=scales, zero_points=zero_points)
-    return np.asarray(spec.dequantize(q), np.float64).sum(axis=0)
+    return np.asarray(QuantSpec.of_qlinear(node.attrs, scales, zero_points).dequantize(q), np.float64).sum(axis=0)
 
 
 def _pad_columns(q, scales, zp):
@@ -103,7 +100,7 @@ def lower_qlinear(g: Graph, tiles: Callable | None = None) -> list[dict]:
     `tiles(family, group, K, N, lead_shape)` may choose each layer's panel width (a tuned
     schedule); None keeps the rule-based one."""
     records = []
-    shared: dict[tuple[str, int, float | None], tuple[str, str, str]] = {}
+    shared: dict[tuple, tuple[str, str, str]] = {}   # (x, group, how it is quantized) -> rows
     new_nodes: list[Node] = []
     for node in g.nodes:
         if node.op_id != "qcompile.QLinear":
@@ -125,7 +122,7 @@ def lower_qlinear(g: Graph, tiles: Callable | None = None) -> list[dict]:
             raise LoweringError(f"cannot pack this weight for the CPU kernels: {exc}", node=node.name,
                                 op=node.op_id, hint="keep this layer bf16 or fp32 with a plan file") from None
         from_file = node.attrs.get("activations") == "int8-file"
-        key = (x.name, group, amax)
+        key = (x.name, group, ("file", node.attrs["act_file_scale"]) if from_file else amax)
         if key not in shared:
             lead = tuple(x.shape[:-1])
             outs = (g.add_value(g.unique_name(f"{x.name}.q8"), dtypes.INT8, x.shape).name,

@@ -28,9 +28,7 @@ from .plan import LoweringError
 def _groups(node: Node, q: np.ndarray, scales, zero_points) -> tuple[int, np.ndarray, np.ndarray | None]:
     """(group size along K, S[N, K/G], Z[N, K/G] or None) such that the weight is (q - Z) * S."""
     k, n = q.shape
-    spec = QuantSpec(node.attrs.get("family", "int8"), int(node.attrs.get("bits", 8)), node.attrs["granularity"],
-                     node.attrs.get("axis"), node.attrs.get("group_size") or None, scales=scales,
-                     zero_points=zero_points)
+    spec = QuantSpec.of_qlinear(node.attrs, scales, zero_points)
     axis = None if spec.granularity == "per_tensor" else spec.axis % 2
     if spec.granularity == "per_group" and axis != 0:
         raise LoweringError("groups along N have no GPU kernel (only along K)", node=node.name, op=node.op_id)

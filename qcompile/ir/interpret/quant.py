@@ -130,10 +130,7 @@ def _qlinear(node, x, q, scales=None, zero_points=None):
     if scales is None:
         w = q.astype(np.float32)
     else:
-        spec = QuantSpec(node.attrs.get("family", "int8"), int(node.attrs.get("bits", 8)),
-                         node.attrs["granularity"], node.attrs.get("axis"), node.attrs.get("group_size") or None,
-                         scales=scales, zero_points=zero_points)
-        w = spec.dequantize(q)
+        w = QuantSpec.of_qlinear(node.attrs, scales, zero_points).dequantize(q)
     acts = node.attrs.get("activations", "fp32")
     if acts == "int8-file":      # x: the file's int8/uint8 activations, with its scale and zero point
         centered = x.astype(np.int64) - int(node.attrs["act_file_zero_point"])
