@@ -188,7 +188,7 @@ def replay(library: str | os.PathLike, model: str | os.PathLike | None = None, p
     quant = QuantOptions(formats=formats, rotate=p.get("rotate", False), rounding=p.get("rounding", "rtn"),
                          activations=p.get("activations", "int8"), act_clip=p.get("act_clip", "percentile"),
                          file_activations=p.get("file_activations", True))
-    if quant.rounding == "gptq" or quant.activations == "int8-static":   # both depend on the calibration data
+    if calib.get("file"):       # GPTQ, static ranges and the int4 scale search depend on the calibration data
         path = Path(calib.get("file", ""))
         if not path.is_file() or _sha256(path) != calib.get("sha256"):
             raise QCompileError(f"the library was calibrated on '{path}', which is gone or has changed, so "

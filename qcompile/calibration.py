@@ -53,6 +53,10 @@ class InputStats:
         if self.sample.size > RESERVOIR:
             self.sample = rng.choice(self.sample, RESERVOIR, replace=False)
 
+    def mean_square(self) -> np.ndarray:
+        """E[x_k^2] per input feature: how much each weight row's error reaches the output."""
+        return np.diag(self.hessian) / max(self.rows, 1)
+
     def static_range(self, clip: str) -> float:
         """The int8 range of static activation scales: `percentile` (99.99th of |x|), `mse` (the
         clip with the least int8 error) or `max` (the largest |x| seen, nothing clipped)."""

@@ -202,13 +202,24 @@ def test_cli_compare_replays_a_calibrated_build(llama, tmp_path, capsys, extra):
     assert main(["inspect", str(path), "--compare", str(out / "llama.so"), "--data", str(ids_path)]) == 0
     text = capsys.readouterr().out
     assert f"rounding {'rtn' if static else 'gptq'}" in text and "lm_head/MatMul" in text
-    # the library computes what the replayed reference computes: its quantization is the one measured
-    for line in text.split("outputs of the library:")[1].strip().splitlines():
-        assert float(line.rsplit("max error", 1)[1]) < 1e-4, line
-    # and so scores the same perplexity as the reference running the same quantized graph (to float
-    # rounding: an fp32 kernel's last bit can move an activation across an int8 rounding boundary)
+    # the library computes what the replayed reference computes: its quantization is the one measured.
+    # End to end that holds to float rounding unless an activation on this data lies within a float
+    # rounding of an int8 half step (the library's last bit then rounds it the other way, and the
+    # logits move by ~1e-2): there the judge is kernel by kernel, as `qcompile verify` judges.
     import qcompile
+    from qcompile.api import replay
+    from qcompile.selftest import check_steps, conditioning
     lib = qcompile.load(out / "llama.so")
+    errors = [float(line.rsplit("max error", 1)[1]) for line in
+              text.split("outputs of the library:")[1].strip().splitlines()]
+    if max(errors) >= 1e-4:
+        graph = replay(out / "llama.so")[0]
+        feeds = lm_feeds(graph, np.load(ids_path)[:64])
+        outputs, records = lib.trace(**feeds)
+        assert conditioning(graph, feeds, interpret.run(graph, feeds)) > 1e-4
+        report = check_steps(graph, feeds, records, 1e-5)
+        assert report.ok, report.render()
+    # and both score the same perplexity
     opts = dict(activations="int8-static", act_clip="mse") if static else dict(rounding="gptq")
     ref = prepare(load(path), QuantOptions(precision="int4", rotate=True, calibrate=ids_path, calib_seq=64,
                                            **opts)).graph

@@ -303,8 +303,7 @@ def onnxruntime_weight(model, node) -> np.ndarray:
 @pytest.mark.parametrize("case", list(NBITS_CASES))
 def test_matmul_nbits_weights_are_imported_exactly(case, tmp_path):
     """dequantize(QLinear) == MatMulNBits' weight bit for bit (as onnxruntime and the reference
-    interpreter compute it); symmetric codes reaching q = -8 stay uint4 with zero point 8 (the int4
-    packing takes [-7, 7])."""
+    interpreter compute it); symmetric files become int4 with q = code - 8, -8 included."""
     _, path = nbits_model(tmp_path, NBITS_CASES[case])
     model = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -326,12 +325,9 @@ def test_matmul_nbits_weights_are_imported_exactly(case, tmp_path):
                          zero_points=z)
         np.testing.assert_array_equal(spec.dequantize(q), w.T)
         assert a["group_size"] == block and a["format"].startswith(f"int4-g{block}")
-        if not symmetric:
-            assert a["family"] == "uint4"
-        elif a["family"] == "uint4":                       # q = -8 occurs: zero point 8 everywhere
-            assert np.all(z == 8) and (q == 0).any()
-        else:
-            assert q.min() >= -7
+        assert a["family"] == ("int4" if symmetric else "uint4")
+        if symmetric:
+            assert q.min() >= -8 and q.max() <= 7
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -357,19 +353,16 @@ def _nbits_node_model(block=32, k=128, n=16, g_idx=False, lowest_code=0, bias=Fa
     return helper.make_model(graph, opset_imports=opsets)
 
 
-@pytest.mark.parametrize("lowest_code, family", [(0, "uint4"), (1, "int4")])
-def test_matmul_nbits_symmetric_codes_and_bias(lowest_code, family):
-    """Code 0 (q = -8) keeps the layer uint4 with zero point 8; without it the layer is int4. The
-    bias input becomes an Add; with float activations the imported graph computes what MatMulNBits does."""
+@pytest.mark.parametrize("lowest_code", [0, 1])
+def test_matmul_nbits_symmetric_codes_and_bias(lowest_code):
+    """Symmetric codes become int4 q = code - 8, code 0 (q = -8) included. The bias input becomes
+    an Add; with float activations the imported graph computes what MatMulNBits does."""
     model = _nbits_node_model(lowest_code=lowest_code, bias=True)
     g = run_pipeline(from_proto(model))[0]
     (ql,) = [n for n in g.nodes if n.op == "QLinear"]
-    assert ql.attrs["family"] == family and ql.attrs["format"] == "int4-g32" + ("-asym" if family == "uint4" else "")
+    assert ql.attrs["family"] == "int4" and ql.attrs["format"] == "int4-g32"
     assert [n.op for n in g.nodes] == ["QLinear", "Add"]
-    if family == "uint4":
-        assert np.all(g.values[ql.inputs[3]].const == 8)
-    else:
-        assert len(ql.inputs) == 3 and g.values[ql.inputs[1]].const.min() == -7
+    assert len(ql.inputs) == 3 and g.values[ql.inputs[1]].const.min() == lowest_code - 8
     ql.attrs["activations"] = "fp32"
     x = np.random.default_rng(1).standard_normal((3, 128)).astype(np.float32)
     expected = run(from_proto(model), {"x": x})["y"]

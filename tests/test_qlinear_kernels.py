@@ -328,7 +328,7 @@ def test_pack_round_trip_and_layout(family, kmul, nmul, seed):
     ((np.zeros((64, 16), np.int8), "int4", np.ones((2, 16), np.float32)), "needs group_size"),
     ((np.zeros((24, 16), np.int8), "ternary", np.float32(1)), "K=24"),
     ((np.zeros((6, 16), np.int8), "int8", np.ones(16, np.float32)), "K=6"),
-    ((np.full((64, 16), 8, np.int8), "int4", np.ones((2, 16), np.float32), None, 32), r"\[-7, 7\]"),
+    ((np.full((64, 16), 8, np.int8), "int4", np.ones((2, 16), np.float32), None, 32), r"\[-8, 7\]"),
     ((np.zeros((64, 16), np.int8), "uint4", np.ones((2, 16), np.float32), None, 32), "zero_points"),
     ((np.zeros((64, 16), np.int8), "int4", np.ones((1, 16), np.float32), None, 32), "scales"),
     ((np.zeros((64, 16), np.int8), "int5", np.ones(16, np.float32)), "unknown"),

@@ -6,9 +6,7 @@ Two weight encodings are recognized and rewritten into qcompile.QLinear(x, q, sc
 * `com.microsoft.MatMulNBits` (onnxruntime's MatMulNBitsQuantizer), bits = 4, block_size 32, 64 or
   128 dividing K, constant B/scales/zero points, no g_idx. Its weight is w = (c - zp) * s per block
   of k, c the uint4 code, zp = 8 when absent. Without zero points (or all 8) the layer becomes
-  int4-gG with q = c - 8, except that q = -8 (c = 0, which onnxruntime's symmetric quantizer does
-  produce) is outside the int4 packing range [-7, 7]: such a layer keeps its codes as uint4 with
-  zero point 8 (int4-gG-asym). With other zero points it is int4-gG-asym, q = c. The dequantized
+  int4-gG with q = c - 8 in [-8, 7]; with other zero points it is int4-gG-asym, q = c. The dequantized
   QLinear weight equals MatMulNBits' weight bit for bit. A bias input becomes a following Add.
   Anything else (other bits or block sizes, g_idx, weights computed at run time) is an
   ImportQuantizedError naming the node: there is no kernel for it.
@@ -247,13 +245,7 @@ def _matmul_nbits(g: Graph, node: Node) -> dict:
     consts = [g.add_const(f"{base}.scales", np.ascontiguousarray(s.T)).name]
     if zp is None or np.all(zp == 8):
         q = q_codes.astype(np.int8) - np.int8(8)
-        if q.min() >= -7:
-            fmt, family, exact_note = f"int4-g{block}", "int4", "int4 symmetric, q = code - 8"
-        else:
-            fmt, family = f"int4-g{block}-asym", "uint4"
-            zp = np.full((N, nb), 8, np.int64)
-            exact_note = ("symmetric codes reach q = -8, outside the int4 packing range [-7, 7]: kept as uint4 "
-                          "codes with zero point 8")
+        fmt, family, exact_note = f"int4-g{block}", "int4", "int4 symmetric, q = code - 8"
     else:
         fmt, family, exact_note = f"int4-g{block}-asym", "uint4", "uint4 codes with their zero points"
     if family == "uint4":
@@ -341,7 +333,7 @@ def _qdq_weight(g: Graph, dq: Node, wq: np.ndarray, k_axis: int):
 
     if block and axis == k_axis and block in GROUPS and K % block == 0:   # blocks along K: int4 first
         s_g, z_g = scale_full[::block], zp_full[::block]
-        if not np.any(z_g) and q.min() >= -7 and q.max() <= 7:
+        if not np.any(z_g) and q.min() >= -8 and q.max() <= 7:
             consts = [const("q", q.astype(np.int8), dtypes.INT8), const("scales", s_g)]
             return consts, f"int4-g{block}", {"family": "int4", **_int4_spec(block)}, True, "exact: int4 blocks"
         offset = -int(min(codes.min(), z_g.min()))     # c - z = q for any common shift: start at 0

@@ -86,7 +86,8 @@ def quantize_weights(g: Graph, rounding: str = "rtn", calibration=None,
                     why = f"{fmt}, gptq: output error {layer_error(w, qw, calibration[node.name].hessian):.2e} " \
                           f"(rtn {layer_error(w, quantize(w, fmt), calibration[node.name].hessian):.2e})"
                 else:
-                    qw = quantize(w, fmt)
+                    stats = calibration[node.name] if calibration is not None and node.name in calibration else None
+                    qw = quantize(w, fmt, stats.mean_square() if stats is not None else None)
             except ValueError as exc:
                 raise PrecisionError(str(exc), node=node.name, op=node.op) from None
         _rewrite(g, node, qw, activations)

@@ -12,9 +12,10 @@ Every format returns a :class:`QuantizedWeight` whose ``q`` holds the *logical* 
 (int8 for the integer formats; for bf16 the uint16 bit patterns), plus the IR's QuantSpec.
 Packing to storage bytes is :mod:`qcompile.quant.packing`.
 
-Rounding is numpy's round-half-to-even. All scales are float32 and strictly positive: an
-all-zero group/channel/tensor gets scale 1.0 (any positive value is lossless there, and a zero
-scale would divide by zero downstream).
+Rounding is numpy's round-half-to-even. All scales are float32 and nonzero, and positive except
+symmetric int4's, whose sign puts a group's largest weight on the long side of [-8, 7]; an
+all-zero group/channel/tensor gets scale 1.0 (any value is lossless there, and a zero scale
+would divide by zero downstream).
 """
 
 from __future__ import annotations
@@ -172,43 +173,114 @@ def _groups(w: np.ndarray, group_size: int) -> np.ndarray:
     return w.reshape(K // group_size, group_size, N)
 
 
+# Candidate grids of the int4 scale search: the largest-magnitude weight of a group is mapped to
+# -(8 + t) (symmetric) or the range to 15 + t steps (asymmetric), t in this set; t = -1 is the
+# plain absmax/7 (range/14) grid, t = 0 llama.cpp Q4_0's absmax/-8.
+SEARCH_STEPS = np.round(np.arange(-1.5, 1.51, 0.1), 2)
+
+
 @dataclass(frozen=True)
 class Int4Grouped(WeightFormat):
-    """int4 with one scale per group of ``group_size`` k for each output column.
+    """int4 with one scale per group of ``group_size`` k for each output column, all 16 levels.
 
-    Symmetric: scale = absmax / 7, q = round(w / scale) in [-7, 7]. The storage range is
-    [-8, 7] but -8 is never produced: |w / scale| <= 7. (Using -8 would need scale = absmax / 8
-    with clipping of the positive side, which breaks the scale/2 error bound.)
+    Symmetric: q in [-8, 7], w ~ q * s. Asymmetric (uint4): q in [0, 15], w ~ (q - zp) * s with an
+    integer zero point zp in [0, 15] (so 0 is exactly representable).
 
-    Asymmetric (uint4): the range [min, max] is first widened to include 0 (so 0 is exactly
-    representable and the zero point lands in [0, 15] without clipping), then
-    scale = (max - min) / 15, zp = clip(round(-min / scale), 0, 15), q = clip(round(w / scale) + zp, 0, 15).
+    The scale is searched per group for the least weighted squared error (the idea of llama.cpp's
+    k-quants): for every candidate grid of SEARCH_STEPS the weights are rounded to nearest, then
+    the scale is refit by least squares to the codes it produced, and the candidate with the least
+    error sum_k imp[k] (w - s q)^2 wins (after re-rounding to nearest for the refit scale). The
+    largest weight may be clipped, so one weight's error is not bounded by s/2; the group's
+    weighted error is the least among the candidates, which include the plain absmax/7 grid, so
+    it is never worse than that.
+
+    ``importance`` [K] weighs the input features (the mean square of the layer's inputs from
+    calibration, or 1); without it every weight counts the same.
     """
 
     group_size: int = 128
 
     @property
     def qrange(self) -> tuple[int, int]:
-        return (-7, 7) if self.symmetric else (0, 15)
+        return (-8, 7) if self.symmetric else (0, 15)
 
-    def quantize(self, w: np.ndarray) -> QuantizedWeight:
+    def quantize(self, w: np.ndarray, importance: np.ndarray | None = None) -> QuantizedWeight:
         w = check_weight(w)
-        g = _groups(w, self.group_size)
+        g = _groups(w, self.group_size).astype(np.float64)
+        imp = _importance(importance, w.shape[0]).reshape(g.shape[0], g.shape[1], 1)
         if self.symmetric:
-            scale = _positive(np.abs(g).max(axis=1) / np.float32(7))  # [K/G, N]
-            q = np.clip(_round_div(g, scale[:, None, :]), -7, 7)
-            zp = None
+            q, scale, zp = _search_symmetric(g, imp)
         else:
-            lo = np.minimum(g.min(axis=1), 0)
-            hi = np.maximum(g.max(axis=1), 0)
-            scale = _positive((hi - lo) / np.float32(15))
-            zp = np.clip(np.rint(-lo.astype(np.float64) / scale), 0, 15)
-            q = np.clip(_round_div(g, scale[:, None, :]) + zp[:, None, :], 0, 15)
-            zp = zp.astype(np.int8)
-        q = q.reshape(w.shape).astype(np.int8)
+            q, scale, zp = _search_asymmetric(g, imp)
         fmt = "int4" if self.symmetric else "uint4"
-        spec = QuantSpec(fmt, 4, "per_group", axis=0, group_size=self.group_size, scales=scale, zero_points=zp)
-        return QuantizedWeight(self.name, q, spec, 4, signed=self.symmetric)
+        spec = QuantSpec(fmt, 4, "per_group", axis=0, group_size=self.group_size, scales=scale,
+                         zero_points=zp)
+        return QuantizedWeight(self.name, q.reshape(w.shape).astype(np.int8), spec, 4, signed=self.symmetric)
+
+
+def _importance(importance: np.ndarray | None, k: int) -> np.ndarray:
+    if importance is None:
+        return np.ones(k)
+    imp = np.asarray(importance, np.float64).reshape(-1)
+    if imp.shape != (k,) or not np.isfinite(imp).all() or (imp < 0).any():
+        raise ValueError(f"importance must be {k} finite non-negative numbers (one per input feature)")
+    # a feature never seen in calibration still counts a little, so its weights are not left to chance
+    return imp + 1e-6 * max(float(imp.mean()), 1e-30)
+
+
+def _refit(g, imp, q, zp, lo, hi, best):
+    """Least-squares scale for the codes q (w ~ (q - zp) s), the codes re-rounded to nearest for
+    that scale, and their weighted error; keeps the better of this and `best` (q, s, zp, err) per
+    group. Re-rounding never adds error (nearest is best per element), so each candidate ends no
+    worse than its grid, and the result is round-to-nearest for its own scale, as GPTQ rounds."""
+    d = q - zp
+    num = np.sum(imp * g * d, axis=1)
+    den = np.sum(imp * d * d, axis=1)
+    s = np.where(den > 0, num / np.where(den > 0, den, 1), 0).astype(np.float32).astype(np.float64)  # as stored
+    safe = np.where(s != 0, s, 1)[:, None, :]
+    q = np.clip(np.rint(g / safe) + zp, lo, hi)
+    err = np.sum(imp * (g - (q - zp) * s[:, None, :]) ** 2, axis=1)
+    if best[0] is None:
+        return q, s, zp, np.where(s != 0, err, np.inf)
+    take = (err < best[3]) & (s != 0)
+    t3 = take[:, None, :]
+    return (np.where(t3, q, best[0]), np.where(take, s, best[1]),
+            np.where(t3, zp, best[2]) if np.ndim(zp) else zp, np.where(take, err, best[3]))
+
+
+def _search_symmetric(g, imp):
+    """q in [-8, 7]: the largest-magnitude weight m of a group goes to -(8 + t) for each t, so the
+    scale has the sign of -m (as onnxruntime's and llama.cpp's 4-bit grids): the long side of the
+    range is always the one holding the group's largest weight."""
+    idx = np.abs(g).argmax(axis=1)[:, None, :]
+    m = np.take_along_axis(g, idx, axis=1)[:, 0, :]                    # signed, [ng, N]
+    safe = np.where(m != 0, m, 1.0)
+    best = (None, None, 0.0, None)
+    for t in SEARCH_STEPS:
+        inv = -(8 + t) / safe
+        q = np.clip(np.rint(g * inv[:, None, :]), -8, 7)
+        best = _refit(g, imp, q, 0.0, -8, 7, best)
+    q, s, _, _ = best
+    zero = m == 0                                                      # all-zero groups: q = 0, scale 1
+    return np.where(zero[:, None, :], 0, q), np.where(zero, 1.0, s).astype(np.float32), None
+
+
+def _search_asymmetric(g, imp):
+    """q in [0, 15], integer zp: the range [min, max] (widened to hold 0) spans 15 + t steps."""
+    lo = np.minimum(g.min(axis=1), 0)
+    hi = np.maximum(g.max(axis=1), 0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    best = (None, None, None, None)
+    for t in SEARCH_STEPS:
+        s0 = span / (15 + t)
+        zp = np.clip(np.rint(-lo / s0), 0, 15)
+        q = np.clip(np.rint(g / s0[:, None, :]) + zp[:, None, :], 0, 15)
+        best = _refit(g, imp, q, zp[:, None, :], 0, 15, best)
+    q, s, zp, _ = best
+    empty = hi <= lo                                                   # all-zero groups: q = zp = 8, scale 1
+    s = np.where(empty, 1.0, s).astype(np.float32)
+    zp = np.where(empty, 8, zp[:, 0, :]).astype(np.int8)
+    return np.where(empty[:, None, :], 8, q), s, zp
 
 
 @dataclass(frozen=True)
@@ -253,9 +325,9 @@ def _build_registry() -> dict[str, WeightFormat]:
     ]
     for g in (32, 64, 128):
         formats.append(Int4Grouped(f"int4-g{g}", 4, "per_group", True, "nibble code q+8, 2 per byte, low first",
-                                   f"scale = absmax/7 per {g} k, q in [-7, 7] (-8 unused)", group_size=g))
+                                   f"scale searched per {g} k (least squares), q in [-8, 7]", group_size=g))
         formats.append(Int4Grouped(f"int4-g{g}-asym", 4, "per_group", False, "nibble code q, 2 per byte, low first",
-                                   f"scale = (max-min)/15 per {g} k, uint4 zero point, q in [0, 15]", group_size=g))
+                                   f"scale searched per {g} k, uint4 zero point, q in [0, 15]", group_size=g))
     formats.append(Ternary("ternary", 2, "per_tensor", True, "2-bit code q+1, 4 per byte, low first",
                            "BitNet b1.58 absmean, one scale per tensor"))
     formats.append(Ternary("ternary-pc", 2, "per_channel", True, "2-bit code q+1, 4 per byte, low first",
@@ -274,9 +346,14 @@ def get_format(name: str) -> WeightFormat:
         raise ValueError(f"unknown weight format '{name}'; known: {', '.join(FORMATS)}") from None
 
 
-def quantize(w: np.ndarray, format: str) -> QuantizedWeight:
-    """Quantize a [K, N] float weight with the named format."""
-    return get_format(format).quantize(w)
+def quantize(w: np.ndarray, format: str, importance: np.ndarray | None = None) -> QuantizedWeight:
+    """Quantize a [K, N] float weight with the named format. ``importance`` [K] (the mean square of
+    each input feature, from calibration) weighs the error the int4 scale search minimizes; the
+    formats without a search ignore it."""
+    fmt = get_format(format)
+    if isinstance(fmt, Int4Grouped):
+        return fmt.quantize(w, importance)
+    return fmt.quantize(w)
 
 
 def describe_formats() -> list[dict]:

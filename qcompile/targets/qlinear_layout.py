@@ -4,7 +4,7 @@ and a numpy reference of their math.  numpy only: no TVM here.
 The op is y[M,N] = x[M,K] @ W[K,N] with quantized weights and int8 per-token activations.
 
 Weight formats (logical integer q[k,n], stored code c, zero point zp):
-  int4     q in [-7,7], groups of G consecutive k (G in 32/64/128), scales [K/G,N];  c = q+8, zp = 8
+  int4     q in [-8,7], groups of G consecutive k (G in 32/64/128), scales [K/G,N];  c = q+8, zp = 8
   uint4    q in [0,15], groups of G, scales [K/G,N], zero points [K/G,N] (0..15);    c = q,   zp = z[g,n]
   ternary  q in {-1,0,1}, one group (G = K), scale () or [N];                       c = q+1, zp = 1
   int8     q in [-127,127], one group (G = K), scales [N]; stored as the signed byte q itself
@@ -49,7 +49,7 @@ from ..quant.activations import quantize_per_token
 FAMILY_CODES = {"int8": 0, "int4": 1, "uint4": 2, "ternary": 3}
 QL_INT8, QL_INT4, QL_UINT4, QL_TERNARY = 0, 1, 2, 3
 BITS = {"int8": 8, "int4": 4, "uint4": 4, "ternary": 2}
-Q_RANGE = {"int8": (-127, 127), "int4": (-7, 7), "uint4": (0, 15), "ternary": (-1, 1)}
+Q_RANGE = {"int8": (-127, 127), "int4": (-8, 7), "uint4": (0, 15), "ternary": (-1, 1)}
 CODE_OFFSET = {"int8": 0, "int4": 8, "uint4": 0, "ternary": 1}
 CHUNK_BYTES = 64
 ALIGN = 64

@@ -37,7 +37,7 @@
  *
  * Weight formats (logical q[k,n], stored code c, zero point zp):
  *   QC_QL_INT8     q in [-127,127], one group (G = K), scales [N]; stored as the signed byte q
- *   QC_QL_INT4     q in [-7,7], groups of G k, scales [K/G,N];   c = q+8, zp = 8
+ *   QC_QL_INT4     q in [-8,7], groups of G k, scales [K/G,N];   c = q+8, zp = 8
  *   QC_QL_UINT4    q in [0,15], groups of G k, scales and zero points [K/G,N]; c = q, zp = z[g,n]
  *   QC_QL_TERNARY  q in {-1,0,1}, one group (G = K), per-column scales [N]; c = q+1, zp = 1
  *
