@@ -171,6 +171,7 @@ def replay(library: str | os.PathLike, model: str | os.PathLike | None = None, p
     try:
         manifest = json.loads(manifest_path.read_text())
         formats = json.loads(manifest_path.with_name(manifest["precision"]["plan_file"]).read_text())
+        formats = formats.get("layers", formats)
     except (OSError, KeyError, ValueError) as exc:
         raise QCompileError(f"cannot read the manifest and plan of '{library}': {exc}", phase=phase,
                             hint="this needs a library built by `qcompile build`, beside its "
@@ -187,7 +188,8 @@ def replay(library: str | os.PathLike, model: str | os.PathLike | None = None, p
     calib = p.get("calibration") or {}
     quant = QuantOptions(formats=formats, rotate=p.get("rotate", False), rounding=p.get("rounding", "rtn"),
                          activations=p.get("activations", "int8"), act_clip=p.get("act_clip", "percentile"),
-                         file_activations=p.get("file_activations", True))
+                         file_activations=p.get("file_activations", True),
+                         self_calibration=p.get("self_calibration") is not None)
     if calib.get("file"):       # GPTQ, static ranges and the int4 scale search depend on the calibration data
         path = Path(calib.get("file", ""))
         if not path.is_file() or _sha256(path) != calib.get("sha256"):

@@ -40,6 +40,8 @@ class BuildOptions:
     calib_samples: int = 16
     rounding: str = "rtn"            # rtn or gptq
     budget: float | None = None      # --precision auto: allowed relative output error
+    bits: float = 4.5                # --precision mixed: mean bits per weight of the middle layers
+    self_calibration: bool = True    # without --calibrate: random token ids weigh the int4 scale search
     activations: str = "int8"        # int8 (dynamic, per token) or int8-static (calibrated ranges)
     file_activations: bool = True    # imported QDQ layers use the file's static activation scales
     act_clip: str = "percentile"
@@ -56,9 +58,9 @@ class BuildOptions:
     sanitize: str | None = None      # "address" or "thread": executor and runtime instrumented (debug builds)
 
     def quant(self) -> QuantOptions:
-        return QuantOptions(self.precision, self.middle, self.group_size, self.plan, self.rotate, self.calibrate,
-                            self.calib_seq, self.calib_samples, self.rounding, self.budget, self.activations,
-                            self.act_clip, file_activations=self.file_activations, dump_ir=self.dump_ir)
+        import dataclasses
+        return QuantOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(QuantOptions)
+                               if f.name not in ("formats",)})
 
 
 @dataclass
@@ -164,12 +166,17 @@ def build(model_path: str | Path, opts: BuildOptions, progress: Progress | None 
                                out_dir / f"{prefix}.testvectors.npz", opts.verify, say, opts.sanitize)
         header = out_dir / f"{prefix}.h"
         header.write_text(src.header)
-        (out_dir / f"{prefix}.plan.json").write_text(json.dumps({name: fmt for name, _, fmt, _ in layers}, indent=2)
-                                                     + "\n")
+        plan_record = {"layers": {name: fmt for name, _, fmt, _ in layers},
+                       "why": {name: why for name, _, _, why in layers}}
+        if f.prepared.mixed:
+            plan_record["mixed"] = f.prepared.mixed
+        (out_dir / f"{prefix}.plan.json").write_text(json.dumps(plan_record, indent=2) + "\n")
         manifest = out_dir / f"{prefix}.manifest.json"
         record = _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, src.checksum, opts,
                            tvm_version(), tuning)
         record["model"]["path"] = str(model_path.resolve())      # where `qcompile verify` finds the reference
+        record["precision"]["self_calibration"] = f.prepared.self_calibration
+        record["precision"]["mixed"] = f.prepared.mixed
         record["schedule_database"] = {"files": [str(f) for f in chooser.files] if chooser else [],
                                        "warnings": chooser.warnings if chooser else []}
         record["quantized_layers"] = qlinear
@@ -375,6 +382,7 @@ class Front:
     kernels: dict
     decoder: object
     why_not: str | None
+    prepared: object = None   # prepare.Prepared: self-calibration and mixed's choice, for the manifest
 
 
 def front(model_path: Path, opts: BuildOptions, preset, prefix: str, say: Progress, phase=lambda name: None,
@@ -424,7 +432,7 @@ def front(model_path: Path, opts: BuildOptions, preset, prefix: str, say: Progre
     check_coverage(plan, preset.name)
     kernels = build_kernels(plan, prefix)
     say("lower", f"{len(kernels)} kernels")
-    return Front(reference, graph, layers, qlinear, plan, kernels, dec, why_not)
+    return Front(reference, graph, layers, qlinear, plan, kernels, dec, why_not, prepared)
 
 
 def _sha256(path: Path) -> str:
@@ -516,7 +524,8 @@ def _manifest(plan, kernels, schedules, preset, name, prefix, model_hash, checks
         "target": {"preset": preset.name, "tvm_target": preset.tvm_target, "cpu_features": list(preset.cpu_features),
                    "sanitize": opts.sanitize},
         "precision": {"policy": opts.precision, "plan_file": f"{prefix}.plan.json", "rotate": opts.rotate,
-                      "rounding": opts.rounding, "budget": opts.budget, "activations": opts.activations,
+                      "rounding": opts.rounding, "budget": opts.budget, "bits": opts.bits,
+                      "activations": opts.activations,
                       "file_activations": opts.file_activations,
                       "act_clip": opts.act_clip,
                       "calibration": {"file": str(Path(opts.calibrate).resolve()), "sha256": _sha256(opts.calibrate),

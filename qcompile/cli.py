@@ -108,9 +108,18 @@ def _quant_arguments(p: argparse.ArgumentParser) -> None:
                                                                        "auto"],
                    help="weight precision policy: fp32; bf16 or fp16 (weights stored in 16 bits, computed fp32; "
                         "fp16 is the GPUs' native half, bf16 keeps fp32's range); int8, int4, "
-                        "ternary; mixed (embeddings and LM head bf16, middle layers int4 or ternary); auto (per "
+                        "ternary; mixed (embeddings and LM head bf16, middle layers int4, the ones whose int4 error "
+                        "reaches the output most raised to int8 within --bits; or ternary); auto (per "
                         "layer, the cheapest of ternary < int4 < int8 < bf16 within --budget, measured on "
                         "--calibrate data) (default: %(default)s)")
+    q.add_argument("--bits", type=float, default=4.5, metavar="B",
+                   help="--precision mixed: mean storage bits per weight of the middle layers, scales included "
+                        "(int4 g128 is 4.25, g64 4.5, int8 8); int4 layers are raised to int8 where that "
+                        "removes the most output error, within this budget (default: %(default)s)")
+    q.add_argument("--no-self-calibration", dest="self_calibration", action="store_false",
+                   help="without --calibrate, int4 scales are searched with each input weighed by the "
+                        "activations of random token ids run through the model (and mixed ranks its layers on "
+                        "them); this turns that off: every input weighs the same, and mixed keeps all int4")
     q.add_argument("--middle", default="int4", choices=["int4", "ternary"], help="mixed: format of the middle layers")
     q.add_argument("--group-size", type=int, choices=[32, 64, 128],
                    help="int4 group size (default: 128, or 64/32 for layers whose K 128 does not divide)")
@@ -148,7 +157,8 @@ def _quant_options(args) -> dict:
     return dict(precision=args.precision, middle=args.middle, group_size=args.group_size,
                 plan=Path(args.plan) if args.plan else None, rotate=args.rotate,
                 calibrate=Path(args.calibrate) if args.calibrate else None, calib_seq=args.calib_seq,
-                calib_samples=args.calib_samples, rounding=args.rounding, budget=args.budget,
+                calib_samples=args.calib_samples, rounding=args.rounding, budget=args.budget, bits=args.bits,
+                self_calibration=args.self_calibration,
                 activations={"auto": "int8", "dynamic": "int8", "static": "int8-static"}[args.activations],
                 file_activations=args.activations != "dynamic", act_clip=args.act_clip)
 

@@ -32,10 +32,14 @@ class QuantOptions:
     calib_samples: int = 16          # calibration windows (or .npz samples) used
     rounding: str = "rtn"            # rtn or gptq (needs calibration)
     budget: float | None = None      # auto: allowed relative output error (noise / signal power)
+    bits: float = 4.5                # mixed: mean storage bits per weight of the middle layers (int4 layers
+                                     # raised to int8 where the output error gains most, within this)
     activations: str = "int8"        # int8 (per token, at run time), int8-static (calibrated per-layer
                                      # ranges) or fp32 (weight-only; reference interpreter only)
     act_clip: str = "percentile"     # int8-static: how a range is chosen (percentile, mse or max)
     file_activations: bool = True    # imported QDQ layers read the file's int8 activations (scale, zero point)
+    self_calibration: bool = True    # without --calibrate, int4 layers weigh their scale search by the
+                                     # activations of random token ids (qcompile.self_calibration)
     formats: dict[str, str] | None = None   # exact node name -> format (a built library's plan.json)
     dump_ir: Path | None = None
 
@@ -48,6 +52,8 @@ class Prepared:
     calibration: object | None = None                   # calibration.Calibration
     sensitivity: dict | None = None                     # node -> {format: relative output error}
     notes: list[str] = field(default_factory=list)
+    self_calibration: dict | None = None                # what self_calibration.describe() recorded, if it ran
+    mixed: dict | None = None                           # mixed's budget, bits reached and layers raised
 
 
 def check_options(q: QuantOptions) -> None:
@@ -127,17 +133,69 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
         from .sensitivity import choose, measure
         candidates = ("ternary", f"int4-g{q.group_size or 128}", "int8", "bf16")
         out.sensitivity = measure(graph, _short(graph, samples[0]), candidates, q.activations, act_ranges,
+                                  calibration=out.calibration,
                                   progress=lambda i, n: say("calibrate", f"sensitivity: layer {i}/{n}"))
         precision.chosen = choose(graph, out.sensitivity, q.budget)
         say("precision", f"auto: {len(precision.chosen)} layers chosen within budget {q.budget:g}")
     out.params = {n.name: int(np.prod(graph.values[n.inputs[0 if role == "embedding" else 1]].shape))
                   for n, role in linear_layers(graph)}
     out.layers = assign(graph, precision, out.sensitivity)
+    if out.calibration is None and q.self_calibration and any(fmt.startswith("int4") for _, _, fmt, _ in out.layers):
+        samples = _self_calibrate(graph, out, say)
+    if q.precision == "mixed" and q.formats is None and q.middle == "int4" and samples:
+        choose_mixed(graph, q, precision, out, samples, act_ranges, say)
+        out.layers = assign(graph, precision, out.sensitivity)
     report = quantize_weights(graph, rounding=q.rounding, calibration=out.calibration, activations=q.activations,
                               act_ranges=act_ranges)
     out.notes += [f"{node}: {what}" for node, what in report if "gptq" in what]
     say("precision", f"policy {q.precision}: {len(out.layers)} layers\n" + table(out.layers))
     return out
+
+
+def _self_calibrate(graph: Graph, out: Prepared, say: Say) -> list[dict] | None:
+    """Activation statistics from random token ids, for the int4 scale search (see self_calibration);
+    returns the samples (None for a model without token inputs)."""
+    from . import self_calibration
+    from .calibration import collect
+    feeds = self_calibration.samples(graph)
+    if feeds is None:
+        say("calibrate", "no token input: the int4 scale search weighs every input alike (give --calibrate "
+                         "to weigh them by real activations)")
+        return None
+    out.calibration = collect(graph, feeds, progress=lambda i, n: say("calibrate", f"self-calibration: sample "
+                                                                                   f"{i}/{n} through the reference"))
+    out.self_calibration = self_calibration.describe()
+    say("calibrate", f"self-calibration: {out.calibration.rows} rows of random token ids weigh the int4 scale "
+                     "search (no --calibrate file given)")
+    return feeds
+
+
+def choose_mixed(graph: Graph, q: QuantOptions, precision, out: Prepared, samples: list[dict],
+                 act_ranges: dict | None, say: Say) -> None:
+    """`--precision mixed` as a quality promise: measure every int4 layer's effect on the output (alone,
+    on the first calibration sample) and raise the most harmful to int8 while the middle layers stay
+    within q.bits per weight; the reasons go into the layer table and the plan file."""
+    from .sensitivity import choose_within_bits, measure
+    low = {name: fmt for name, role, fmt, why in out.layers if fmt.startswith("int4") and why.startswith("policy")}
+    if not low:
+        return
+    feeds = _short(graph, samples[0])
+    sens = measure(graph, feeds, {name: (fmt, "int8") for name, fmt in low.items()}, q.activations, act_ranges,
+                   progress=lambda i, n: say("precision", f"mixed: sensitivity of layer {i}/{n}"),
+                   calibration=out.calibration)
+    pick, bits = choose_within_bits(graph, sens, low, "int8", q.bits)
+    ranked = sorted(low, key=lambda n: -sens[n].get(low[n], 0.0))
+    rank = {n: i for i, n in enumerate(ranked, 1)}
+    for name, fmt in pick.items():
+        err = sens[name].get(low[name], 0.0)
+        precision.chosen[name] = fmt
+        precision.reasons[name] = (f"mixed: int4 alone costs {err:.1e} of the output (rank {rank[name]} of "
+                                   f"{len(low)}), " + ("raised to int8" if fmt != low[name] else "kept"))
+    raised = [n for n in ranked if pick[n] != low[n]]
+    out.sensitivity = sens
+    out.mixed = {"bits_budget": q.bits, "bits": round(bits, 3), "int8_layers": raised}
+    say("precision", f"mixed: {len(raised)} of {len(low)} int4 layers raised to int8 (the ones whose int4 error "
+                     f"reaches the output most), middle layers at {bits:.2f} bits per weight within --bits {q.bits:g}")
 
 
 SENSITIVITY_TOKENS = 128

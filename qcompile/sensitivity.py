@@ -54,21 +54,28 @@ def _weight(graph: Graph, node) -> np.ndarray:
     return w.T if node.op == "Gemm" and node.attrs.get("transB") else w
 
 
-def measure(graph: Graph, feeds: dict, candidates: tuple[str, ...], activations: str = "int8",
-            act_ranges: dict[str, float] | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, dict[str, float]]:
-    """{layer: {format: relative output error with only that layer in that format}}."""
+def measure(graph: Graph, feeds: dict, candidates: tuple[str, ...] | dict[str, tuple[str, ...]], activations: str = "int8",
+            act_ranges: dict[str, float] | None = None, progress: Callable[[int, int], None] | None = None,
+            calibration=None) -> dict[str, dict[str, float]]:
+    """{layer: {format: relative output error with only that layer in that format}}, each layer
+    quantized as the build will quantize it (int4 scales searched with the calibration's weights).
+    `candidates` is one tuple of formats for every layer, or a tuple per layer name (only those
+    layers are measured)."""
     names = _outputs(graph)
     env = interpret.run(graph, feeds, keep_all=True)
     index = {n.name: i for i, n in enumerate(graph.nodes)}
-    layers = [n for n, role in linear_layers(graph) if role != "embedding"]
+    per_layer = candidates if isinstance(candidates, dict) else None
+    layers = [n for n, role in linear_layers(graph) if role != "embedding" and (per_layer is None or n.name in per_layer)]
     result: dict[str, dict[str, float]] = {}
     for done, node in enumerate(layers, 1):
         w = _weight(graph, node)
         x = env[node.inputs[0]]
         errors = {}
-        for fmt in dict.fromkeys(fit_group(c, weight_k(graph, node)) for c in candidates):
+        mine = per_layer[node.name] if per_layer is not None else candidates
+        for fmt in dict.fromkeys(fit_group(c, weight_k(graph, node)) for c in mine):
+            stats = calibration[node.name] if calibration is not None and node.name in calibration else None
             try:
-                wq = quantize(w, fmt).dequantize().astype(np.float64)
+                wq = quantize(w, fmt, stats.mean_square() if stats else None).dequantize().astype(np.float64)
             except ValueError:
                 continue                       # no group size of this format fits K
             if fmt != "bf16" and activations in ("int8", "int8-static"):
@@ -122,3 +129,26 @@ def choose(graph: Graph, sensitivity: dict[str, dict[str, float]], budget: float
         total += sensitivity[name][fmt] - sensitivity[name][pick[name]]
         pick[name] = fmt
     return pick
+
+
+def choose_within_bits(graph: Graph, sensitivity: dict[str, dict[str, float]], low: dict[str, str], high: str,
+                       bits: float) -> tuple[dict[str, str], float]:
+    """`--precision mixed`: every middle layer starts at its `low` format; the layers whose upgrade to
+    `high` removes the most output error per added bit are upgraded while the middle layers' mean
+    storage bits per weight stays within `bits`. Returns (layer -> format, the mean bits reached)."""
+    params = {n.name: int(np.prod(graph.values[n.inputs[1]].shape)) for n, role in linear_layers(graph)
+              if n.name in low}
+    total = sum(params.values())
+    spent = sum(storage_bits(low[n]) * params[n] for n in low)
+    pick = dict(low)
+    gains = []
+    for name, fmt in low.items():
+        errs = sensitivity.get(name, {})
+        if fmt in errs and high in errs and errs[fmt] > errs[high]:
+            cost = (storage_bits(high) - storage_bits(fmt)) * params[name]
+            gains.append(((errs[fmt] - errs[high]) / cost, name, cost))
+    for _, name, cost in sorted(gains, reverse=True):
+        if (spent + cost) / total <= bits + 1e-9:
+            pick[name] = high
+            spent += cost
+    return pick, spent / total if total else 0.0

@@ -107,7 +107,8 @@ def test_build_applies_the_policy_and_writes_the_plan(tmp_path):
     onnx.save(make_llama(LlamaConfig()), str(path))
     result = build(path, BuildOptions(out_dir=tmp_path / "bf16", precision="bf16", max_seq_len=16))
     plan = json.loads((tmp_path / "bf16" / "llama.plan.json").read_text())
-    assert plan and set(plan.values()) == {"bf16"}
+    assert plan["layers"] and set(plan["layers"].values()) == {"bf16"}
+    assert set(plan["why"]) == set(plan["layers"]) and set(plan["why"].values()) == {"policy bf16"}
     assert json.loads(result.manifest.read_text())["precision"]["policy"] == "bf16"
     result = build(path, BuildOptions(out_dir=tmp_path / "mixed", precision="mixed", group_size=32, max_seq_len=16))
     manifest = json.loads(result.manifest.read_text())

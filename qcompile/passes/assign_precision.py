@@ -8,7 +8,9 @@ attribute `qcompile.precision`; quantize_weights acts on it. Policies:
   ternary                           GPUs load natively; bf16 keeps fp32's range)
   mixed                             embeddings and the LM head bf16, the other linear layers
                                     int4 (or ternary: middle="ternary"); norms, softmax and
-                                    residuals stay fp32 (they are not linear layers)
+                                    residuals stay fp32 (they are not linear layers). With int4,
+                                    the layers whose int4 error hurts the output most are then
+                                    raised to int8 within a bits budget (prepare.choose_mixed)
   auto                              like mixed, but each middle layer gets the cheapest format
                                     that keeps the measured output error within a budget
                                     (qcompile.sensitivity chooses; the result arrives as `chosen`)
@@ -44,7 +46,8 @@ class PrecisionConfig:
     middle: str = "int4"             # mixed: format family of the middle layers (int4 or ternary)
     group_size: int | None = None    # None: 128, or the largest of 64, 32 that divides a layer's K
     overrides: dict[str, str] = field(default_factory=dict)   # glob on node name -> format
-    chosen: dict[str, str] = field(default_factory=dict)      # exact node name -> format (auto's choice)
+    chosen: dict[str, str] = field(default_factory=dict)      # exact node name -> format (auto's, mixed's choice)
+    reasons: dict[str, str] = field(default_factory=dict)     # exact node name -> why it was chosen
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -130,7 +133,7 @@ def assign(g: Graph, cfg: PrecisionConfig, sensitivity: dict | None = None) -> l
         if node.name in cfg.chosen:
             fmt = cfg.chosen[node.name]
             err = (sensitivity or {}).get(node.name, {}).get(fmt)
-            why = f"auto: error {err:.2e} alone" if err is not None else "as given"
+            why = cfg.reasons.get(node.name) or (f"auto: error {err:.2e} alone" if err is not None else "as given")
         for pattern, override in cfg.overrides.items():
             if fnmatch.fnmatchcase(node.name, pattern):
                 fmt, why = override, f"plan '{pattern}'"
