@@ -54,6 +54,7 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
     self_calibration: dict | None = None                # what self_calibration.describe() recorded, if it ran
     mixed: dict | None = None                           # mixed's budget, bits reached and layers raised
+    quantized: dict = field(default_factory=dict, repr=False)   # (node, format) -> QuantizedWeight made early
 
 
 def check_options(q: QuantOptions) -> None:
@@ -143,10 +144,11 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
     if out.calibration is None and q.self_calibration and any(fmt.startswith("int4") for _, _, fmt, _ in out.layers):
         samples = _self_calibrate(graph, out, say)
     if q.precision == "mixed" and q.formats is None and q.middle == "int4" and samples:
-        choose_mixed(graph, q, precision, out, samples, act_ranges, say)
+        choose_mixed(graph, q, precision, out, samples, say)
         out.layers = assign(graph, precision, out.sensitivity)
     report = quantize_weights(graph, rounding=q.rounding, calibration=out.calibration, activations=q.activations,
-                              act_ranges=act_ranges)
+                              act_ranges=act_ranges, cache=out.quantized)
+    out.quantized = {}
     out.notes += [f"{node}: {what}" for node, what in report if "gptq" in what]
     say("precision", f"policy {q.precision}: {len(out.layers)} layers\n" + table(out.layers))
     return out
@@ -170,42 +172,46 @@ def _self_calibrate(graph: Graph, out: Prepared, say: Say) -> list[dict] | None:
     return feeds
 
 
-def choose_mixed(graph: Graph, q: QuantOptions, precision, out: Prepared, samples: list[dict],
-                 act_ranges: dict | None, say: Say) -> None:
-    """`--precision mixed` as a quality promise: measure every int4 layer's effect on the output (alone,
-    on the first calibration sample) and raise the most harmful to int8 while the middle layers stay
-    within q.bits per weight; the reasons go into the layer table and the plan file."""
+def choose_mixed(graph: Graph, q: QuantOptions, precision, out: Prepared, samples: list[dict], say: Say) -> None:
+    """`--precision mixed` as a quality promise: measure what every int4 layer's weights alone do to
+    the output (one trial per layer on MIXED_TOKENS tokens of the first calibration sample, the
+    layer's activations left float so that only its weights' error counts) and raise the most
+    harmful layers to int8 while the middle layers stay within q.bits per weight. int8 weights add
+    about 1/256 of int4's noise power, so raising a layer removes about all of its measured error.
+    The reasons go into the layer table and the plan file."""
     from .sensitivity import choose_within_bits, measure
     low = {name: fmt for name, role, fmt, why in out.layers if fmt.startswith("int4") and why.startswith("policy")}
     if not low:
         return
-    feeds = _short(graph, samples[0])
-    sens = measure(graph, feeds, {name: (fmt, "int8") for name, fmt in low.items()}, q.activations, act_ranges,
-                   progress=lambda i, n: say("precision", f"mixed: sensitivity of layer {i}/{n}"),
-                   calibration=out.calibration)
+    feeds = _short(graph, samples[0], MIXED_TOKENS)
+    errors = measure(graph, feeds, {name: (fmt,) for name, fmt in low.items()}, "fp32",
+                     progress=lambda i, n: say("precision", f"mixed: sensitivity of layer {i}/{n}"),
+                     calibration=out.calibration, cache=out.quantized)
+    sens = {name: {low[name]: errs.get(low[name], 0.0), "int8": 0.0} for name, errs in errors.items()}
     pick, bits = choose_within_bits(graph, sens, low, "int8", q.bits)
-    ranked = sorted(low, key=lambda n: -sens[n].get(low[n], 0.0))
+    ranked = sorted(low, key=lambda n: -sens[n][low[n]])
     rank = {n: i for i, n in enumerate(ranked, 1)}
     for name, fmt in pick.items():
-        err = sens[name].get(low[name], 0.0)
         precision.chosen[name] = fmt
-        precision.reasons[name] = (f"mixed: int4 alone costs {err:.1e} of the output (rank {rank[name]} of "
-                                   f"{len(low)}), " + ("raised to int8" if fmt != low[name] else "kept"))
+        precision.reasons[name] = (f"mixed: its int4 weights cost {sens[name][low[name]]:.1e} of the output (rank "
+                                   f"{rank[name]} of {len(low)}), " + ("raised to int8" if fmt != low[name] else "kept"))
     raised = [n for n in ranked if pick[n] != low[n]]
     out.sensitivity = sens
     out.mixed = {"bits_budget": q.bits, "bits": round(bits, 3), "int8_layers": raised}
-    say("precision", f"mixed: {len(raised)} of {len(low)} int4 layers raised to int8 (the ones whose int4 error "
-                     f"reaches the output most), middle layers at {bits:.2f} bits per weight within --bits {q.bits:g}")
+    say("precision", f"mixed: {len(raised)} of {len(low)} int4 layers raised to int8 (those whose int4 weights "
+                     f"cost the output most per added bit); middle layers at {bits:.2f} bits per weight "
+                     f"within --bits {q.bits:g}")
 
 
+MIXED_TOKENS = 64
 SENSITIVITY_TOKENS = 128
 
 
-def _short(graph: Graph, feeds: dict) -> dict:
-    """A language model's calibration window cut to SENSITIVITY_TOKENS for the sensitivity trials
+def _short(graph: Graph, feeds: dict, count: int = SENSITIVITY_TOKENS) -> dict:
+    """A language model's calibration window cut to `count` tokens for the sensitivity trials
     (one trial per layer and format: their cost grows with the tokens, their ranking hardly does)."""
     from .calibration import lm_feeds
     tokens = next((v for k, v in feeds.items() if graph.values[k].dtype.name == "int64" and v.ndim == 2), None)
-    if tokens is None or tokens.shape[1] <= SENSITIVITY_TOKENS or len(feeds) != len(lm_feeds(graph, tokens)):
+    if tokens is None or tokens.shape[1] <= count or len(feeds) != len(lm_feeds(graph, tokens)):
         return feeds
-    return lm_feeds(graph, tokens[0, :SENSITIVITY_TOKENS])
+    return lm_feeds(graph, tokens[0, :count])

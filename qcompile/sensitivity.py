@@ -56,11 +56,11 @@ def _weight(graph: Graph, node) -> np.ndarray:
 
 def measure(graph: Graph, feeds: dict, candidates: tuple[str, ...] | dict[str, tuple[str, ...]], activations: str = "int8",
             act_ranges: dict[str, float] | None = None, progress: Callable[[int, int], None] | None = None,
-            calibration=None) -> dict[str, dict[str, float]]:
+            calibration=None, cache: dict | None = None) -> dict[str, dict[str, float]]:
     """{layer: {format: relative output error with only that layer in that format}}, each layer
     quantized as the build will quantize it (int4 scales searched with the calibration's weights).
     `candidates` is one tuple of formats for every layer, or a tuple per layer name (only those
-    layers are measured)."""
+    layers are measured). `cache` keeps each (layer, format)'s QuantizedWeight for quantize_weights."""
     names = _outputs(graph)
     env = interpret.run(graph, feeds, keep_all=True)
     index = {n.name: i for i, n in enumerate(graph.nodes)}
@@ -75,9 +75,12 @@ def measure(graph: Graph, feeds: dict, candidates: tuple[str, ...] | dict[str, t
         for fmt in dict.fromkeys(fit_group(c, weight_k(graph, node)) for c in mine):
             stats = calibration[node.name] if calibration is not None and node.name in calibration else None
             try:
-                wq = quantize(w, fmt, stats.mean_square() if stats else None).dequantize().astype(np.float64)
+                qw = quantize(w, fmt, stats.mean_square() if stats else None)
             except ValueError:
                 continue                       # no group size of this format fits K
+            if cache is not None and node.op == "MatMul":
+                cache[node.name, fmt] = qw
+            wq = qw.dequantize().astype(np.float64)
             if fmt != "bf16" and activations in ("int8", "int8-static"):
                 amax = act_ranges[node.name] if activations == "int8-static" else None
                 xq, scale = quantize_per_token(x, amax)

@@ -44,12 +44,13 @@ HALF = {"bf16": _round_bf16, "fp16": _round_fp16}     # formats stored as 16-bit
 
 def quantize_weights(g: Graph, rounding: str = "rtn", calibration=None,
                      activations: str = "int8",
-                     act_ranges: dict[str, float] | None = None) -> list[tuple[str, str]]:
+                     act_ranges: dict[str, float] | None = None, cache: dict | None = None) -> list[tuple[str, str]]:
     """Rewrite g in place; returns (node, what happened) for every layer that changed.
 
     activations="int8-static": every QLinear created gets act_amax = act_ranges[node name] (the
     clipping range of its input activations, chosen from calibration); a layer without a valid
-    (positive, finite) range is a PrecisionError, raised before anything is rewritten."""
+    (positive, finite) range is a PrecisionError, raised before anything is rewritten. `cache` holds
+    (node, format) -> QuantizedWeight already made for this graph's MatMul weights (sensitivity)."""
     amaxes = _static_ranges(g, act_ranges) if activations == "int8-static" else {}
     report = []
     for node in list(g.nodes):
@@ -85,6 +86,8 @@ def quantize_weights(g: Graph, rounding: str = "rtn", calibration=None,
                     qw = gptq(w, calibration[node.name].hessian, fmt, act_order=True)
                     why = f"{fmt}, gptq: output error {layer_error(w, qw, calibration[node.name].hessian):.2e} " \
                           f"(rtn {layer_error(w, quantize(w, fmt), calibration[node.name].hessian):.2e})"
+                elif cache is not None and (node.name, fmt) in cache and node.op == "MatMul":
+                    qw = cache[node.name, fmt]
                 else:
                     stats = calibration[node.name] if calibration is not None and node.name in calibration else None
                     qw = quantize(w, fmt, stats.mean_square() if stats is not None else None)

@@ -228,24 +228,30 @@ def _importance(importance: np.ndarray | None, k: int) -> np.ndarray:
     return imp + 1e-6 * max(float(imp.mean()), 1e-30)
 
 
-def _refit(g, imp, q, zp, lo, hi, best):
-    """Least-squares scale for the codes q (w ~ (q - zp) s), the codes re-rounded to nearest for
-    that scale, and their weighted error; keeps the better of this and `best` (q, s, zp, err) per
-    group. Re-rounding never adds error (nearest is best per element), so each candidate ends no
-    worse than its grid, and the result is round-to-nearest for its own scale, as GPTQ rounds."""
-    d = q - zp
-    num = np.sum(imp * g * d, axis=1)
-    den = np.sum(imp * d * d, axis=1)
-    s = np.where(den > 0, num / np.where(den > 0, den, 1), 0).astype(np.float32).astype(np.float64)  # as stored
-    safe = np.where(s != 0, s, 1)[:, None, :]
-    q = np.clip(np.rint(g / safe) + zp, lo, hi)
-    err = np.sum(imp * (g - (q - zp) * s[:, None, :]) ** 2, axis=1)
-    if best[0] is None:
-        return q, s, zp, np.where(s != 0, err, np.inf)
-    take = (err < best[3]) & (s != 0)
-    t3 = take[:, None, :]
-    return (np.where(t3, q, best[0]), np.where(take, s, best[1]),
-            np.where(t3, zp, best[2]) if np.ndim(zp) else zp, np.where(take, err, best[3]))
+def _best_scale(g, imp, grids, lo: int, hi: int):
+    """The least-squares scale of every candidate grid's codes, and of those the one with the least
+    weighted error, per group; then the codes re-rounded to nearest for it (never more error, since
+    nearest is best per element, so the result is no worse than any candidate's grid, and it is
+    round-to-nearest for its own scale, as GPTQ rounds). `grids` yields (codes, zero point)."""
+    ig = imp * g
+    gg = np.sum(ig * g, axis=1)
+    best_err = best_s = best_zp = None
+    for q, zp in grids:                      # zp: 0.0, or [ng, 1, N]
+        d = q - zp
+        num = np.sum(ig * d, axis=1)
+        den = np.sum(imp * d * d, axis=1)
+        ok = den > 0
+        s = np.where(ok, num / np.where(ok, den, 1), 0)
+        err = np.where(ok & (s != 0), gg - s * num, np.inf)      # sum imp (g - s d)^2 at the optimal s
+        zp2 = zp[:, 0, :] if np.ndim(zp) else np.zeros_like(s)
+        if best_err is None:
+            best_err, best_s, best_zp = err, s, zp2
+            continue
+        take = err < best_err
+        best_err, best_s, best_zp = np.where(take, err, best_err), np.where(take, s, best_s), np.where(take, zp2, best_zp)
+    s = best_s.astype(np.float32).astype(np.float64)                 # as stored
+    q = np.clip(np.rint(g / np.where(s != 0, s, 1)[:, None, :]) + best_zp[:, None, :], lo, hi)
+    return q, s, best_zp
 
 
 def _search_symmetric(g, imp):
@@ -255,13 +261,9 @@ def _search_symmetric(g, imp):
     idx = np.abs(g).argmax(axis=1)[:, None, :]
     m = np.take_along_axis(g, idx, axis=1)[:, 0, :]                    # signed, [ng, N]
     safe = np.where(m != 0, m, 1.0)
-    best = (None, None, 0.0, None)
-    for t in SEARCH_STEPS:
-        inv = -(8 + t) / safe
-        q = np.clip(np.rint(g * inv[:, None, :]), -8, 7)
-        best = _refit(g, imp, q, 0.0, -8, 7, best)
-    q, s, _, _ = best
-    zero = m == 0                                                      # all-zero groups: q = 0, scale 1
+    grids = ((np.clip(np.rint(g * (-(8 + t) / safe)[:, None, :]), -8, 7), 0.0) for t in SEARCH_STEPS)
+    q, s, _ = _best_scale(g, imp, grids, -8, 7)
+    zero = (m == 0) | (s == 0)                                         # all-zero groups: q = 0, scale 1
     return np.where(zero[:, None, :], 0, q), np.where(zero, 1.0, s).astype(np.float32), None
 
 
@@ -270,16 +272,16 @@ def _search_asymmetric(g, imp):
     lo = np.minimum(g.min(axis=1), 0)
     hi = np.maximum(g.max(axis=1), 0)
     span = np.where(hi > lo, hi - lo, 1.0)
-    best = (None, None, None, None)
-    for t in SEARCH_STEPS:
-        s0 = span / (15 + t)
-        zp = np.clip(np.rint(-lo / s0), 0, 15)
-        q = np.clip(np.rint(g / s0[:, None, :]) + zp[:, None, :], 0, 15)
-        best = _refit(g, imp, q, zp[:, None, :], 0, 15, best)
-    q, s, zp, _ = best
-    empty = hi <= lo                                                   # all-zero groups: q = zp = 8, scale 1
+
+    def grids():
+        for t in SEARCH_STEPS:
+            s0 = span / (15 + t)
+            zp = np.clip(np.rint(-lo / s0), 0, 15)
+            yield np.clip(np.rint(g / s0[:, None, :]) + zp[:, None, :], 0, 15), zp[:, None, :]
+    q, s, zp = _best_scale(g, imp, grids(), 0, 15)
+    empty = (hi <= lo) | (s == 0)                                      # all-zero groups: q = zp = 8, scale 1
     s = np.where(empty, 1.0, s).astype(np.float32)
-    zp = np.where(empty, 8, zp[:, 0, :]).astype(np.int8)
+    zp = np.where(empty, 8, zp).astype(np.int8)
     return np.where(empty[:, None, :], 8, q), s, zp
 
 
