@@ -190,7 +190,7 @@ def load_samples(path: str | Path, graph: Graph, seq_len: int = 512, max_samples
 def collect(graph: Graph, samples: Iterable[dict], layers: Iterable[str] | None = None,
             progress: Callable[[int, int], None] | None = None, seed: int = 0) -> Calibration:
     """Run every sample through the reference interpreter; statistics of each linear layer's input."""
-    from .passes.assign_precision import linear_layers
+    from .passes.assign_precision import linear_layers, weight_k
     samples = list(samples)
     if not samples:
         raise CalibrationError("no calibration samples")
@@ -200,8 +200,8 @@ def collect(graph: Graph, samples: Iterable[dict], layers: Iterable[str] | None 
     shared: dict[str, InputStats] = {}
     per_layer: dict[str, InputStats] = {}
     for name, node in by_node.items():
-        k = graph.values[node.inputs[0]].shape[-1]
-        per_layer[name] = shared.setdefault(node.inputs[0], InputStats(int(k)))
+        # K from the weight: the input's last dim can be a symbol shape inference invented
+        per_layer[name] = shared.setdefault(node.inputs[0], InputStats(weight_k(graph, node)))
     rng = np.random.default_rng(seed)
     seen: set[str] = set()
 

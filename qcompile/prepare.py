@@ -210,8 +210,14 @@ SENSITIVITY_TOKENS = 128
 def _short(graph: Graph, feeds: dict, count: int = SENSITIVITY_TOKENS) -> dict:
     """A language model's calibration window cut to `count` tokens for the sensitivity trials
     (one trial per layer and format: their cost grows with the tokens, their ranking hardly does)."""
-    from .calibration import lm_feeds
+    from .calibration import CalibrationError, lm_feeds
     tokens = next((v for k, v in feeds.items() if graph.values[k].dtype.name == "int64" and v.ndim == 2), None)
-    if tokens is None or tokens.shape[1] <= count or len(feeds) != len(lm_feeds(graph, tokens)):
+    if tokens is None or tokens.shape[1] <= count:
         return feeds
-    return lm_feeds(graph, tokens[0, :count])
+    try:
+        if len(feeds) == len(lm_feeds(graph, tokens)):
+            return lm_feeds(graph, tokens[0, :count])
+    except CalibrationError:            # an encoder (ids, mask, types): all [1, seq], cut alike
+        if all(v.ndim == 2 and v.shape == tokens.shape for v in feeds.values()):
+            return {k: v[:, :count] for k, v in feeds.items()}
+    return feeds
