@@ -99,6 +99,7 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
         say("passes", f"{len(imported)} pre-quantized layers imported ({exact} exactly):\n" +
             "\n".join(f"  {e['node']}: {e['op']} -> {e['format']}" + ("" if e["exact"] else f" ({e['note']})")
                       for e in imported))
+    unrotated = graph.copy() if q.rotate and q.rounding == "rtn" else None
     if q.rotate:
         graph = out.graph = get_pass("rotate").fn(get_pass("fold_norms").fn(graph))
         say("passes", "norm gammas folded into the linear layers; residual stream rotated by H/sqrt(d)")
@@ -151,7 +152,50 @@ def prepare(graph: Graph, q: QuantOptions, say: Say | None = None) -> Prepared:
     out.quantized = {}
     out.notes += [f"{node}: {what}" for node, what in report if "gptq" in what]
     say("precision", f"policy {q.precision}: {len(out.layers)} layers\n" + table(out.layers))
+    if unrotated is not None and any(fmt.startswith(("int", "ternary")) for _, _, fmt, _ in out.layers):
+        _check_rotation_helps(unrotated, out, q, samples, say)
     return out
+
+
+ROTATION_CHECK_TOKENS = 64
+
+
+def _check_rotation_helps(unrotated: Graph, out: Prepared, q: QuantOptions, samples, say: Say) -> None:
+    """--rotate with round-to-nearest is kept only where it lowers the quantized model's output error.
+
+    Rotation spreads every channel over all of them. On models with massive-activation channels
+    (SmolLM2: a channel 230x the median, its RMSNorm gamma ~1e-4) folding the gammas makes those
+    weight rows ~0 while their activations stay huge, and the rotation then multiplies every row's
+    rounding noise by them; only GPTQ's error feedback, which sees the activations, undoes that.
+    So the same options are prepared without --rotate and both are compared with fp32 on one short
+    sample; a rotation that loses is refused with the two numbers, not applied silently."""
+    import dataclasses
+
+    from . import self_calibration
+    from .ir import interpret
+    from .sensitivity import _outputs, relative_error
+    feeds = samples[0] if samples else (self_calibration.samples(unrotated, ROTATION_CHECK_TOKENS,
+                                                                  ROTATION_CHECK_TOKENS) or [None])[0]
+    if feeds is None:
+        say("passes", "note: --rotate is applied unchecked: this model takes no token ids and no --calibrate "
+                      "file was given, so its effect on the quantized outputs cannot be measured")
+        return
+    feeds = _short(unrotated, feeds, ROTATION_CHECK_TOKENS)
+    say("passes", "--rotate with rtn rounding: measuring the quantized outputs with and without the rotation")
+    reference = interpret.run(unrotated, feeds)
+    names = _outputs(unrotated)
+    plain = prepare(unrotated, dataclasses.replace(q, rotate=False, dump_ir=None)).graph
+    err_plain = relative_error(reference, interpret.run(plain, feeds), names)
+    err_rot = relative_error(reference, interpret.run(out.graph, feeds), names)
+    if err_rot > err_plain:
+        raise QCompileError(f"--rotate makes this model's quantized outputs worse: relative error {err_rot:.2e} "
+                            f"rotated against {err_plain:.2e} without it (noise/signal power, {ROTATION_CHECK_TOKENS} "
+                            "tokens). Its norms' gammas, folded into the weights for the rotation, leave channels "
+                            "with massive activations on near-zero weight rows, and the rotation spreads them over "
+                            "every input, so round-to-nearest loses more", phase="precision",
+                            hint="drop --rotate, or use it with GPTQ, which weighs the rounding by the "
+                                 "activations: --calibrate FILE --rounding gptq")
+    say("passes", f"--rotate kept: relative output error {err_rot:.2e} rotated against {err_plain:.2e} without it")
 
 
 def _self_calibrate(graph: Graph, out: Prepared, say: Say) -> list[dict] | None:
@@ -180,8 +224,17 @@ def choose_mixed(graph: Graph, q: QuantOptions, precision, out: Prepared, sample
     about 1/256 of int4's noise power, so raising a layer removes about all of its measured error.
     The reasons go into the layer table and the plan file."""
     from .sensitivity import choose_within_bits, measure
+    from .sensitivity import storage_bits
     low = {name: fmt for name, role, fmt, why in out.layers if fmt.startswith("int4") and why.startswith("policy")}
     if not low:
+        return
+    total = sum(out.params[n] for n in low)
+    base = sum(storage_bits(f) * out.params[n] for n, f in low.items()) / total
+    cheapest = min((storage_bits("int8") - storage_bits(f)) * out.params[n] for n, f in low.items()) / total
+    if base + cheapest > q.bits + 1e-9:        # not even one layer fits: nothing to measure
+        out.mixed = {"bits_budget": q.bits, "bits": round(base, 3), "int8_layers": []}
+        say("precision", f"mixed: the int4 layers take {base:.2f} bits per weight; --bits {q.bits:g} leaves no room "
+                         "to raise any to int8")
         return
     feeds = _short(graph, samples[0], MIXED_TOKENS)
     errors = measure(graph, feeds, {name: (fmt,) for name, fmt in low.items()}, "fp32",

@@ -3,10 +3,11 @@
 
 Every configuration goes through qcompile.prepare, the same passes, calibration and quantization
 `qcompile build` uses, and is scored by the reference interpreter, whose QLinear is the
-bit-level contract of the kernels (int8 per-token activations included). Evaluation text: the
-Lee news corpus (gensim's test data, fetched as a wheel from PyPI), its first --tokens tokens;
-calibration text: by default the same corpus from token 8192 on (disjoint from the evaluation
-tokens, the way GPTQ papers calibrate on a corpus's train split), or Python's pydoc topics.
+bit-level contract of the kernels (int8 per-token activations included). Evaluation texts: the
+Lee news corpus (gensim's test data, fetched as a wheel from PyPI) and, as a second domain,
+Python's pydoc topics, the first --tokens tokens of each; calibration text: by default Lee from
+token 8192 on (disjoint from the evaluation tokens, the way GPTQ papers calibrate on a corpus's
+train split), so pydoc shows whether a calibration travels to text from elsewhere.
 
   python tools/accuracy.py --model smollm2_kv.onnx                   all configurations
   python tools/accuracy.py --model m.onnx --only fp32 w4a8-rtn        a subset
@@ -40,23 +41,25 @@ from qcompile.sensitivity import storage_bits  # noqa: E402
 CACHE = Path.home() / ".cache" / "qcompile"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# name -> (label, QuantOptions fields); calibrate=True means "use the calibration tokens"
+# name -> (label, QuantOptions fields); calibrate=True means "use the calibration tokens". bits=0 keeps
+# every middle layer int4 (mixed raises none to int8); "mixed" is the default build.
+INT4 = dict(precision="mixed", bits=0)
 CONFIGS = {
     "fp32":            ("fp32", dict(precision="fp32")),
     "w8a8":            ("W8A8 int8 per channel", dict(precision="int8")),
-    "w4a16-rtn":       ("W4A16 g128 RTN", dict(precision="mixed", activations="fp32")),
-    "w4a8-rtn":        ("W4A8 g128 RTN", dict(precision="mixed")),
-    "w4a16-rot":       ("W4A16 g128 rotated", dict(precision="mixed", activations="fp32", rotate=True)),
-    "w4a8-rot":        ("W4A8 g128 rotated", dict(precision="mixed", rotate=True)),
-    "w4a16-gptq":      ("W4A16 g128 GPTQ", dict(precision="mixed", activations="fp32", rounding="gptq",
-                                                  calibrate=True)),
-    "w4a8-gptq":       ("W4A8 g128 GPTQ", dict(precision="mixed", rounding="gptq", calibrate=True)),
-    "w4a16-rot-gptq":  ("W4A16 g128 rotated + GPTQ", dict(precision="mixed", activations="fp32", rotate=True,
-                                                           rounding="gptq", calibrate=True)),
-    "w4a8-rot-gptq":   ("W4A8 g128 rotated + GPTQ", dict(precision="mixed", rotate=True, rounding="gptq",
+    "mixed":           ("W4A8 mixed 4.5 bits (default, data-free)", dict(precision="mixed")),
+    "w4a8-rtn":        ("W4A8 int4, self-calibrated search (data-free)", dict(INT4)),
+    "w4a16-rtn":       ("W4A16 int4, self-calibrated search", dict(INT4, activations="fp32")),
+    "w4a8-plain":      ("W4A8 int4, unweighted search", dict(INT4, self_calibration=False)),
+    "w4a8-rtn-cal":    ("W4A8 int4, search weighted by calibration", dict(INT4, calibrate=True)),
+    "w4a8-rot":        ("W4A8 int4 rotated, self-calibrated", dict(INT4, rotate=True)),
+    "w4a8-gptq":       ("W4A8 int4 GPTQ", dict(INT4, rounding="gptq", calibrate=True)),
+    "w4a16-gptq":      ("W4A16 int4 GPTQ", dict(INT4, activations="fp32", rounding="gptq", calibrate=True)),
+    "w4a8-rot-gptq":   ("W4A8 int4 rotated + GPTQ", dict(INT4, rotate=True, rounding="gptq", calibrate=True)),
+    "w4a16-rot-gptq":  ("W4A16 int4 rotated + GPTQ", dict(INT4, activations="fp32", rotate=True, rounding="gptq",
                                                           calibrate=True)),
     "w8a8-static":     ("W8A8 static act. ranges", dict(precision="int8", activations="int8-static", calibrate=True)),
-    "w4a8s-rot-gptq":  ("W4A8 static act., rotated + GPTQ", dict(precision="mixed", rotate=True, rounding="gptq",
+    "w4a8s-rot-gptq":  ("W4A8 static act., rotated + GPTQ", dict(INT4, rotate=True, rounding="gptq",
                                                                  activations="int8-static", calibrate=True)),
     "ternary":         ("ternary (absmean) middle layers", dict(precision="mixed", middle="ternary")),
     "auto":            ("auto 0.05 (rotated, GPTQ)", dict(precision="auto", rotate=True, rounding="gptq",
@@ -108,7 +111,8 @@ def bits_per_weight(prepared) -> tuple[float, float]:
     return tuple(t[0] / t[1] for t in (totals["middle"], totals["all"]))
 
 
-def run_config(model: Path, key: str, eval_ids, calib_path: Path, window: int, calib_samples: int) -> dict:
+def run_config(model: Path, key: str, eval_ids, calib_path: Path, window: int, calib_samples: int,
+               second_ids=None) -> dict:
     label, fields = CONFIGS[key]
     fields = dict(fields)
     if fields.pop("calibrate", False):
@@ -118,11 +122,12 @@ def run_config(model: Path, key: str, eval_ids, calib_path: Path, window: int, c
     formats = {name: fmt for name, _, fmt, _ in prepared.layers}
     t_prep = time.perf_counter() - start
     ppl, n = perplexity(prepared.graph, eval_ids, window)
+    second = perplexity(prepared.graph, second_ids, window)[0] if second_ids is not None else None
     mid, every = bits_per_weight(prepared)
     counts = {}
     for fmt in formats.values():
         counts[fmt] = counts.get(fmt, 0) + 1
-    return {"config": key, "label": label, "perplexity": ppl, "tokens": n, "middle_bits": mid, "all_bits": every,
+    return {"config": key, "label": label, "perplexity": ppl, "pydoc": second, "tokens": n, "middle_bits": mid, "all_bits": every,
             "formats": counts, "calibration": str(calib_path.name) if fields.get("calibrate") else None, "prepare_s": round(t_prep, 1), "eval_s": round(time.perf_counter() - start - t_prep, 1)}
 
 
@@ -163,16 +168,19 @@ def plot(results: list[dict], path: Path, top: float = 160.0) -> None:
 def table(results: list[dict]) -> str:
     """The markdown table of docs/accuracy.md."""
     base = next((r["perplexity"] for r in results if r["config"] == "fp32"), None)
-    rtn = next((r["perplexity"] for r in results if r["config"] == "w4a8-rtn"), None)
-    lines = ["| configuration | perplexity | increase | cut of RTN's increase | bits/weight (middle) | "
-             "bits/weight (all linear + embedding) | formats |", "|---|---|---|---|---|---|---|"]
+    rtn = next((r["perplexity"] for r in results if r["config"] == "w4a8-plain"), None)
+    lines = ["| configuration | Lee perplexity | increase | cut of plain int4's increase | pydoc perplexity | "
+             "bits/weight (middle) | bits/weight (all linear + embedding) | formats |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in sorted(results, key=lambda r: (-r["middle_bits"], r["perplexity"])):
         inc = r["perplexity"] - base if base else float("nan")
         cut = f"{1 - inc / (rtn - base):.0%}" if base and rtn and r["config"] != "fp32" and inc < 1e3 else ""
         fmts = ", ".join(f"{k} {v}" for k, v in sorted(r["formats"].items()))
         ppl = f"{r['perplexity']:.3g}" if r["perplexity"] > 1e4 else f"{r['perplexity']:.2f}"
+        pydoc = r.get("pydoc")
+        pydoc = "" if pydoc is None else f"{pydoc:.3g}" if pydoc > 1e4 else f"{pydoc:.2f}"
         lines.append(f"| {r['label']} | {ppl} | {'' if r['config'] == 'fp32' else f'{inc:+.2f}' if inc < 1e4 else ''} "
-                     f"| {cut} | {r['middle_bits']:.2f} | {r['all_bits']:.2f} | {fmts} |")
+                     f"| {cut} | {pydoc} | {r['middle_bits']:.2f} | {r['all_bits']:.2f} | {fmts} |")
     return "\n".join(lines)
 
 
@@ -185,17 +193,18 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-samples", type=int, default=16, help="512-token calibration windows (default: "
                     "%(default)s; GPTQ overfits with fewer rows than a few times a layer's K)")
     ap.add_argument("--calib-text", choices=["lee", "pydoc"], default="lee",
-                    help="calibration text: Lee from token 8192 on, or the pydoc topics (default: %(default)s)")
+                    help="calibration text: Lee or the pydoc topics, from token 8192 on (default: %(default)s)")
     ap.add_argument("--library", type=Path, help="score this built library (qcompile build of --model) instead "
                     "of configurations: its perplexity on the same tokens, run by its own kernels")
     ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
     ap.add_argument("--doc", type=Path, help="write a markdown table and a plot (PNG beside it) from --json")
     args = ap.parse_args(argv)
     eval_ids = cached_tokens("lee_background", lee_text)[:args.tokens]
+    second_ids = cached_tokens("pydoc", pydoc_text)[:args.tokens]       # a second domain: does calibration travel?
     if args.calib_text == "lee":
         calib = cached_tokens("lee_background", lee_text)[8192:8192 + 512 * args.calib_samples]
     else:
-        calib = cached_tokens("pydoc_topics", pydoc_text)[:512 * args.calib_samples]
+        calib = cached_tokens("pydoc", pydoc_text)[8192:8192 + 512 * args.calib_samples]
     calib_path = CACHE / f"calibration_{args.calib_text}.npy"
     np.save(calib_path, calib)
     if args.library:
@@ -206,8 +215,8 @@ def main(argv=None) -> int:
         print(f"{args.library}: ppl {ppl:.3f} over {n} tokens ({time.perf_counter() - start:.1f}s)")
         return 0
     for key in args.only if args.only is not None else CONFIGS:
-        r = run_config(args.model, key, eval_ids, calib_path, args.window, args.calib_samples)
-        print(f"{r['label']:<30} ppl {r['perplexity']:8.3f}  middle {r['middle_bits']:5.2f} bpw  all "
+        r = run_config(args.model, key, eval_ids, calib_path, args.window, args.calib_samples, second_ids)
+        print(f"{r['label']:<30} ppl {r['perplexity']:8.3f} / pydoc {r['pydoc']:8.3f}  middle {r['middle_bits']:5.2f} bpw  all "
               f"{r['all_bits']:5.2f} bpw  {r['formats']}  ({r['prepare_s']}s + {r['eval_s']}s)", flush=True)
         if args.json:
             with open(args.json, "a") as f:
