@@ -29,6 +29,17 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return log_norm - z[np.arange(len(targets)), targets]
 
 
+def mean_kl(reference: np.ndarray, got: np.ndarray) -> float:
+    """Mean KL(p_ref || p_got) of the next-token distributions of logits [..., V]: unlike a relative
+    error of the logits, blind to the offsets softmax ignores."""
+    def log_softmax(z):
+        z = z.astype(np.float64).reshape(-1, z.shape[-1])
+        z = z - z.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    lr, lg = log_softmax(reference), log_softmax(got)
+    return float((np.exp(lr) * (lr - lg)).sum(axis=-1).mean())
+
+
 def perplexity(graph: Graph, ids: np.ndarray, window: int = 1024,
                progress: Callable[[int, int], None] | None = None,
                run: Callable[[dict], dict] | None = None) -> tuple[float, int]:

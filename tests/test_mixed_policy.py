@@ -112,3 +112,36 @@ def test_self_calibration_weighs_the_search_and_replays(llama, tmp_path):
     int4 = [n for n in plain.graph.nodes if n.op == "QLinear" and consts[n.name][1].shape ==
             plain.graph.values[n.inputs[2]].const.shape]
     assert int4 and any(not np.array_equal(plain.graph.values[n.inputs[2]].const, consts[n.name][1]) for n in int4)
+
+
+def _massive_channel_llama(path):
+    """The tiny decoder with SmolLM2's trap: one residual channel 300x the rest, silenced by every
+    norm's gamma (1e-4)."""
+    from onnx import numpy_helper
+    model = make_llama(CFG, with_kv_cache=True)
+    for t in model.graph.initializer:
+        a = numpy_helper.to_array(t).copy()
+        if "embed" in t.name:
+            a[:, 7] = 300.0 * np.abs(a).max()
+        elif "layernorm" in t.name or t.name == "model.norm.weight":
+            a[7] = 1e-4
+        else:
+            continue
+        t.CopyFrom(numpy_helper.from_array(a.astype(np.float32), t.name))
+    onnx.save(model, path)
+    return path
+
+
+def test_rotation_is_kept_where_it_helps_and_refused_where_it_hurts(llama, tmp_path):
+    from qcompile.errors import QCompileError
+    said = []
+    prepare(load(llama), QuantOptions(precision="int4", rotate=True), lambda phase, text: said.append(text))
+    kept = [t for t in said if t.startswith("--rotate kept")]
+    assert kept and "KL divergence" in kept[0]
+    rotated, plain = map(float, __import__("re").findall(r"(\d\.\d+e?-?\d*) (?:rotated|without)", kept[0]))
+    assert rotated <= plain
+    massive = _massive_channel_llama(tmp_path / "massive.onnx")
+    with pytest.raises(QCompileError, match=r"--rotate makes this model's quantized outputs worse") as err:
+        prepare(load(massive), QuantOptions(precision="int4", rotate=True))
+    assert "--rounding gptq" in err.value.hint
+    prepare(load(massive), QuantOptions(precision="int4"))          # without --rotate it builds
