@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import QCompileError
+from .evaluate import mean_kl
 from .ir import interpret
 from .ir.graph import Graph
 from .passes.assign_precision import fit_group, linear_layers, weight_k
@@ -56,11 +57,13 @@ def _weight(graph: Graph, node) -> np.ndarray:
 
 def measure(graph: Graph, feeds: dict, candidates: tuple[str, ...] | dict[str, tuple[str, ...]], activations: str = "int8",
             act_ranges: dict[str, float] | None = None, progress: Callable[[int, int], None] | None = None,
-            calibration=None, cache: dict | None = None) -> dict[str, dict[str, float]]:
+            calibration=None, cache: dict | None = None, metric: str = "relative") -> dict[str, dict[str, float]]:
     """{layer: {format: relative output error with only that layer in that format}}, each layer
     quantized as the build will quantize it (int4 scales searched with the calibration's weights).
     `candidates` is one tuple of formats for every layer, or a tuple per layer name (only those
-    layers are measured). `cache` keeps each (layer, format)'s QuantizedWeight for quantize_weights."""
+    layers are measured). `cache` keeps each (layer, format)'s QuantizedWeight for quantize_weights.
+    metric "relative": noise over signal power of the outputs; "kl": a decoder's mean KL divergence
+    of its next-token distributions (blind to the logit offsets softmax ignores)."""
     names = _outputs(graph)
     env = interpret.run(graph, feeds, keep_all=True)
     index = {n.name: i for i, n in enumerate(graph.nodes)}
@@ -91,7 +94,9 @@ def measure(graph: Graph, feeds: dict, candidates: tuple[str, ...] | dict[str, t
                 y = y * node.attrs.get("alpha", 1.0)
                 if node.input(2):
                     y = y + env[node.inputs[2]] * node.attrs.get("beta", 1.0)
-            errors[fmt] = relative_error(env, _rerun(graph, env, index[node.name], y.astype(np.float32)), names)
+            trial = _rerun(graph, env, index[node.name], y.astype(np.float32))
+            errors[fmt] = (mean_kl(env[names[0]], trial[names[0]]) if metric == "kl"
+                           else relative_error(env, trial, names))
         result[node.name] = errors
         if progress:
             progress(done, len(layers))

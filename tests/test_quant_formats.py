@@ -71,8 +71,10 @@ def baseline_int4(w: np.ndarray, group: int, symmetric: bool) -> np.ndarray:
 
 
 def group_errors(w: np.ndarray, d: np.ndarray, group: int) -> np.ndarray:
-    e = (w.astype(np.float64) - d) ** 2
-    return e.reshape(-1, group, w.shape[1]).sum(axis=1)
+    """Each group's squared error, weighted as the search without importance weighs it."""
+    g = w.astype(np.float64).reshape(-1, group, w.shape[1])
+    weight = np.sqrt(np.mean(g * g, axis=1, keepdims=True) + g * g)
+    return (weight * (g - d.reshape(g.shape)) ** 2).sum(axis=1)
 
 
 @pytest.mark.parametrize("name", INT_FORMATS)
@@ -92,7 +94,7 @@ def test_rounding_error_range_and_scales(name, w):
     err = np.abs(d.astype(np.float64) - w)
     s = np.abs(qw.expanded_scales().astype(np.float64))
     if name.startswith("int4"):
-        # the searched scale: each group's squared error is at most the plain grid's (a candidate)
+        # the searched scale: each group's weighted squared error is at most the plain grid's (a candidate)
         group = FORMATS[name].group_size
         ours = group_errors(w, d, group)
         plain = group_errors(w, baseline_int4(w, group, FORMATS[name].symmetric), group)

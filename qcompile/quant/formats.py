@@ -194,8 +194,10 @@ class Int4Grouped(WeightFormat):
     weighted error is the least among the candidates, which include the plain absmax/7 grid, so
     it is never worse than that.
 
-    ``importance`` [K] weighs the input features (the mean square of the layer's inputs from
-    calibration, or 1); without it every weight counts the same.
+    ``importance`` [K] weighs the input features (the mean square of the layer's inputs, from
+    calibration or self-calibration). Without it each weight counts sqrt(mean(w^2) + w^2) (the
+    group's mean square), as llama.cpp weighs it: an unweighted fit clips the large weights, which
+    matter most (SmolLM2 W4A16 Lee / pydoc: unweighted 37.40 / 19.66, this 34.85 / 17.16).
     """
 
     group_size: int = 128
@@ -207,7 +209,10 @@ class Int4Grouped(WeightFormat):
     def quantize(self, w: np.ndarray, importance: np.ndarray | None = None) -> QuantizedWeight:
         w = check_weight(w)
         g = _groups(w, self.group_size).astype(np.float64)
-        imp = _importance(importance, w.shape[0]).reshape(g.shape[0], g.shape[1], 1)
+        if importance is None:        # llama.cpp's weighting: large weights matter more, never zero
+            imp = np.sqrt(np.mean(g * g, axis=1, keepdims=True) + g * g)
+        else:
+            imp = _importance(importance, w.shape[0]).reshape(g.shape[0], g.shape[1], 1)
         if self.symmetric:
             q, scale, zp = _search_symmetric(g, imp)
         else:
