@@ -127,7 +127,9 @@ def _quant_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--rotate", action="store_true",
                    help="before quantizing, fold norm gammas into the linear layers and rotate the residual "
                         "stream by a Hadamard matrix (QuaRot): the same function in fp32, with outlier channels "
-                        "spread out so int8/int4 lose less (decoders with RMSNorm)")
+                        "spread out so int8/int4 lose less (decoders with RMSNorm). With --rounding rtn the build "
+                        "also prepares the model without it and refuses a rotation that makes the quantized "
+                        "outputs worse (models with massive-activation channels, such as SmolLM2)")
     q.add_argument("--calibrate", metavar="FILE",
                    help="calibration data: .npz of graph inputs (a leading axis for several samples), or token "
                         "ids (.npy, or text of integers) for language models, cut into --calib-seq windows")
