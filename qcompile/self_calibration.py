@@ -41,6 +41,7 @@ def samples(graph: Graph, tokens: int = TOKENS, window: int = WINDOW, seed: int 
         return None
     rng = np.random.default_rng(seed)
     count = max(1, tokens // window)
+    window = min([window] + position_rows(graph))
     try:
         dec = detect(graph)
     except NotADecoder:
@@ -48,6 +49,21 @@ def samples(graph: Graph, tokens: int = TOKENS, window: int = WINDOW, seed: int 
     if dec is not None and dec.tokens in tables:
         return [lm_feeds(graph, rng.integers(0, tables[dec.tokens], window)) for _ in range(count)]
     return [_encoder_feeds(graph, tables, window, rng) for _ in range(count)]
+
+
+def position_rows(graph: Graph) -> list[int]:
+    """Rows of the constant tables gathered at indices the graph computes (learned position
+    embeddings, read at Range(0, seq)): a sample may be no longer than the shortest."""
+    from .targets.index_limits import index_inputs
+    indexed = {t.table for t in index_inputs(graph).values()}
+    rows = []
+    for n in graph.nodes:
+        if n.op != "Gather" or n.domain or len(n.inputs) < 2 or n.inputs[0] in indexed:
+            continue
+        table, index = graph.values[n.inputs[0]], graph.values[n.inputs[1]]
+        if table.const is not None and table.rank == 2 and index.const is None and isinstance(table.shape[0], int):
+            rows.append(int(table.shape[0]))
+    return rows
 
 
 def _encoder_feeds(graph: Graph, tables: dict[str, int], window: int, rng: np.random.Generator) -> dict:

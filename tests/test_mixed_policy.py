@@ -39,9 +39,12 @@ def test_samples_are_seeded_token_ids_inside_the_table(llama, tmp_path):
     interpret.run(graph, a[0])       # feeds the graph takes as they are
     onnx.save(make_bert(BertConfig()), tmp_path / "bert.onnx")
     bert = load(tmp_path / "bert.onnx")
-    (sample, *_) = self_calibration.samples(bert, window=16)
+    (sample, *_) = self_calibration.samples(bert)
     tables = self_calibration.token_inputs(bert)
     assert set(tables) <= set(sample) and all(sample[k].max() < tables[k] for k in tables)
+    # no longer than its learned position table (BertConfig's), which a longer sample would overrun
+    assert self_calibration.position_rows(bert) == [BertConfig().max_position]
+    assert sample["input_ids"].shape[1] == min(self_calibration.WINDOW, BertConfig().max_position)
     interpret.run(bert, sample)
     onnx.save(make_mlp(), tmp_path / "mlp.onnx")
     assert self_calibration.samples(load(tmp_path / "mlp.onnx")) is None     # floats in: nothing to draw
