@@ -67,17 +67,11 @@ def llama_feeds(rng, cfg, seq: int, past: int | None = None) -> dict:
 
 
 def quantized_graph(path, policy, plan=None, **kw):
-    """The graph a `--precision policy` build quantizes, for the reference interpreter."""
-    import onnx
-
-    from qcompile.frontend import from_proto
-    from qcompile.passes import run_pipeline
-    from qcompile.passes.assign_precision import PrecisionConfig, assign, load_plan
-    from qcompile.passes.quantize_weights import quantize_weights
-    graph, _ = run_pipeline(from_proto(onnx.load(str(path))))
-    assign(graph, PrecisionConfig(policy, overrides=load_plan(plan) if plan else {}, **kw))
-    quantize_weights(graph)
-    return graph
+    """The graph a `--precision policy` build quantizes (self-calibration and mixed's choice
+    included), for the reference interpreter: the build's own front half."""
+    from qcompile.api import load
+    from qcompile.prepare import QuantOptions, prepare
+    return prepare(load(path), QuantOptions(precision=policy, plan=plan, **kw)).graph
 
 
 def gpu_check_feeds(name: str, model, rng):
