@@ -175,10 +175,8 @@ def _check_rotation_helps(unrotated: Graph, out: Prepared, q: QuantOptions, samp
     import dataclasses
 
     from . import self_calibration
-    from .artifact.decoder import NotADecoder, detect
-    from .evaluate import mean_kl
     from .ir import interpret
-    from .sensitivity import _outputs, relative_error
+    from .sensitivity import judge
     feeds = samples[0] if samples else (self_calibration.samples(unrotated, ROTATION_CHECK_TOKENS,
                                                                   ROTATION_CHECK_TOKENS) or [None])[0]
     if feeds is None:
@@ -187,21 +185,10 @@ def _check_rotation_helps(unrotated: Graph, out: Prepared, q: QuantOptions, samp
         return
     feeds = _short(unrotated, feeds, ROTATION_CHECK_TOKENS)
     say("passes", "--rotate with rtn rounding: measuring the quantized outputs with and without the rotation")
-    reference = interpret.run(unrotated, feeds)
-    names = _outputs(unrotated)
+    error, names, what = judge(unrotated)
+    reference = interpret.run(unrotated, feeds, outputs=names)
     plain = prepare(unrotated, dataclasses.replace(q, rotate=False, dump_ir=None)).graph
-    try:                 # a language model: how far the next-token distributions move (the logits'
-        logits = detect(unrotated).logits               # relative error is dominated by offsets softmax ignores)
-        what = "mean KL divergence of the next-token distributions from fp32"
-
-        def error(g):
-            return mean_kl(reference[logits], interpret.run(g, feeds, outputs=[logits])[logits])
-    except NotADecoder:
-        what = "relative output error (noise/signal power)"
-
-        def error(g):
-            return relative_error(reference, interpret.run(g, feeds), names)
-    err_plain, err_rot = error(plain), error(out.graph)
+    err_plain, err_rot = (error(reference, interpret.run(g, feeds, outputs=names)) for g in (plain, out.graph))
     if err_rot > err_plain:
         raise QCompileError(f"--rotate makes this model's quantized outputs worse: {what} {err_rot:.3g} rotated "
                             f"against {err_plain:.3g} without it ({ROTATION_CHECK_TOKENS} tokens). Its norms' gammas, "
@@ -252,16 +239,10 @@ def choose_mixed(graph: Graph, q: QuantOptions, precision, out: Prepared, sample
         say("precision", f"mixed: the int4 layers take {base:.2f} bits per weight; --bits {q.bits:g} leaves no room "
                          "to raise any to int8")
         return
-    from .artifact.decoder import NotADecoder, detect
-    try:
-        detect(graph)
-        metric = "kl"        # a language model: how far its next-token distributions move
-    except NotADecoder:
-        metric = "relative"
     feeds = _short(graph, samples[0], MIXED_TOKENS)
     errors = measure(graph, feeds, {name: (fmt,) for name, fmt in low.items()}, "fp32",
                      progress=lambda i, n: say("precision", f"mixed: sensitivity of layer {i}/{n}"),
-                     calibration=out.calibration, cache=out.quantized, metric=metric)
+                     calibration=out.calibration, cache=out.quantized, metric=None)
     sens = {name: {low[name]: errs.get(low[name], 0.0), "int8": 0.0} for name, errs in errors.items()}
     pick, bits = choose_within_bits(graph, sens, low, "int8", q.bits)
     ranked = sorted(low, key=lambda n: -sens[n][low[n]])

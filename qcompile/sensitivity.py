@@ -50,6 +50,26 @@ def relative_error(ref: dict, got: dict, names: list[str]) -> float:
     return noise / signal if signal else (0.0 if noise == 0 else np.inf)
 
 
+def judge(graph: Graph, metric: str | None = None) -> tuple[Callable[[dict, dict], float], list[str], str]:
+    """How a quantized run's outputs are scored against the reference's: (error(reference, got),
+    the outputs it reads, what it measures). metric "relative": noise over signal power of the
+    outputs; "kl": a decoder's mean KL divergence of its next-token distributions, blind to the
+    logit offsets softmax ignores (which dominate the logits' relative error); None: "kl" for a
+    decoder, else "relative"."""
+    from .artifact.decoder import NotADecoder, detect
+    names = _outputs(graph)
+    if metric is None:
+        try:
+            detect(graph)
+            metric = "kl"
+        except NotADecoder:
+            metric = "relative"
+    if metric == "kl":
+        return ((lambda ref, got: mean_kl(ref[names[0]], got[names[0]])), names,
+                "mean KL divergence of the next-token distributions from fp32")
+    return (lambda ref, got: relative_error(ref, got, names)), names, "relative output error (noise/signal power)"
+
+
 def _weight(graph: Graph, node) -> np.ndarray:
     w = np.asarray(graph.values[node.inputs[1]].const, np.float32)
     return w.T if node.op == "Gemm" and node.attrs.get("transB") else w
@@ -57,14 +77,13 @@ def _weight(graph: Graph, node) -> np.ndarray:
 
 def measure(graph: Graph, feeds: dict, candidates: tuple[str, ...] | dict[str, tuple[str, ...]], activations: str = "int8",
             act_ranges: dict[str, float] | None = None, progress: Callable[[int, int], None] | None = None,
-            calibration=None, cache: dict | None = None, metric: str = "relative") -> dict[str, dict[str, float]]:
-    """{layer: {format: relative output error with only that layer in that format}}, each layer
+            calibration=None, cache: dict | None = None, metric: str | None = "relative") -> dict[str, dict[str, float]]:
+    """{layer: {format: the output error (judge()) with only that layer in that format}}, each layer
     quantized as the build will quantize it (int4 scales searched with the calibration's weights).
     `candidates` is one tuple of formats for every layer, or a tuple per layer name (only those
     layers are measured). `cache` keeps each (layer, format)'s QuantizedWeight for quantize_weights.
-    metric "relative": noise over signal power of the outputs; "kl": a decoder's mean KL divergence
-    of its next-token distributions (blind to the logit offsets softmax ignores)."""
-    names = _outputs(graph)
+    `metric` is judge()'s."""
+    error = judge(graph, metric)[0]
     env = interpret.run(graph, feeds, keep_all=True)
     index = {n.name: i for i, n in enumerate(graph.nodes)}
     per_layer = candidates if isinstance(candidates, dict) else None
@@ -94,9 +113,7 @@ def measure(graph: Graph, feeds: dict, candidates: tuple[str, ...] | dict[str, t
                 y = y * node.attrs.get("alpha", 1.0)
                 if node.input(2):
                     y = y + env[node.inputs[2]] * node.attrs.get("beta", 1.0)
-            trial = _rerun(graph, env, index[node.name], y.astype(np.float32))
-            errors[fmt] = (mean_kl(env[names[0]], trial[names[0]]) if metric == "kl"
-                           else relative_error(env, trial, names))
+            errors[fmt] = error(env, _rerun(graph, env, index[node.name], y.astype(np.float32)))
         result[node.name] = errors
         if progress:
             progress(done, len(layers))

@@ -4,6 +4,7 @@ weighted by it, and the int8 layers chosen by their effect on the output within 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -141,7 +142,7 @@ def test_rotation_is_kept_where_it_helps_and_refused_where_it_hurts(llama, tmp_p
     prepare(load(llama), QuantOptions(precision="int4", rotate=True), lambda phase, text: said.append(text))
     kept = [t for t in said if t.startswith("--rotate kept")]
     assert kept and "KL divergence" in kept[0]
-    rotated, plain = map(float, __import__("re").findall(r"(\d\.\d+e?-?\d*) (?:rotated|without)", kept[0]))
+    rotated, plain = map(float, re.findall(r"(\d\.\d+e?-?\d*) (?:rotated|without)", kept[0]))
     assert rotated <= plain
     massive = _massive_channel_llama(tmp_path / "massive.onnx")
     with pytest.raises(QCompileError, match=r"--rotate makes this model's quantized outputs worse") as err:

@@ -84,14 +84,20 @@ def cached_tokens(name: str, text_fn) -> np.ndarray:
     return np.load(path)
 
 
-def lee_text() -> str:
+def gensim_test_data(name: str) -> bytes:
+    """A file of gensim's test data (the Lee corpora, the human similarity ratings), read from the
+    gensim wheel, downloaded from PyPI once into CACHE."""
     wheels = list(CACHE.glob("gensim-4.4.0-*.whl"))
     if not wheels:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "gensim==4.4.0", "-d",
                         str(CACHE)], check=True)
         wheels = list(CACHE.glob("gensim-4.4.0-*.whl"))
     with zipfile.ZipFile(wheels[0]) as z:
-        return z.read("gensim/test/test_data/lee_background.cor").decode("utf-8", "replace")
+        return z.read(f"gensim/test/test_data/{name}")
+
+
+def lee_text() -> str:
+    return gensim_test_data("lee_background.cor").decode("utf-8", "replace")
 
 
 def pydoc_text() -> str:

